@@ -1,0 +1,18 @@
+"""evalstream's event contracts: frozen pydantic models, one module per contract area."""
+
+from schemas.catalog import (
+    DatasetCreated,
+    DatasetItem,
+    DatasetItemsUpserted,
+    EvaluatorsConfigured,
+    RunStarted,
+)
+from schemas.common import DEFAULT_EVALUATORS, EvaluatorSpec, run_item_key, score_id
+from schemas.scores import EvaluationFailed, ScoreRecorded
+from schemas.traces import ScoreRequested, ScoringCase, TraceCompleted, Usage
+
+__all__ = [
+    "DEFAULT_EVALUATORS", "DatasetCreated", "DatasetItem", "DatasetItemsUpserted",
+    "EvaluationFailed", "EvaluatorSpec", "EvaluatorsConfigured", "RunStarted", "ScoreRecorded",
+    "ScoreRequested", "ScoringCase", "TraceCompleted", "Usage", "run_item_key", "score_id",
+]

@@ -1,0 +1,56 @@
+"""Contracts for the catalog: datasets, their items and evaluators, and runs over them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.common import EvaluatorSpec, Event, Id, JSONValue
+
+
+class DatasetCreated(Event):
+    """A dataset of test cases was created."""
+
+    dataset_id: Id = Field(description="Id of the dataset.")
+    name: str = Field(description="Human name of the dataset.")
+    description: str | None = Field(None, description="What the dataset tests.")
+    evaluators: tuple[EvaluatorSpec, ...] = Field(description="Evaluator specs of the dataset.")
+    created_at: datetime = Field(description="When the dataset was created (UTC).")
+
+
+class DatasetItem(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: Id = Field(description="Id of the item, given or generated.")
+    input: JSONValue = Field(None, description="Input of the test case (any JSON).")
+    expected_output: JSONValue = Field(None, description="Expected output (any JSON).")
+    metadata: dict[str, JSONValue] | None = Field(None, description="Free-form metadata.")
+
+
+class DatasetItemsUpserted(Event):
+    """Items were added to a dataset or replaced in it."""
+
+    dataset_id: Id = Field(description="Dataset the items belong to.")
+    items: tuple[DatasetItem, ...] = Field(description="The items as they now are.")
+    upserted_at: datetime = Field(description="When the items were written (UTC).")
+
+
+class EvaluatorsConfigured(Event):
+    """The evaluator specs of a dataset were replaced; later runs snapshot them."""
+
+    dataset_id: Id = Field(description="Dataset whose evaluators changed.")
+    evaluators: tuple[EvaluatorSpec, ...] = Field(description="The specs now in force.")
+    configured_at: datetime = Field(description="When they were configured (UTC).")
+
+
+class RunStarted(Event):
+    """A run of the agent over a dataset started, with a snapshot of the evaluators in force."""
+
+    run_id: Id = Field(description="Id of the run.")
+    dataset_id: Id = Field(description="Dataset the run executes.")
+    name: str = Field(description="Human name of the run, e.g. a model or prompt version.")
+    evaluators: tuple[EvaluatorSpec, ...] = Field(description="Specs the run's traces are scored by.")
+    metadata: dict[str, JSONValue] | None = Field(None, description="Free-form metadata.")
+    total_items: int = Field(ge=0, description="Items in the dataset when the run started.")
+    started_at: datetime = Field(description="When the run started (UTC).")

@@ -1,0 +1,117 @@
+"""The CloudEvents 1.0 Kafka binding (binary mode) for every evalstream event.
+
+Attributes travel as `ce_*` headers and the body is the event as JSON, so kcat or any Kafka
+client can read and write the topics with nothing but the JSON Schema files beside this module.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from schemas.catalog import DatasetCreated, DatasetItemsUpserted, EvaluatorsConfigured, RunStarted
+from schemas.common import Event, utcnow
+from schemas.scores import EvaluationFailed, ScoreRecorded
+from schemas.traces import ScoreRequested, TraceCompleted
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/json"
+
+EVENT_MODELS: tuple[type[Event], ...] = (
+    TraceCompleted, ScoreRequested, ScoreRecorded, EvaluationFailed,
+    DatasetCreated, DatasetItemsUpserted, EvaluatorsConfigured, RunStarted,
+)
+TYPE_BY_MODEL: dict[type[Event], str] = {m: f"evalstream.{m.__name__}.v1" for m in EVENT_MODELS}
+MODEL_BY_TYPE: dict[str, type[Event]] = {t: m for m, t in TYPE_BY_MODEL.items()}
+
+
+class UndecodableEvent(ValueError):
+    """A record that is not a valid evalstream event; `reason` says why, for the dead-letter topic."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """An event with its CloudEvents attributes and its Kafka key."""
+
+    event: Event
+    id: str
+    source: str
+    time: datetime
+    key: str | None = None
+
+    @property
+    def type(self) -> str:
+        return TYPE_BY_MODEL[type(self.event)]
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [
+            ("ce_specversion", SPEC_VERSION.encode()),
+            ("ce_id", self.id.encode()),
+            ("ce_type", self.type.encode()),
+            ("ce_source", self.source.encode()),
+            ("ce_time", self.time.isoformat().encode()),
+            ("content-type", CONTENT_TYPE.encode()),
+        ]
+
+    def body(self) -> bytes:
+        return self.event.__pydantic_serializer__.to_json(self.event, exclude_none=True)
+
+
+def wrap(event: Event, *, source: str, key: str | None, id: str | None = None,
+         time: datetime | None = None) -> Envelope:
+    return Envelope(event=event, id=id or str(uuid.uuid4()), source=source,
+                    time=time or utcnow(), key=key)
+
+
+def unwrap(headers: list[tuple[str, bytes]] | tuple, value: bytes | None) -> Envelope:
+    """Decode one Kafka record; raises UndecodableEvent with a reason fit for a dead letter."""
+    attrs = {k: v for k, v in headers or () if k.startswith("ce_")}
+    missing = [a for a in ("ce_id", "ce_type", "ce_source", "ce_specversion") if a not in attrs]
+    if missing:
+        raise UndecodableEvent(f"missing CloudEvents header(s): {', '.join(missing)}")
+    try:
+        attr = {k: v.decode() for k, v in attrs.items()}
+    except UnicodeDecodeError as e:
+        raise UndecodableEvent(f"header is not UTF-8: {e}") from None
+    if attr["ce_specversion"] != SPEC_VERSION:
+        raise UndecodableEvent(f"unsupported ce_specversion {attr['ce_specversion']!r}")
+    model = MODEL_BY_TYPE.get(attr["ce_type"])
+    if model is None:
+        raise UndecodableEvent(f"unknown ce_type {attr['ce_type']!r}")
+    if not value:
+        raise UndecodableEvent("empty body")
+    try:
+        event = model.model_validate_json(value)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "body"
+        raise UndecodableEvent(
+            f"invalid {model.__name__}: {loc}: {first['msg']} ({e.error_count()} error(s))") from None
+    try:
+        time = datetime.fromisoformat(attr["ce_time"]) if "ce_time" in attr else utcnow()
+    except ValueError:
+        raise UndecodableEvent(f"ce_time is not RFC 3339: {attr['ce_time']!r}") from None
+    return Envelope(event=event, id=attr["ce_id"], source=attr["ce_source"], time=time)
+
+
+def json_schemas() -> dict[str, dict]:
+    """The JSON Schema of every event, by file name, as exported under schemas/json/."""
+    out = {}
+    for model, ce_type in TYPE_BY_MODEL.items():
+        schema = model.model_json_schema()
+        schema["$id"] = f"https://evalstream.dev/schemas/{ce_type}.json"
+        schema["x-cloudevents-type"] = ce_type
+        out[f"{model.__name__}.schema.json"] = schema
+    return out
+
+
+def dumps_schema(schema: dict) -> str:
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,50 @@
+"""The evaluator service: a stateless FastStream consumer group over traces and score requests.
+
+Each batch is decoded (undecodable records go to the dead-letter topic), scored, and its score
+events published with acks=all before the batch's offsets are committed: at-least-once, and the
+deterministic event ids make a redelivered batch harmless downstream.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from faststream import AckPolicy, FastStream
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from services.evaluator.scoring import score_batch
+from services.messaging import EventPublisher, broker_factory, decode_records, ensure_topics
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def register(broker: KafkaBroker, settings: Settings, publisher: EventPublisher) -> None:
+    @broker.subscriber(
+        settings.topics.traces, settings.topics.score_requests, batch=True,
+        group_id=settings.evaluator_group, auto_offset_reset="earliest",
+        max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms,
+        ack_policy=AckPolicy.NACK_ON_ERROR)
+    async def on_scoring_cases(msg: KafkaMessage) -> None:
+        envelopes = await decode_records(msg.raw_message, publisher)
+        scores = score_batch(envelopes)
+        await publisher.publish(settings.topics.scores, scores)
+
+
+def application_factory(settings: Settings) -> FastStream:
+    broker = broker_factory(settings)
+    publisher = EventPublisher(settings, "evaluator")
+    register(broker, settings, publisher)
+    app = FastStream(broker, logger=log)
+
+    @app.on_startup
+    async def _start() -> None:
+        await ensure_topics(settings)
+        await publisher.start()
+
+    @app.after_shutdown
+    async def _stop() -> None:
+        await publisher.stop()
+
+    return app

@@ -1,0 +1,211 @@
+"""The programmatic evaluators: pure functions from a scoring case and its spec to a score.
+
+`REGISTRY` is the one place an evaluator type is known; a new evaluator is one function plus
+one entry there.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+
+from schemas.common import EvaluatorSpec
+from schemas.traces import ScoringCase
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    value: float
+    data_type: Literal["numeric", "boolean", "categorical"]
+    string_value: str | None = None
+    comment: str | None = None
+
+
+# None means "no score for this case" (e.g. nothing to compare against), not a zero.
+EvaluatorFn = Callable[[ScoringCase, EvaluatorSpec], Score | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluator:
+    type: str
+    version: str  # bump when the semantics change, so old and new scores can be told apart
+    fn: EvaluatorFn
+    options: type[BaseModel]  # the spec's own options; validate_spec checks them against it
+    source: Literal["programmatic", "llm_judge"] = "programmatic"
+
+
+class SpecError(ValueError):
+    """A spec names an unknown evaluator or has wrong options; `field` is relative to the spec."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class Options(BaseModel):
+    # A misspelt option would otherwise be ignored silently and the evaluator would fall back
+    # to its default behaviour.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+OptionsT = TypeVar("OptionsT", bound=Options)
+
+
+class ExactMatchOptions(Options):
+    pass
+
+
+class ContainsOptions(Options):
+    keywords: list[Annotated[str, StringConstraints(min_length=1)]] | None = None
+
+
+class JsonStructureOptions(Options):
+    required_keys: list[str] | None = None
+
+
+def parse_options(model: type[OptionsT], spec: EvaluatorSpec) -> OptionsT:
+    """The spec's options as `model`, or SpecError naming the first wrong field."""
+    # Parsed on every call (about a microsecond) rather than cached: EvaluatorSpec's hash
+    # ignores its extra fields, so a cache keyed on the spec would put every spec of one type
+    # in the same hash bucket and degrade to linear lookups.
+    try:
+        return model.model_validate(spec.model_extra or {})
+    except ValidationError as e:
+        error = e.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "options"
+        if error["type"] == "extra_forbidden":
+            allowed = ", ".join(model.model_fields) or "none"
+            message = f"unknown option for evaluator {spec.type!r} (allowed: {allowed})"
+        else:
+            message = error["msg"]
+        raise SpecError(field, message) from None
+
+
+def validate_spec(spec: EvaluatorSpec) -> None:
+    """Raise SpecError(field, message) when the type is unknown or the options are wrong.
+
+    field is a dotted path relative to the spec, e.g. "type" or "keywords.0".
+    """
+    evaluator = REGISTRY.get(spec.type)
+    if evaluator is None:
+        raise SpecError("type", f"unknown evaluator type {spec.type!r}; "
+                                f"known: {', '.join(sorted(REGISTRY))}")
+    parse_options(evaluator.options, spec)
+
+
+def _is_blank(value: Any) -> bool:
+    """None, a whitespace-only string, or an empty object or array (Ruby's `blank?`)."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, dict | list):
+        return not value
+    return False
+
+
+def _as_text(value: Any) -> str:
+    """A value as the text an evaluator compares: strings as is, None empty, the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Deep equality of JSON values: `true` is not `1` (a Python bool is an int), 1 is 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, dict):
+        return (isinstance(b, dict) and a.keys() == b.keys()
+                and all(_same_json(v, b[k]) for k, v in a.items()))
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(map(_same_json, a, b))
+    return a == b
+
+
+_UNPARSABLE = object()
+
+
+def _parse_json_text(value: Any) -> Any:
+    """A string output parsed as JSON (or `_UNPARSABLE`); any other output as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return _UNPARSABLE
+
+
+def exact_match(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
+    """1.0 when the output equals the expected output: trimmed text, or JSON by deep equality."""
+    parse_options(ExactMatchOptions, spec)
+    expected = case.expected_output
+    if _is_blank(expected):
+        return None
+    if isinstance(expected, str):
+        matched = _as_text(case.output).strip() == expected.strip()
+    else:
+        output = _parse_json_text(case.output)
+        matched = output is not _UNPARSABLE and _same_json(output, expected)
+    return Score(1.0 if matched else 0.0, "boolean")
+
+
+def _keywords_from_expected(expected: Any) -> list[str]:
+    if _is_blank(expected):
+        return []
+    if isinstance(expected, dict):
+        expected = expected.get("keywords")
+    if isinstance(expected, list):
+        return [_as_text(item) for item in expected]
+    if isinstance(expected, str) and expected.strip():
+        return [expected]
+    return []
+
+
+def contains(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
+    """Share of keywords (option, else from the expected output) in the output, ignoring case."""
+    options = parse_options(ContainsOptions, spec)
+    # An explicit `keywords` option wins even when empty, as in the reference implementation.
+    keywords = (options.keywords if options.keywords is not None
+                else _keywords_from_expected(case.expected_output))
+    if not keywords:
+        return None
+    output = _as_text(case.output)
+    if not output.strip():
+        return Score(0.0, "numeric")
+    folded = output.casefold()
+    matched = sum(1 for keyword in keywords if keyword.casefold() in folded)
+    return Score(matched / len(keywords), "numeric")
+
+
+def json_structure(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
+    """Share of required keys (option, else the expected object's keys) in the output object."""
+    options = parse_options(JsonStructureOptions, spec)
+    required = options.required_keys
+    if required is None:
+        expected = case.expected_output
+        required = [str(key) for key in expected] if isinstance(expected, dict) else []
+    if not required:
+        return None
+    output = _parse_json_text(case.output)
+    if not isinstance(output, dict):
+        return Score(0.0, "numeric")
+    present = sum(1 for key in required if key in output)
+    return Score(present / len(required), "numeric")
+
+
+REGISTRY: dict[str, Evaluator] = {
+    evaluator.type: evaluator
+    for evaluator in (
+        Evaluator("exact_match", "1", exact_match, ExactMatchOptions),
+        Evaluator("contains", "1", contains, ContainsOptions),
+        Evaluator("json_structure", "1", json_structure, JsonStructureOptions),
+    )
+}

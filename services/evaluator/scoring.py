@@ -1,0 +1,74 @@
+"""Turns scoring cases (finished traces, score requests) into score events: a pure function of the
+event and the evaluator specs it carries, so any instance can score any partition and a replay of
+the same events yields the same score ids, values and event ids."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from schemas.common import deterministic_id, score_id
+from schemas.envelope import Envelope, wrap
+from schemas.scores import EvaluationFailed, ScoreRecorded
+from schemas.traces import ScoreRequested, ScoringCase, TraceCompleted
+from services.evaluator.evaluators import REGISTRY
+
+SOURCE = "evalstream/evaluator"
+
+
+def is_scorable(event: object) -> bool:
+    """Succeeded traces and every score request are scored; failed traces are not."""
+    return isinstance(event, ScoreRequested) or (
+        isinstance(event, TraceCompleted) and event.status == "succeeded")
+
+
+def score_case(env: Envelope) -> list[Envelope]:
+    """Every evaluator in force on one case; a failing evaluator yields EvaluationFailed and the
+    others carry on."""
+    case: ScoringCase = env.event  # type: ignore[assignment]
+    if isinstance(case, ScoreRequested):
+        request_id, observed_at = case.request_id, case.requested_at
+    else:
+        request_id, observed_at = None, case.completed_at  # type: ignore[attr-defined]
+    run_item_id = case.run_item_id
+    key = case.run_id or case.trace_id
+    out: list[Envelope] = []
+    for spec in case.evaluators:
+        evaluator = REGISTRY.get(spec.type)
+        name = spec.score_name
+        spec_hash = spec.spec_hash()
+        try:
+            if evaluator is None:
+                raise LookupError(f"unknown evaluator type {spec.type!r}")
+            score = evaluator.fn(case, spec)
+        except Exception as e:  # one evaluator's failure must not stop the others
+            failure_id = deterministic_id("failure", run_item_id, name)
+            failed = EvaluationFailed(
+                failure_id=failure_id, run_item_id=run_item_id, run_id=case.run_id,
+                dataset_item_id=case.dataset_item_id, trace_id=case.trace_id, name=name,
+                evaluator=spec.type, evaluator_version=evaluator.version if evaluator else None,
+                spec_hash=spec_hash, reason=f"{type(e).__name__}: {e}", request_id=request_id,
+                observed_at=observed_at)
+            out.append(wrap(failed, source=SOURCE, key=key, time=observed_at,
+                            id=deterministic_id("failure-event", env.id, failure_id)))
+            continue
+        if score is None:
+            continue
+        sid = score_id(run_item_id, name, evaluator.source)
+        recorded = ScoreRecorded(
+            score_id=sid, run_item_id=run_item_id, run_id=case.run_id,
+            dataset_item_id=case.dataset_item_id, trace_id=case.trace_id, name=name,
+            value=score.value, data_type=score.data_type, string_value=score.string_value,
+            source=evaluator.source, comment=score.comment, evaluator=spec.type,
+            evaluator_version=evaluator.version, spec_hash=spec_hash, request_id=request_id,
+            observed_at=observed_at)
+        out.append(wrap(recorded, source=SOURCE, key=key, time=observed_at,
+                        id=deterministic_id("score-event", env.id, sid)))
+    return out
+
+
+def score_batch(envelopes: Iterable[Envelope]) -> list[Envelope]:
+    out: list[Envelope] = []
+    for env in envelopes:
+        if is_scorable(env.event):
+            out.extend(score_case(env))
+    return out

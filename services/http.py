@@ -1,0 +1,83 @@
+"""What both HTTP APIs share: bearer-key auth, request size limits and error bodies that name the
+field at fault (FastAPI's own `{"detail": [{"loc", "msg", "type"}]}` shape throughout)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+class FieldError(Exception):
+    """A request that is well-formed JSON but wrong against the catalog (unknown run, say)."""
+
+    def __init__(self, loc: tuple[str | int, ...], msg: str, status: int = 422,
+                 type: str = "value_error"):
+        super().__init__(msg)
+        self.loc, self.msg, self.status, self.type = loc, msg, status, type
+
+    def detail(self) -> list[dict[str, Any]]:
+        return [{"loc": ["body", *self.loc] if self.loc and self.loc[0] != "path" else list(self.loc),
+                 "msg": self.msg, "type": self.type}]
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def require_api_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    keys: list[str] = request.app.state.settings.api_keys
+    if credentials is None:
+        raise HTTPException(401, "missing `Authorization: Bearer <key>`",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not any(hmac.compare_digest(credentials.credentials, k) for k in keys):
+        raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+class BodySizeLimit:
+    """Refuse bodies over the limit with 413 before they are read into memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and int(length) > self.max_bytes:
+            return await _too_large(self.max_bytes)(scope, receive, send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(self.max_bytes)(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse(status_code=413, content={"detail": [{
+        "loc": ["body"], "msg": f"request body exceeds {limit} bytes", "type": "too_large"}]})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FieldError)
+    async def _field_error(_: Request, exc: FieldError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": exc.detail()})

@@ -1,0 +1,64 @@
+"""The command side's HTTP API: datasets, items, runs and traces in; events out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Request, status
+
+from services.ingest.catalog import Catalog
+from services.ingest.commands import CreateDataset, PostTraces, Specs, StartRun, UpsertItems
+from services.messaging import EventPublisher
+
+router = APIRouter(prefix="/v1")
+
+
+def catalog(request: Request) -> Catalog:
+    return request.app.state.catalog
+
+
+def publisher(request: Request) -> EventPublisher:
+    return request.app.state.publisher
+
+
+CatalogDep = Annotated[Catalog, Depends(catalog)]
+
+
+@router.post("/datasets", status_code=status.HTTP_201_CREATED)
+async def create_dataset(cmd: CreateDataset, catalog: CatalogDep) -> dict:
+    event = await catalog.create_dataset(cmd)
+    return {"id": event.dataset_id, "name": event.name,
+            "evaluators": [s.model_dump(exclude_none=True) for s in event.evaluators]}
+
+
+@router.put("/datasets/{dataset_id}/evaluators")
+async def configure_evaluators(dataset_id: str, specs: Annotated[Specs, Body()],
+                               catalog: CatalogDep) -> dict:
+    event = await catalog.configure_evaluators(dataset_id, specs)
+    return {"dataset_id": dataset_id,
+            "evaluators": [s.model_dump(exclude_none=True) for s in event.evaluators]}
+
+
+@router.post("/datasets/{dataset_id}/items", status_code=status.HTTP_201_CREATED)
+async def upsert_items(dataset_id: str, cmd: UpsertItems, catalog: CatalogDep) -> dict:
+    event = await catalog.upsert_items(dataset_id, cmd)
+    return {"dataset_id": dataset_id, "ids": [i.id for i in event.items]}
+
+
+@router.post("/runs", status_code=status.HTTP_201_CREATED)
+async def start_run(cmd: StartRun, catalog: CatalogDep) -> dict:
+    event = await catalog.start_run(cmd)
+    return {"id": event.run_id, "dataset_id": event.dataset_id, "name": event.name,
+            "total_items": event.total_items,
+            "evaluators": [s.model_dump(exclude_none=True) for s in event.evaluators]}
+
+
+@router.post("/traces", status_code=status.HTTP_202_ACCEPTED)
+async def post_traces(cmd: PostTraces, catalog: CatalogDep,
+                      publisher: Annotated[EventPublisher, Depends(publisher)]) -> dict:
+    """Accepted once the broker has acknowledged every trace (acks=all)."""
+    envelopes = await catalog.complete_traces(cmd.traces)
+    await publisher.publish(publisher.settings.topics.traces, envelopes)
+    return {"accepted": len(envelopes)}
+
+

@@ -1,0 +1,212 @@
+"""Ingest's catalog of datasets, items and runs; every change writes its event to the outbox in the
+same transaction, so a catalog row and its event never diverge."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from schemas.catalog import (
+    DatasetCreated,
+    DatasetItem,
+    DatasetItemsUpserted,
+    EvaluatorsConfigured,
+    RunStarted,
+)
+from schemas.common import (
+    DEFAULT_EVALUATORS,
+    EvaluatorSpec,
+    Event,
+    canonical_json,
+    deterministic_id,
+    utcnow,
+)
+from schemas.envelope import Envelope, wrap
+from schemas.traces import TraceCompleted
+from services.http import FieldError
+from services.ingest.commands import (
+    CreateDataset,
+    StartRun,
+    TraceIn,
+    UpsertItems,
+)
+from services.settings import Settings
+
+SOURCE = "evalstream/ingest"
+OUTBOX_CHANNEL = "evalstream_outbox"
+
+
+def _specs(specs: Sequence[EvaluatorSpec] | None) -> tuple[EvaluatorSpec, ...]:
+    return tuple(specs) if specs else DEFAULT_EVALUATORS
+
+
+def _specs_json(specs: Sequence[EvaluatorSpec]) -> list[dict]:
+    return [s.model_dump(mode="json", exclude_none=True) for s in specs]
+
+
+class Catalog:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings):
+        self.pool = pool
+        self.settings = settings
+        # A run's evaluator snapshot never changes, so it is cached for the life of the process.
+        self._runs: dict[str, tuple[str, tuple[EvaluatorSpec, ...]]] = {}
+
+    async def _append_outbox(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> None:
+        await conn.executemany(
+            "INSERT INTO outbox (topic, key, headers, body) VALUES ($1, $2, $3, $4)",
+            [(self.settings.topics.catalog, e.key,
+              [[k, v.decode()] for k, v in e.headers()], e.body()) for e in envelopes])
+        await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+
+    def _envelope(self, event: Event, key: str) -> Envelope:
+        return wrap(event, source=SOURCE, key=key)
+
+    async def create_dataset(self, cmd: CreateDataset) -> DatasetCreated:
+        event = DatasetCreated(dataset_id=str(uuid.uuid4()), name=cmd.name,
+                               description=cmd.description, evaluators=_specs(cmd.evaluators),
+                               created_at=utcnow())
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO datasets (id, name, description, evaluators, created_at)"
+                " VALUES ($1, $2, $3, $4, $5)", event.dataset_id, event.name, event.description,
+                _specs_json(event.evaluators), event.created_at)
+            await self._append_outbox(conn, [self._envelope(event, event.dataset_id)])
+        return event
+
+    async def configure_evaluators(self, dataset_id: str,
+                                   specs: list[EvaluatorSpec]) -> EvaluatorsConfigured:
+        event = EvaluatorsConfigured(dataset_id=dataset_id, evaluators=_specs(specs),
+                                     configured_at=utcnow())
+        async with self.pool.acquire() as conn, conn.transaction():
+            found = await conn.execute("UPDATE datasets SET evaluators = $2 WHERE id = $1",
+                                       dataset_id, _specs_json(event.evaluators))
+            if found == "UPDATE 0":
+                raise FieldError(("path", "dataset_id"), f"dataset {dataset_id} not found", 404,
+                                 "not_found")
+            await self._append_outbox(conn, [self._envelope(event, dataset_id)])
+        return event
+
+    async def upsert_items(self, dataset_id: str, cmd: UpsertItems) -> DatasetItemsUpserted:
+        items = tuple(DatasetItem(id=i.id or str(uuid.uuid4()), input=i.input,
+                                  expected_output=i.expected_output, metadata=i.metadata)
+                      for i in cmd.items)
+        ids = [i.id for i in items]
+        if len(set(ids)) != len(ids):
+            dup = next(n for n, i in enumerate(ids) if ids.index(i) != n)
+            raise FieldError(("items", dup, "id"), f"item id {ids[dup]!r} appears twice")
+        event = DatasetItemsUpserted(dataset_id=dataset_id, items=items, upserted_at=utcnow())
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT 1 FROM datasets WHERE id = $1 FOR SHARE",
+                                       dataset_id):
+                raise FieldError(("path", "dataset_id"), f"dataset {dataset_id} not found", 404,
+                                 "not_found")
+            elsewhere = await conn.fetch(
+                "SELECT id FROM dataset_items WHERE id = ANY($1) AND dataset_id <> $2",
+                ids, dataset_id)
+            if elsewhere:
+                bad = ids.index(elsewhere[0]["id"])
+                raise FieldError(("items", bad, "id"),
+                                 f"item id {ids[bad]!r} belongs to another dataset", 409,
+                                 "conflict")
+            await conn.execute(
+                """INSERT INTO dataset_items (id, dataset_id, input, expected_output, metadata,
+                                              updated_at)
+                   SELECT i.id, $2, i.input, i.expected_output, i.metadata, $3
+                   FROM jsonb_to_recordset($1::jsonb)
+                        AS i(id text, input jsonb, expected_output jsonb, metadata jsonb)
+                   ON CONFLICT (id) DO UPDATE SET input = excluded.input,
+                       expected_output = excluded.expected_output,
+                       metadata = excluded.metadata, updated_at = excluded.updated_at""",
+                [i.model_dump(mode="json") for i in items], dataset_id, event.upserted_at)
+            await self._append_outbox(conn, [self._envelope(event, dataset_id)])
+        return event
+
+    async def start_run(self, cmd: StartRun) -> RunStarted:
+        async with self.pool.acquire() as conn, conn.transaction():
+            dataset = await conn.fetchrow(
+                "SELECT evaluators FROM datasets WHERE id = $1 FOR SHARE", cmd.dataset_id)
+            if dataset is None:
+                raise FieldError(("dataset_id",), f"dataset {cmd.dataset_id} not found")
+            total = await conn.fetchval(
+                "SELECT count(*) FROM dataset_items WHERE dataset_id = $1", cmd.dataset_id)
+            specs = cmd.evaluators or [EvaluatorSpec.model_validate(s)
+                                       for s in dataset["evaluators"]]
+            event = RunStarted(run_id=str(uuid.uuid4()), dataset_id=cmd.dataset_id,
+                               name=cmd.name, evaluators=_specs(specs), metadata=cmd.metadata,
+                               total_items=total, started_at=utcnow())
+            await conn.execute(
+                "INSERT INTO runs (id, dataset_id, name, evaluators, metadata, total_items,"
+                " started_at) VALUES ($1, $2, $3, $4, $5, $6, $7)", event.run_id,
+                event.dataset_id, event.name, _specs_json(event.evaluators), event.metadata,
+                event.total_items, event.started_at)
+            await self._append_outbox(conn, [self._envelope(event, event.dataset_id)])
+        self._runs[event.run_id] = (event.dataset_id, event.evaluators)
+        return event
+
+    async def _runs_by_id(self, conn: asyncpg.Connection,
+                          run_ids: set[str]) -> dict[str, tuple[str, tuple[EvaluatorSpec, ...]]]:
+        missing = [r for r in run_ids if r not in self._runs]
+        if missing:
+            for row in await conn.fetch(
+                    "SELECT id, dataset_id, evaluators FROM runs WHERE id = ANY($1)", missing):
+                self._runs[row["id"]] = (row["dataset_id"], tuple(
+                    EvaluatorSpec.model_validate(s) for s in row["evaluators"]))
+        return {r: self._runs[r] for r in run_ids if r in self._runs}
+
+    async def complete_traces(self, traces: list[TraceIn]) -> list[Envelope]:
+        """Resolve every trace against the catalog; raise FieldError before anything is sent."""
+        run_ids = {t.run_id for t in traces if t.run_id}
+        item_ids = list({t.dataset_item_id for t in traces if t.dataset_item_id})
+        async with self.pool.acquire() as conn:
+            runs = await self._runs_by_id(conn, run_ids)
+            items = {r["id"]: r for r in await conn.fetch(
+                """SELECT i.id, i.dataset_id, i.input, i.expected_output, d.evaluators
+                   FROM dataset_items i JOIN datasets d ON d.id = i.dataset_id
+                   WHERE i.id = ANY($1)""", item_ids)} if item_ids else {}
+        now = utcnow()
+        envelopes = []
+        for n, t in enumerate(traces):
+            dataset_id, specs, expected, given_input = None, DEFAULT_EVALUATORS, None, t.input
+            if t.run_id:
+                if t.run_id not in runs:
+                    raise FieldError(("traces", n, "run_id"), f"unknown run {t.run_id!r}")
+                dataset_id, specs = runs[t.run_id]
+            if t.dataset_item_id:
+                item = items.get(t.dataset_item_id)
+                if item is None:
+                    raise FieldError(("traces", n, "dataset_item_id"),
+                                     f"unknown dataset item {t.dataset_item_id!r}")
+                if dataset_id and item["dataset_id"] != dataset_id:
+                    raise FieldError(("traces", n, "dataset_item_id"),
+                                     f"item {t.dataset_item_id!r} is not in the run's dataset")
+                if not t.run_id:
+                    specs = tuple(EvaluatorSpec.model_validate(s) for s in item["evaluators"])
+                dataset_id, expected = item["dataset_id"], item["expected_output"]
+                if given_input is None:
+                    given_input = item["input"]
+            event = TraceCompleted(
+                trace_id=t.trace_id, run_id=t.run_id, dataset_id=dataset_id,
+                dataset_item_id=t.dataset_item_id, input=given_input, output=t.output,
+                expected_output=expected, evaluators=specs, status=t.status, error=t.error,
+                latency_ms=t.latency_ms, usage=t.usage, cost=t.cost, metadata=t.metadata,
+                completed_at=now)
+            envelopes.append(wrap(event, source=SOURCE, key=t.run_id or t.trace_id,
+                                  id=trace_event_id(event), time=now))
+        return envelopes
+
+
+def trace_event_id(event: TraceCompleted) -> str:
+    """Content address of a trace (its receipt time aside): the same trace posted twice is the
+    same event, and consumers skip the second one."""
+    body = event.model_dump(mode="json", exclude={"completed_at"}, exclude_none=True)
+    return deterministic_id("trace-completed", hashlib.sha256(canonical_json(body)).hexdigest())
+
+
+def outbox_headers(raw: list[list[str]]) -> list[tuple[str, bytes]]:
+    return [(k, v.encode()) for k, v in raw]
+
+
+

@@ -1,0 +1,65 @@
+"""The outbox relay: publishes catalog events committed to the outbox table, in commit order.
+
+One relay publishes at a time (a Postgres advisory lock), so events of one dataset keep their order
+even with several ingest instances. A crash between publish and delete republishes the same events
+with the same ids, which consumers skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+
+from services.ingest.catalog import OUTBOX_CHANNEL, outbox_headers
+from services.messaging import EventPublisher
+
+log = logging.getLogger(__name__)
+_LOCK_KEY = 0x65766F7574  # "evout"
+
+
+async def relay_once(pool: asyncpg.Pool, publisher: EventPublisher, limit: int = 1000) -> int:
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_KEY):
+            return 0
+        rows = await conn.fetch(
+            "SELECT seq, topic, key, headers, body FROM outbox ORDER BY seq LIMIT $1", limit)
+        if not rows:
+            return 0
+        by_topic: dict[str, list] = {}
+        for r in rows:
+            by_topic.setdefault(r["topic"], []).append(
+                (r["key"].encode() if r["key"] else None, r["body"], outbox_headers(r["headers"])))
+        for topic, records in by_topic.items():
+            await publisher.publish_raw(topic, records)
+        await conn.execute("DELETE FROM outbox WHERE seq = ANY($1)", [r["seq"] for r in rows])
+        return len(rows)
+
+
+async def run_relay(pool: asyncpg.Pool, publisher: EventPublisher,
+                    idle_wait: float = 1.0) -> None:
+    """Relay until cancelled; wakes on NOTIFY from a committing transaction, else polls."""
+    wake = asyncio.Event()
+    listener = await pool.acquire()
+
+    def on_notify(*_: object) -> None:
+        wake.set()
+
+    await listener.add_listener(OUTBOX_CHANNEL, on_notify)
+    try:
+        while True:
+            try:
+                if await relay_once(pool, publisher):
+                    continue
+            except Exception as e:  # the relay must outlive a broker or database hiccup
+                log.warning("outbox relay failed, retrying: %s", e)
+                await asyncio.sleep(idle_wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), idle_wait)
+            wake.clear()
+    finally:
+        with contextlib.suppress(Exception):
+            await listener.remove_listener(OUTBOX_CHANNEL, on_notify)
+        await pool.release(listener)

@@ -1,0 +1,75 @@
+"""Projections: consumers that build the read models, and the query API that reads them.
+
+A consumed batch is decoded (undecodable records go to the dead-letter topic) and applied in one
+transaction together with its event ids, so a redelivered or duplicated event changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from services.database import create_pool
+from services.http import install_error_handlers, require_api_key
+from services.messaging import EventPublisher, broker_factory, decode_records, ensure_topics
+from services.projections.api import router
+from services.projections.read_models import apply_batch
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def register(broker: KafkaBroker, settings: Settings, state: dict) -> None:
+    topics = settings.topics
+
+    @broker.subscriber(
+        topics.catalog, topics.traces, topics.scores, batch=True,
+        group_id=settings.projections_group, auto_offset_reset="earliest",
+        max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms,
+        ack_policy=AckPolicy.NACK_ON_ERROR)
+    async def on_events(msg: KafkaMessage) -> None:
+        envelopes = await decode_records(msg.raw_message, state["publisher"])
+        async with state["pool"].acquire() as conn, conn.transaction():
+            await apply_batch(conn, envelopes)
+
+
+def application_factory(settings: Settings, *, consume: bool = True) -> FastAPI:
+    """The query API; with `consume`, the projection consumers run in the same process."""
+    state: dict = {}
+    broker = broker_factory(settings) if consume else None
+    if broker is not None:
+        register(broker, settings, state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(settings.dsn, settings.read_model_schema, max_size=10)
+        app.state.pool = state["pool"] = pool
+        publisher = state["publisher"] = EventPublisher(settings, "projections")
+        try:
+            if broker is not None:
+                await ensure_topics(settings)
+                await publisher.start()
+                await broker.start()
+            yield
+        finally:
+            if broker is not None:
+                await broker.stop()
+                await publisher.stop()
+            await pool.close()
+
+    app = FastAPI(title="evalstream query API", version="1", lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(router, dependencies=[Depends(require_api_key)])
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,3 @@
+from services.migrations_env import run
+
+run()

@@ -1,0 +1,235 @@
+"""Applies a batch of events to the Postgres read models in one transaction.
+
+The outcome does not depend on arrival order or repetition, which is what lets a rebuild from the
+log come out identical to the live models:
+- every event id is recorded in `applied_events` in the same transaction; a seen id is skipped;
+- "latest wins" compares the event's own time (then its id), never the order of arrival.
+Each event type has one handler, and each handler is one set-based statement per batch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+
+from schemas.catalog import DatasetCreated, DatasetItemsUpserted, EvaluatorsConfigured, RunStarted
+from schemas.common import Event
+from schemas.envelope import Envelope
+from schemas.scores import EvaluationFailed, ScoreRecorded
+from schemas.traces import ScoreRequested, TraceCompleted
+
+Rows = list[dict]
+
+
+def _dump(event: Event, **extra) -> dict:
+    return {**event.model_dump(mode="json"), **extra}
+
+
+async def apply_dataset_created(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    await conn.execute("""
+        INSERT INTO datasets (id, name, description, evaluators, created_at, evaluators_at)
+        SELECT dataset_id, name, description, evaluators, created_at, created_at
+        FROM jsonb_to_recordset($1::jsonb) AS e(dataset_id text, name text, description text,
+                                                 evaluators jsonb, created_at timestamptz)
+        ON CONFLICT (id) DO UPDATE SET name = excluded.name, description = excluded.description,
+            created_at = excluded.created_at,
+            evaluators = CASE WHEN excluded.evaluators_at > datasets.evaluators_at
+                              THEN excluded.evaluators ELSE datasets.evaluators END,
+            evaluators_at = greatest(excluded.evaluators_at, datasets.evaluators_at)
+        """, [_dump(e.event) for e in batch])
+
+
+async def apply_evaluators_configured(conn: asyncpg.Connection,
+                                      batch: Sequence[Envelope]) -> None:
+    latest: dict[str, EvaluatorsConfigured] = {}
+    for env in batch:
+        ev: EvaluatorsConfigured = env.event  # type: ignore[assignment]
+        if ev.dataset_id not in latest or ev.configured_at > latest[ev.dataset_id].configured_at:
+            latest[ev.dataset_id] = ev
+    # A configuration that arrives before its DatasetCreated is kept on a placeholder row,
+    # which DatasetCreated then completes.
+    await conn.execute("""
+        INSERT INTO datasets (id, name, evaluators, created_at, evaluators_at)
+        SELECT dataset_id, '', evaluators, configured_at, configured_at
+        FROM jsonb_to_recordset($1::jsonb) AS e(dataset_id text, evaluators jsonb,
+                                                 configured_at timestamptz)
+        ON CONFLICT (id) DO UPDATE SET evaluators = excluded.evaluators,
+            evaluators_at = excluded.evaluators_at
+        WHERE datasets.evaluators_at < excluded.evaluators_at
+        """, [_dump(e) for e in latest.values()])
+
+
+async def apply_items_upserted(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    latest: dict[str, dict] = {}
+    for env in batch:
+        ev: DatasetItemsUpserted = env.event  # type: ignore[assignment]
+        for item in ev.items:
+            row = {**item.model_dump(mode="json"), "dataset_id": ev.dataset_id,
+                   "updated_at": ev.upserted_at.isoformat()}
+            if item.id not in latest or row["updated_at"] > latest[item.id]["updated_at"]:
+                latest[item.id] = row
+    await conn.execute("""
+        INSERT INTO dataset_items (id, dataset_id, input, expected_output, metadata, updated_at)
+        SELECT id, dataset_id, input, expected_output, metadata, updated_at
+        FROM jsonb_to_recordset($1::jsonb) AS e(id text, dataset_id text, input jsonb,
+                                                 expected_output jsonb, metadata jsonb,
+                                                 updated_at timestamptz)
+        ON CONFLICT (id) DO UPDATE SET dataset_id = excluded.dataset_id, input = excluded.input,
+            expected_output = excluded.expected_output, metadata = excluded.metadata,
+            updated_at = excluded.updated_at
+        WHERE dataset_items.updated_at < excluded.updated_at
+        """, list(latest.values()))
+
+
+async def apply_run_started(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    await conn.execute("""
+        INSERT INTO runs (id, dataset_id, name, evaluators, metadata, total_items, started_at)
+        SELECT run_id, dataset_id, name, evaluators, metadata, total_items, started_at
+        FROM jsonb_to_recordset($1::jsonb) AS e(run_id text, dataset_id text, name text,
+                                                 evaluators jsonb, metadata jsonb,
+                                                 total_items integer, started_at timestamptz)
+        ON CONFLICT (id) DO NOTHING
+        """, [_dump(e.event) for e in batch])
+
+
+def _latest(batch: Sequence[Envelope], key: Callable[[Event], str],
+            at: Callable[[Event], object]) -> list[Envelope]:
+    """Within one batch, keep the latest event per key (one statement may touch a row once)."""
+    best: dict[str, Envelope] = {}
+    for env in batch:
+        k = key(env.event)
+        cur = best.get(k)
+        if cur is None or (at(env.event), env.id) > (at(cur.event), cur.id):
+            best[k] = env
+    return list(best.values())
+
+
+async def apply_traces(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    rows = []
+    for env in _latest(batch, lambda e: e.run_item_id, lambda e: e.completed_at):
+        t: TraceCompleted = env.event  # type: ignore[assignment]
+        rows.append({
+            "run_item_id": t.run_item_id, "run_id": t.run_id,
+            "dataset_item_id": t.dataset_item_id, "trace_id": t.trace_id, "status": t.status,
+            "input": t.input, "output": t.output, "expected_output": t.expected_output,
+            "error": t.error, "latency_ms": t.latency_ms,
+            "input_tokens": t.usage.input_tokens if t.usage else None,
+            "output_tokens": t.usage.output_tokens if t.usage else None,
+            "cost": t.cost, "metadata": t.metadata, "completed_at": t.completed_at.isoformat(),
+            "event_id": env.id})
+    await conn.execute("""
+        INSERT INTO run_items AS r (run_item_id, run_id, dataset_item_id, trace_id, status, input,
+            output, expected_output, error, latency_ms, input_tokens, output_tokens, cost,
+            metadata, completed_at, event_id)
+        SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(run_item_id text, run_id text,
+            dataset_item_id text, trace_id text, status text, input jsonb, output jsonb,
+            expected_output jsonb, error text, latency_ms double precision, input_tokens integer,
+            output_tokens integer, cost double precision, metadata jsonb,
+            completed_at timestamptz, event_id text)
+        ON CONFLICT (run_item_id) DO UPDATE SET run_id = excluded.run_id,
+            dataset_item_id = excluded.dataset_item_id, trace_id = excluded.trace_id,
+            status = excluded.status, input = excluded.input, output = excluded.output,
+            expected_output = excluded.expected_output, error = excluded.error,
+            latency_ms = excluded.latency_ms, input_tokens = excluded.input_tokens,
+            output_tokens = excluded.output_tokens, cost = excluded.cost,
+            metadata = excluded.metadata, completed_at = excluded.completed_at,
+            event_id = excluded.event_id
+        WHERE (r.completed_at, r.event_id) < (excluded.completed_at, excluded.event_id)
+        """, rows)
+
+
+_SCORE_COLUMNS = """score_id text, run_item_id text, run_id text, dataset_item_id text,
+    trace_id text, name text, source text, value double precision, data_type text,
+    string_value text, comment text, created_by text, evaluator text, evaluator_version text,
+    spec_hash text, request_id text, observed_at timestamptz, event_id text"""
+
+
+async def apply_scores(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    history = [_dump(e.event, event_id=e.id) for e in batch]
+    await conn.execute(f"""
+        INSERT INTO score_history (event_id, score_id, value, string_value, comment, created_by,
+            evaluator, evaluator_version, spec_hash, request_id, observed_at)
+        SELECT event_id, score_id, value, string_value, comment, created_by, evaluator,
+            evaluator_version, spec_hash, request_id, observed_at
+        FROM jsonb_to_recordset($1::jsonb) AS e({_SCORE_COLUMNS})
+        ON CONFLICT (event_id) DO NOTHING
+        """, history)
+    latest = [_dump(e.event, event_id=e.id)
+              for e in _latest(batch, lambda e: e.score_id, lambda e: e.observed_at)]
+    await conn.execute(f"""
+        INSERT INTO scores AS s SELECT * FROM jsonb_to_recordset($1::jsonb) AS e({_SCORE_COLUMNS})
+        ON CONFLICT (score_id) DO UPDATE SET value = excluded.value,
+            data_type = excluded.data_type, string_value = excluded.string_value,
+            comment = excluded.comment, created_by = excluded.created_by,
+            evaluator = excluded.evaluator, evaluator_version = excluded.evaluator_version,
+            spec_hash = excluded.spec_hash, request_id = excluded.request_id,
+            observed_at = excluded.observed_at, event_id = excluded.event_id,
+            trace_id = excluded.trace_id
+        WHERE (s.observed_at, s.event_id) < (excluded.observed_at, excluded.event_id)
+        """, latest)
+    # A score that is newer than a recorded failure of the same evaluator supersedes it.
+    await conn.execute("""
+        DELETE FROM evaluation_failures f USING jsonb_to_recordset($1::jsonb)
+            AS e(run_item_id text, name text, observed_at timestamptz)
+        WHERE f.run_item_id = e.run_item_id AND f.name = e.name
+          AND f.observed_at <= e.observed_at
+        """, latest)
+
+
+async def apply_failures(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    rows = [_dump(e.event, event_id=e.id)
+            for e in _latest(batch, lambda e: e.failure_id, lambda e: e.observed_at)]
+    await conn.execute("""
+        INSERT INTO evaluation_failures AS f (failure_id, run_item_id, run_id, dataset_item_id,
+            trace_id, name, evaluator, evaluator_version, spec_hash, reason, request_id,
+            observed_at, event_id)
+        SELECT e.* FROM jsonb_to_recordset($1::jsonb) AS e(failure_id text, run_item_id text,
+            run_id text, dataset_item_id text, trace_id text, name text, evaluator text,
+            evaluator_version text, spec_hash text, reason text, request_id text,
+            observed_at timestamptz, event_id text)
+        WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE s.run_item_id = e.run_item_id
+                          AND s.name = e.name AND s.observed_at >= e.observed_at)
+        ON CONFLICT (failure_id) DO UPDATE SET reason = excluded.reason,
+            evaluator_version = excluded.evaluator_version, spec_hash = excluded.spec_hash,
+            request_id = excluded.request_id, observed_at = excluded.observed_at,
+            event_id = excluded.event_id
+        WHERE (f.observed_at, f.event_id) < (excluded.observed_at, excluded.event_id)
+        """, rows)
+
+
+async def _ignore(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    """Score requests change no read model here; their progress is counted from the scores."""
+
+
+# The whole event-to-handler map, in the order a batch is applied.
+HANDLERS: dict[type[Event], Callable[[asyncpg.Connection, Sequence[Envelope]], Awaitable[None]]] = {
+    DatasetCreated: apply_dataset_created,
+    EvaluatorsConfigured: apply_evaluators_configured,
+    DatasetItemsUpserted: apply_items_upserted,
+    RunStarted: apply_run_started,
+    TraceCompleted: apply_traces,
+    ScoreRecorded: apply_scores,
+    EvaluationFailed: apply_failures,
+    ScoreRequested: _ignore,
+}
+
+
+async def apply_batch(conn: asyncpg.Connection, envelopes: Sequence[Envelope]) -> int:
+    """Apply the not-yet-applied events of a batch; call inside a transaction. Returns how many
+    events were new."""
+    unique = list({env.id: env for env in envelopes}.values())
+    if not unique:
+        return 0
+    fresh_ids = {r[0] for r in await conn.fetch(
+        "INSERT INTO applied_events (event_id) SELECT unnest($1::text[])"
+        " ON CONFLICT DO NOTHING RETURNING event_id", [e.id for e in unique])}
+    by_type: dict[type[Event], list[Envelope]] = defaultdict(list)
+    for env in unique:
+        if env.id in fresh_ids:
+            by_type[type(env.event)].append(env)
+    for event_type, handler in HANDLERS.items():
+        if by_type.get(event_type):
+            await handler(conn, by_type[event_type])
+    return len(fresh_ids)

@@ -1,0 +1,79 @@
+"""All configuration of evalstream, read from the environment (pydantic-settings).
+
+Broker and database URLs use their conventional names (`KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`);
+everything else is `EVALSTREAM_*`, nested with `__` (e.g. `EVALSTREAM_TOPICS__TRACES`).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Topics(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    catalog: str = "evalstream.catalog"
+    traces: str = "evalstream.traces"
+    score_requests: str = "evalstream.score-requests"
+    scores: str = "evalstream.scores"
+    dead_letter: str = "evalstream.dead-letter"
+
+    def all(self) -> list[str]:
+        return [self.catalog, self.traces, self.score_requests, self.scores, self.dead_letter]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EVALSTREAM_", env_nested_delimiter="__",
+                                      extra="forbid")
+
+    kafka_bootstrap_servers: str | None = Field(
+        None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS",
+                                            "EVALSTREAM_KAFKA_BOOTSTRAP_SERVERS"),
+        description="host:port[,host:port]; unset = `evalstream up` starts a local broker.")
+    database_url: str | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL", "EVALSTREAM_DATABASE_URL"),
+        description="postgresql://…; unset = `evalstream up` starts an embedded Postgres.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated bearer keys accepted by ingest.")
+    topics: Topics = Topics()
+    topic_partitions: int = Field(8, ge=1, description="Partitions of topics evalstream creates.")
+    host: str = "127.0.0.1"
+    ingest_port: int = 8000
+    query_port: int = 8001
+    catalog_schema: str = "catalog"
+    read_model_schema: str = Field("read_model", description="Live read-model schema.")
+    evaluator_group: str = "evalstream-evaluator"
+    projections_group: str = "evalstream-projections"
+    batch_max_records: int = Field(2000, ge=1, description="Most records a consumer takes at once.")
+    batch_timeout_ms: int = Field(20, ge=1, description="Longest a consumer waits to fill a batch.")
+    max_traces_per_request: int = 1000
+    max_body_bytes: int = Field(16 * 1024 * 1024, description="Largest request body ingest accepts.")
+    trace_url_template: str = Field(
+        "http://localhost:3000/observability?traceId={trace_id}",
+        description="Link to a trace in the team's observability tool.")
+    data_dir: str = Field(".evalstream", description="Where `up` keeps its embedded Postgres.")
+    log_level: str = "INFO"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    @cached_property
+    def bootstrap(self) -> str:
+        if not self.kafka_bootstrap_servers:
+            raise RuntimeError("KAFKA_BOOTSTRAP_SERVERS is not set")
+        return self.kafka_bootstrap_servers
+
+    @cached_property
+    def dsn(self) -> str:
+        if not self.database_url:
+            raise RuntimeError("DATABASE_URL is not set")
+        # SQLAlchemy-style driver suffixes are accepted so one URL serves both asyncpg and alembic.
+        return self.database_url.replace("postgresql+asyncpg://", "postgresql://")

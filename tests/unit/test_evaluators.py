@@ -1,0 +1,304 @@
+"""Unit tests of the programmatic evaluators, their option validation and the registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from schemas.common import EvaluatorSpec
+from schemas.traces import ScoringCase
+from services.evaluator.evaluators import (
+    REGISTRY,
+    Score,
+    SpecError,
+    contains,
+    exact_match,
+    json_structure,
+    validate_spec,
+)
+
+
+def case(output: Any = None, expected: Any = None) -> ScoringCase:
+    return ScoringCase(trace_id="t", output=output, expected_output=expected)
+
+
+EXACT = EvaluatorSpec(type="exact_match")
+CONTAINS = EvaluatorSpec(type="contains")
+STRUCTURE = EvaluatorSpec(type="json_structure")
+
+
+# --- exact_match -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("expected", [None, "", "   \n\t", {}, []], ids=repr)
+def test_exact_match_gives_no_score_when_expected_is_blank(expected: Any) -> None:
+    assert exact_match(case("Paris", expected), EXACT) is None
+
+
+def test_exact_match_is_a_boolean_score() -> None:
+    assert exact_match(case("Paris", "Paris"), EXACT) == Score(1.0, "boolean")
+    assert exact_match(case("Lyon", "Paris"), EXACT) == Score(0.0, "boolean")
+
+
+def test_exact_match_trims_surrounding_whitespace_of_strings() -> None:
+    assert exact_match(case("  Paris\n", "Paris "), EXACT).value == 1.0
+
+
+def test_exact_match_strings_are_case_sensitive_and_not_trimmed_inside() -> None:
+    assert exact_match(case("paris", "Paris"), EXACT).value == 0.0
+    assert exact_match(case("Par is", "Paris"), EXACT).value == 0.0
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        ('{"b": [1, 2], "a": "x"}', {"a": "x", "b": [1, 2]}),  # key order does not matter
+        ('  [1, {"k": null}]  ', [1, {"k": None}]),
+        ("42", 42),
+        ("true", True),
+        ("false", False),
+    ],
+)
+def test_exact_match_parses_string_output_when_expected_is_json(output: str, expected: Any) -> None:
+    assert exact_match(case(output, expected), EXACT).value == 1.0
+
+
+def test_exact_match_compares_non_string_output_with_json_expected_by_deep_equality() -> None:
+    assert exact_match(case({"a": [1, {"b": 2}]}, {"a": [1, {"b": 2}]}), EXACT).value == 1.0
+    assert exact_match(case({"a": [1, {"b": 3}]}, {"a": [1, {"b": 2}]}), EXACT).value == 0.0
+    assert exact_match(case({"a": 1, "extra": 2}, {"a": 1}), EXACT).value == 0.0
+    assert exact_match(case([1, 2], [2, 1]), EXACT).value == 0.0
+
+
+@pytest.mark.parametrize("output", ["{not json", "", "Paris", "[1, 2"])
+def test_exact_match_unparsable_output_with_json_expected_scores_zero(output: str) -> None:
+    assert exact_match(case(output, {"a": 1}), EXACT) == Score(0.0, "boolean")
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        (1, True),
+        (True, 1),
+        (0, False),
+        ("1", True),
+        ("true", 1),
+        ({"ok": 1}, {"ok": True}),
+        ([1.0, 0], [True, False]),
+    ],
+    ids=repr,
+)
+def test_exact_match_booleans_are_not_numbers(output: Any, expected: Any) -> None:
+    assert exact_match(case(output, expected), EXACT).value == 0.0
+
+
+def test_exact_match_int_equals_float() -> None:
+    assert exact_match(case("1.0", 1), EXACT).value == 1.0
+    assert exact_match(case({"n": 2}, {"n": 2.0}), EXACT).value == 1.0
+
+
+def test_exact_match_json_expected_distinguishes_string_from_number() -> None:
+    assert exact_match(case('"42"', 42), EXACT).value == 0.0
+
+
+@pytest.mark.parametrize(
+    ("output", "expected", "value"),
+    [
+        ({"a": 1}, '{"a": 1}', 1.0),  # dict output as JSON text
+        ([1, "é"], ' [1, "é"] ', 1.0),  # non-ASCII kept, expected trimmed
+        (42, "42", 1.0),
+        (True, "true", 1.0),
+        (None, "null", 0.0),  # no output is empty text, not "null"
+    ],
+    ids=repr,
+)
+def test_exact_match_string_expected_compares_output_as_text(
+    output: Any, expected: str, value: float
+) -> None:
+    assert exact_match(case(output, expected), EXACT).value == value
+
+
+# --- contains ----------------------------------------------------------------------------------
+
+
+def test_contains_uses_the_keywords_option() -> None:
+    spec = EvaluatorSpec(type="contains", keywords=["paris", "france"])
+    assert contains(case("Paris is in France", "ignored"), spec) == Score(1.0, "numeric")
+
+
+def test_contains_keywords_option_overrides_expected() -> None:
+    spec = EvaluatorSpec(type="contains", keywords=["lyon"])
+    assert contains(case("Paris", "Paris"), spec).value == 0.0
+
+
+@pytest.mark.parametrize(
+    ("expected", "value"),
+    [
+        ({"keywords": ["paris", "louvre"]}, 0.5),  # object: its "keywords" entry
+        (["paris", "louvre", "seine"], pytest.approx(1 / 3)),  # array: itself
+        ([2026, "paris"], 1.0),  # array items compared as text
+        ("Paris", 1.0),  # string: the whole string is the one keyword
+    ],
+    ids=["object", "array", "array-of-non-strings", "string"],
+)
+def test_contains_takes_keywords_from_each_expected_shape(expected: Any, value: Any) -> None:
+    assert contains(case("Paris, 2026", expected), CONTAINS).value == value
+
+
+@pytest.mark.parametrize(
+    "expected",
+    [None, "", "  ", [], {}, {"other": ["paris"]}, {"keywords": []}, 42, True],
+    ids=repr,
+)
+def test_contains_gives_no_score_without_keywords(expected: Any) -> None:
+    assert contains(case("Paris", expected), CONTAINS) is None
+
+
+def test_contains_gives_no_score_with_empty_keywords_option() -> None:
+    spec = EvaluatorSpec(type="contains", keywords=[])
+    assert contains(case("Paris", "Paris"), spec) is None
+
+
+@pytest.mark.parametrize("output", [None, "", "   \n"], ids=repr)
+def test_contains_empty_output_scores_zero(output: Any) -> None:
+    assert contains(case(output, "Paris"), CONTAINS) == Score(0.0, "numeric")
+
+
+def test_contains_is_case_insensitive() -> None:
+    spec = EvaluatorSpec(type="contains", keywords=["PARIS", "straße"])
+    assert contains(case("paris STRASSE", None), spec).value == 1.0
+
+
+def test_contains_partial_ratio() -> None:
+    spec = EvaluatorSpec(type="contains", keywords=["a", "b", "z"])
+    assert contains(case("a b c", None), spec).value == pytest.approx(2 / 3)
+
+
+def test_contains_reads_object_and_array_output_as_json_text() -> None:
+    spec = EvaluatorSpec(type="contains", keywords=['"city": "parís"', "true"])
+    assert contains(case({"city": "París", "ok": True}, None), spec).value == 1.0
+    assert contains(case(["x", True], None), spec).value == 0.5
+
+
+# --- json_structure ----------------------------------------------------------------------------
+
+
+def test_json_structure_required_keys_from_expected_object() -> None:
+    result = json_structure(case({"a": 1, "b": 2, "c": 3}, {"a": 0, "b": 0}), STRUCTURE)
+    assert result == Score(1.0, "numeric")
+
+
+def test_json_structure_partial_ratio() -> None:
+    result = json_structure(case({"a": 1, "x": None}, {"a": 0, "b": 0, "c": 0}), STRUCTURE)
+    assert result.value == pytest.approx(1 / 3)
+
+
+def test_json_structure_only_top_level_keys_count() -> None:
+    result = json_structure(case({"outer": {"a": 1}}, {"a": 0}), STRUCTURE)
+    assert result.value == 0.0
+
+
+def test_json_structure_parses_string_output() -> None:
+    result = json_structure(case('{"a": 1, "b": 2}', {"a": 0, "b": 0, "c": 0}), STRUCTURE)
+    assert result.value == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    "output", [None, "not json", "[1, 2]", '"a"', "42", ["a"], 42, True], ids=repr
+)
+def test_json_structure_non_object_output_scores_zero(output: Any) -> None:
+    assert json_structure(case(output, {"a": 0}), STRUCTURE) == Score(0.0, "numeric")
+
+
+def test_json_structure_required_keys_option_overrides_expected() -> None:
+    spec = EvaluatorSpec(type="json_structure", required_keys=["answer", "sources"])
+    result = json_structure(case({"answer": "x", "a": 1}, {"a": 0}), spec)
+    assert result.value == 0.5
+
+
+@pytest.mark.parametrize("expected", [None, {}, ["a"], "a", 1], ids=repr)
+def test_json_structure_gives_no_score_without_required_keys(expected: Any) -> None:
+    assert json_structure(case({"a": 1}, expected), STRUCTURE) is None
+
+
+def test_json_structure_gives_no_score_with_empty_required_keys_option() -> None:
+    spec = EvaluatorSpec(type="json_structure", required_keys=[])
+    assert json_structure(case({"a": 1}, {"a": 0}), spec) is None
+
+
+# --- validate_spec -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        EvaluatorSpec(type="exact_match"),
+        EvaluatorSpec(type="exact_match", name="strict"),
+        EvaluatorSpec(type="contains"),
+        EvaluatorSpec(type="contains", keywords=["paris"]),
+        EvaluatorSpec(type="json_structure", required_keys=["answer"]),
+    ],
+    ids=repr,
+)
+def test_validate_spec_accepts_valid_specs(spec: EvaluatorSpec) -> None:
+    validate_spec(spec)
+
+
+def test_validate_spec_rejects_unknown_type() -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec(EvaluatorSpec(type="levenshtein"))
+    assert info.value.field == "type"
+    assert "levenshtein" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("keywords", "field"),
+    [("paris", "keywords"), ({"a": 1}, "keywords"), (["paris", 3], "keywords.1"),
+     ([""], "keywords.0"), ([None], "keywords.0")],
+    ids=repr,
+)
+def test_validate_spec_rejects_keywords_that_are_not_non_empty_strings(
+    keywords: Any, field: str
+) -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec(EvaluatorSpec(type="contains", keywords=keywords))
+    assert info.value.field == field
+
+
+def test_validate_spec_rejects_required_keys_that_are_not_strings() -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec(EvaluatorSpec(type="json_structure", required_keys="answer"))
+    assert info.value.field == "required_keys"
+
+
+def test_validate_spec_names_an_unknown_option() -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec(EvaluatorSpec(type="exact_match", keywords=["paris"]))
+    assert info.value.field == "keywords"
+    assert "exact_match" in info.value.message
+    assert "keywords" in str(info.value)
+
+
+def test_evaluators_reject_invalid_options_they_are_given() -> None:
+    with pytest.raises(SpecError):
+        contains(case("Paris", "Paris"), EvaluatorSpec(type="contains", keywords="paris"))
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+
+def test_registry_holds_the_built_in_evaluators() -> None:
+    assert set(REGISTRY) >= {"exact_match", "contains", "json_structure"}
+
+
+@pytest.mark.parametrize("key", sorted(REGISTRY))
+def test_registry_entry_is_complete(key: str) -> None:
+    evaluator = REGISTRY[key]
+    assert evaluator.type == key
+    assert evaluator.version
+    assert callable(evaluator.fn)
+    assert issubclass(evaluator.options, BaseModel)
+    assert evaluator.source in ("programmatic", "llm_judge")
+    validate_spec(EvaluatorSpec(type=key))  # every evaluator works without options
