@@ -11,10 +11,9 @@ import signal
 import subprocess
 import sys
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
-import httpx
 import typer
 
 from services.settings import Settings
@@ -23,7 +22,7 @@ app = typer.Typer(help="evalstream: event-sourced scoring of LLM application out
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
 
-class Service(str, Enum):
+class Service(StrEnum):
     ingest = "ingest"
     evaluator = "evaluator"
     projections = "projections"
@@ -74,18 +73,6 @@ def serve(service: Service) -> None:
         asyncio.run(application_factory(settings).run())
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with {proc.returncode} before it became healthy")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not healthy after {timeout}s")
-
-
 def _api_key(data_dir: Path) -> str:
     key_file = data_dir / "api-key"
     if not key_file.exists():
@@ -99,15 +86,16 @@ def up(broker_port: int = typer.Option(19092, help="Port of the local broker, wh
         -> None:
     """Start everything in the foreground: broker and Postgres unless their URLs are given, the
     three services, and print where they listen. Ctrl-C stops all of it."""
-    from services.devstack import embedded_postgres, tansu_broker
+    from services.devstack import ServiceProcesses, embedded_postgres, tansu_broker
 
     settings = Settings()
     _logging(settings)
     data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    procs: list[subprocess.Popen] = []
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    procs = ServiceProcesses(env, ports={"ingest": settings.ingest_port,
+                                         "projections": settings.query_port})
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as on Ctrl-C
     with contextlib.ExitStack() as stack:
         try:
             if not settings.kafka_bootstrap_servers:
@@ -120,13 +108,9 @@ def up(broker_port: int = typer.Option(19092, help="Port of the local broker, wh
                 env["EVALSTREAM_API_KEYS"] = _api_key(data_dir)
             subprocess.run([sys.executable, "-m", "services.cli", "migrate"], env=env,
                            check=True)
-            for service in Service:
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "services.cli", "serve", service.value], env=env))
+            procs.start_all()
             ingest = f"http://{settings.host}:{settings.ingest_port}"
             query = f"http://{settings.host}:{settings.query_port}"
-            _wait_healthy(f"{ingest}/healthz", procs[0])
-            _wait_healthy(f"{query}/healthz", procs[2])
             key = env["EVALSTREAM_API_KEYS"].split(",")[0]
             typer.echo(f"""
 evalstream is up.
@@ -137,21 +121,14 @@ evalstream is up.
   API key      {key}
 Ctrl-C stops everything.
 """)
-            while all(p.poll() is None for p in procs):
+            while not procs.exited():
                 time.sleep(0.5)
-            failed = [p.args[-1] for p in procs if p.poll() is not None]
-            raise typer.Exit(f"service(s) exited: {', '.join(failed)}")
+            typer.echo(f"service(s) exited: {', '.join(procs.exited())}", err=True)
+            raise typer.Exit(1)
         except KeyboardInterrupt:
             typer.echo("stopping…")
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGINT)
-            for p in procs:
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            procs.stop_all()
 
 
 if __name__ == "__main__":

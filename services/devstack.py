@@ -6,11 +6,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import httpx
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +74,65 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
         yield server.get_uri()
     finally:
         server.cleanup()
+
+
+SERVICES = ("evaluator", "projections", "ingest")
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log_file: Path | None = None,
+                 timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_file.read_text()[-3000:] if log_file and log_file.exists() else ""
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}\n{tail}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not healthy after {timeout}s")
+
+
+class ServiceProcesses:
+    """The services as processes (`evalstream serve <name>`), each started once healthy; used by
+    `evalstream up`, the end-to-end tests and the benchmark alike."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path | None = None,
+                 ports: dict[str, int] | None = None):
+        self.env, self.log_dir = env, log_dir
+        self.ports = ports or {}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, instance: str | None = None) -> subprocess.Popen:
+        key = instance or name
+        log = None
+        if self.log_dir is not None:
+            log = open(self.log_dir / f"{key}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", name],
+                                env=self.env, stdout=log, stderr=subprocess.STDOUT if log else None)
+        self.procs[key] = proc
+        if name in self.ports:
+            wait_healthy(f"http://127.0.0.1:{self.ports[name]}/healthz", proc,
+                         self.log_dir / f"{key}.log" if self.log_dir else None)
+        return proc
+
+    def start_all(self) -> None:
+        for name in SERVICES:
+            self.start(name)
+
+    def stop(self, key: str, sig: int = signal.SIGINT) -> None:
+        proc = self.procs.pop(key)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop_all(self) -> None:
+        for key in list(self.procs):
+            self.stop(key)
+
+    def exited(self) -> list[str]:
+        return [k for k, p in self.procs.items() if p.poll() is not None]

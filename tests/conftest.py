@@ -8,10 +8,7 @@ testcontainers when a Docker engine answers, or started here (Tansu and embedded
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
-from services.devstack import embedded_postgres, free_port, tansu_broker
+from services.devstack import ServiceProcesses, embedded_postgres, free_port, tansu_broker
 from services.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,55 +125,13 @@ async def db(migrated: Settings) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-class ServiceProcesses:
-    """The three services as real processes, as `evalstream up` runs them."""
-
-    def __init__(self, settings: Settings, log_dir: Path):
-        self.settings, self.log_dir = settings, log_dir
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str) -> None:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "serve", name], cwd=ROOT,
-            env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT)
-        health = {"ingest": self.settings.ingest_port, "projections": self.settings.query_port}
-        if name in health:
-            _wait_healthy(f"http://127.0.0.1:{health[name]}/healthz", self.procs[name],
-                          self.log_dir / f"{name}.log")
-
-    def stop(self, name: str, sig: int = 2) -> None:
-        proc = self.procs.pop(name)
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited: {log.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not healthy after {timeout}s")
-
-
 @pytest.fixture(scope="session")
 def services(migrated: Settings, tmp_path_factory) -> Iterator[ServiceProcesses]:
-    procs = ServiceProcesses(migrated, tmp_path_factory.mktemp("service-logs"))
+    procs = ServiceProcesses(settings_env(migrated), tmp_path_factory.mktemp("service-logs"),
+                             ports={"ingest": migrated.ingest_port,
+                                    "projections": migrated.query_port})
     try:
-        for name in ("evaluator", "projections", "ingest"):
-            procs.start(name)
+        procs.start_all()
         yield procs
     finally:
         procs.stop_all()
@@ -214,7 +169,7 @@ class Api:
         r = await self.ingest.post("/v1/traces", json={"traces": traces})
         assert r.status_code == 202, r.text
 
-    async def eventually(self, path: str, check, timeout: float = 20.0) -> dict:
+    async def eventually(self, path: str, check, timeout: float = 20.0) -> dict:  # noqa: ASYNC109
         """GET `path` on the query API until `check(body)` holds; returns that body."""
         deadline = time.monotonic() + timeout
         last = None
