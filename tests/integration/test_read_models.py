@@ -1,0 +1,93 @@
+"""The projection handlers against a real Postgres: a stored log applied in order, reversed,
+shuffled with duplicates and in small batches always yields the same read models."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+
+import asyncpg
+import pytest
+
+from schemas.envelope import unwrap
+from services.database import create_pool, migrate
+from services.projections import views
+from services.projections.read_models import apply_batch
+from tests.conftest import RESOURCES
+
+pytestmark = pytest.mark.postgres
+
+TABLES = {"datasets": "id", "dataset_items": "id", "runs": "id", "run_items": "run_item_id",
+          "scores": "score_id", "score_history": "event_id",
+          "evaluation_failures": "failure_id"}
+
+
+def _log() -> list:
+    out = []
+    for line in (RESOURCES / "pipeline_events.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out.append(unwrap([(k, v.encode()) for k, v in rec["headers"].items()],
+                          json.dumps(rec["body"]).encode()))
+    return out
+
+
+async def _project(dsn: str, batches: list[list]) -> tuple[dict, dict]:
+    schema = f"rm_{uuid.uuid4().hex[:10]}"
+    await migrate(dsn, "read_model", schema)
+    pool = await create_pool(dsn, schema)
+    try:
+        async with pool.acquire() as conn:
+            for batch in batches:
+                async with conn.transaction():
+                    await apply_batch(conn, batch)
+            tables = {}
+            for table, key in TABLES.items():
+                rows = await conn.fetch(f"SELECT * FROM {table} ORDER BY {key}")
+                tables[table] = [dict(r) for r in rows]
+            summary = await views.run_summary(conn, "r1")
+            results = await views.run_results(conn, "r1")
+        return tables, {"summary": summary, "results": results}
+    finally:
+        await pool.close()
+        async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as admin:
+            await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(scope="module")
+def log():
+    return _log()
+
+
+async def test_the_log_projects_to_the_expected_models(migrated, log):
+    tables, answers = await _project(migrated.dsn, [log])
+    summary = answers["summary"]
+    assert (summary["total_items"], summary["completed_items"], summary["failed_items"]) == (3, 2, 1)
+    assert summary["total_cost"] == pytest.approx(0.03)  # t2 replaced by t2b
+    assert summary["scores"]["exact_match"] == {"average": 1.0, "pass_rate": 1.0, "count": 2}
+    # i1's contains score was rescored by request q1 with ["paris", "france"]: 1/2
+    assert summary["scores"]["contains"]["average"] == pytest.approx((0.5 + 0.0) / 2)
+    i1 = next(r for r in answers["results"] if r["dataset_item_id"] == "i1")
+    contains = next(s for s in i1["scores"] if s["name"] == "contains")
+    assert contains["value"] == 0.5
+    history = [h for h in tables["score_history"] if h["request_id"] == "q1"]
+    assert len(history) == 1
+    # the evaluator that could not run on t2 was superseded by nothing: its failure stays
+    assert [f["name"] for f in tables["evaluation_failures"]] == ["gone"]
+    assert tables["datasets"][0]["evaluators"] == [{"type": "exact_match", "name": None}]
+    assert next(i for i in tables["dataset_items"] if i["id"] == "i3")["expected_output"] == "Roma"
+
+
+@pytest.mark.parametrize("arrangement", ["reversed", "shuffled_with_duplicates", "batches_of_3"])
+async def test_arrival_order_and_repetition_do_not_matter(migrated, log, arrangement):
+    expected = await _project(migrated.dsn, [log])
+    if arrangement == "reversed":
+        batches = [list(reversed(log))]
+    elif arrangement == "shuffled_with_duplicates":
+        rng = random.Random(7)
+        events = log + rng.sample(log, len(log) // 2)
+        rng.shuffle(events)
+        batches = [events[i:i + 5] for i in range(0, len(events), 5)]
+    else:
+        batches = [log[i:i + 3] for i in range(0, len(log), 3)] + [log[:4]]
+    assert await _project(migrated.dsn, batches) == expected
