@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     projections_group: str = "evalstream-projections"
     batch_max_records: int = Field(2000, ge=1, description="Most records a consumer takes at once.")
     batch_timeout_ms: int = Field(20, ge=1, description="Longest a consumer waits to fill a batch.")
+    fetch_max_wait_ms: int = Field(
+        20, ge=0, description="Longest the broker holds a fetch when it has nothing new; the "
+                              "floor of POST-to-score latency on an idle system.")
     max_traces_per_request: int = 1000
     max_body_bytes: int = Field(16 * 1024 * 1024, description="Largest request body ingest accepts.")
     trace_url_template: str = Field(

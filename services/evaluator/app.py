@@ -25,6 +25,7 @@ def register(broker: KafkaBroker, settings: Settings, publisher: EventPublisher)
         settings.topics.traces, settings.topics.score_requests, batch=True,
         group_id=settings.evaluator_group, auto_offset_reset="earliest",
         max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         ack_policy=AckPolicy.NACK_ON_ERROR)
     async def on_scoring_cases(msg: KafkaMessage) -> None:
         envelopes = await decode_records(msg.raw_message, publisher)

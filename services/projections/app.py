@@ -32,6 +32,7 @@ def register(broker: KafkaBroker, settings: Settings, state: dict) -> None:
         topics.catalog, topics.traces, topics.scores, batch=True,
         group_id=settings.projections_group, auto_offset_reset="earliest",
         max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         ack_policy=AckPolicy.NACK_ON_ERROR)
     async def on_events(msg: KafkaMessage) -> None:
         envelopes = await decode_records(msg.raw_message, state["publisher"])
