@@ -1,4 +1,5 @@
-"""The `evalstream` command: start the whole system for development, or one service, or migrate."""
+"""The `evalstream` command: start the whole system for development, or one service, migrate,
+rescore from the log (`replay`) and rebuild the read models (`projections rebuild`)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,95 @@ def serve(service: Service) -> None:
         from services.evaluator.app import application_factory
 
         asyncio.run(application_factory(settings).run())
+
+
+@app.command()
+def replay(
+    since: str | None = typer.Option(
+        None, help="Only traces completed at or after this ISO 8601 time (UTC unless a zone is "
+                   "given), by the events' own time."),
+    run: list[str] = typer.Option([], "--run", help="Only this run (repeat for several)."),
+    dataset: list[str] = typer.Option([], "--dataset",
+                                      help="Only runs over this dataset (repeatable)."),
+    trace: list[str] = typer.Option([], "--trace", help="Only this trace (repeatable)."),
+    evaluators: Path | None = typer.Option(
+        None, "--evaluators", exists=True, dir_okay=False,
+        help="JSON or YAML file of evaluator specs to rescore with; default: each trace's own."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Rescore from the log: read finished traces back from the beginning, keep each selected
+    run item's latest, and request its rescoring (one request id for all). Safe to interrupt
+    and run again: scores are replaced, never duplicated, and the old values stay in history."""
+    import json
+
+    from services.replay import ReplayFilter, SpecFileError, load_specs, parse_since
+    from services.replay import replay as run_replay
+
+    settings = Settings()
+    try:
+        selection = ReplayFilter(since=parse_since(since) if since else None,
+                                 run_ids=frozenset(run), dataset_ids=frozenset(dataset),
+                                 trace_ids=frozenset(trace))
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--since") from None
+    try:
+        specs = load_specs(evaluators) if evaluators else None
+    except SpecFileError as e:
+        raise typer.BadParameter(str(e), param_hint="--evaluators") from None
+    report = asyncio.run(run_replay(settings, selection, specs, progress=progress))
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+    else:
+        state = "INTERRUPTED after requesting" if report.interrupted else "requested"
+        typer.echo(f"request {report.request_id}: {state} {report.requested} rescoring(s) "
+                   f"({report.matched} matching trace(s) in {report.log_records} log records; "
+                   f"scan {report.scan_seconds:.1f} s, requests {report.request_seconds:.1f} s)")
+        for run_id, count in sorted(report.by_run.items()):
+            typer.echo(f"  {run_id or '(no run)':<40} {count:>8}")
+        typer.echo(f"progress: GET /v1/score-requests/{report.request_id}")
+        if report.interrupted:
+            typer.echo("run the same command again to request the rest (items already "
+                       "rescored are rescored again, harmlessly)")
+    if report.interrupted:
+        raise typer.Exit(130)
+
+
+projections_app = typer.Typer(help="Operate the read models.", no_args_is_help=True)
+app.add_typer(projections_app, name="projections")
+
+
+@projections_app.command("rebuild")
+def projections_rebuild(
+    allow_truncated: bool = typer.Option(
+        False, help="Rebuild even if retention has deleted the start of the log."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Rebuild every read model from offset zero into a fresh schema and switch readers and the
+    live consumer over to it atomically once caught up. The live system keeps serving."""
+    import json
+
+    from services.projections.rebuild import RebuildRefused, rebuild
+
+    settings = Settings()
+    _logging(settings)
+    try:
+        report = asyncio.run(rebuild(settings, progress=progress,
+                                     allow_truncated=allow_truncated))
+    except RebuildRefused as e:
+        typer.echo(f"rebuild refused: {e}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+        return
+    typer.echo(f"rebuilt {report.name} into schema {report.schema}: {report.events} events "
+               f"({report.undecodable} undecodable skipped) in {report.seconds:.1f} s "
+               f"= {report.rate:,.0f} events/s")
+    typer.echo(f"readers and the live consumer switched from {report.previous_schema} to "
+               f"{report.schema} at {report.switched_at:%Y-%m-%d %H:%M:%S} UTC; the previous "
+               f"schema is kept (DROP SCHEMA {report.previous_schema} CASCADE when no longer "
+               "needed)")
 
 
 def _api_key(data_dir: Path) -> str:

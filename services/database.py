@@ -49,6 +49,54 @@ async def migrate(dsn: str, kind: str, schema: str) -> None:
 async def migrate_all(settings: Settings) -> None:
     await migrate(settings.dsn, "catalog", settings.catalog_schema)
     await migrate(settings.dsn, "read_model", settings.read_model_schema)
+    # After a rebuild the live read models are in another schema (the pointer names it): that
+    # one gets the same migrations, and the dashboard views read it.
+    live = await live_read_model_schema(settings.dsn, settings.read_model_schema)
+    if live != settings.read_model_schema:
+        await migrate(settings.dsn, "read_model", live)
+    # The dashboard views live in a schema of their own over the read models (docs/dashboards.md).
+    from services.projections.dashboard import create_dashboard_views
+
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        await create_dashboard_views(conn, live, settings.dashboard_schema)
+    finally:
+        await conn.close()
+
+
+# Which schema holds the live read models, per configured read-model name. It lives apart from
+# every read-model schema so that a rebuild can create, switch to and drop schemas freely.
+POINTER_SCHEMA = "evalstream"
+POINTER_TABLE = f"{POINTER_SCHEMA}.read_models"
+LIVE_SCHEMA_CHANNEL = "evalstream_read_model"  # NOTIFY payload: the read-model name switched
+
+
+async def ensure_read_model_pointer(conn: asyncpg.Connection, name: str) -> str:
+    """Create the pointer (pointing at the schema called `name`) unless it exists; returns the
+    schema holding the live read models."""
+    async with conn.transaction():
+        # CREATE ... IF NOT EXISTS still races with itself; the lock makes it idempotent.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('evalstream.read_models'))")
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {POINTER_SCHEMA}")
+        await conn.execute(f"""
+            CREATE TABLE IF NOT EXISTS {POINTER_TABLE} (
+                name            text PRIMARY KEY,
+                live_schema     text NOT NULL,
+                previous_schema text,
+                switched_at     timestamptz
+            )""")
+        await conn.execute(f"INSERT INTO {POINTER_TABLE} (name, live_schema) VALUES ($1, $1)"
+                           " ON CONFLICT DO NOTHING", checked_schema(name))
+        return await conn.fetchval(
+            f"SELECT live_schema FROM {POINTER_TABLE} WHERE name = $1", name)
+
+
+async def live_read_model_schema(dsn: str, name: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await ensure_read_model_pointer(conn, name)
+    finally:
+        await conn.close()
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     query_port: int = 8001
     catalog_schema: str = "catalog"
     read_model_schema: str = Field("read_model", description="Live read-model schema.")
+    dashboard_schema: str = Field(
+        "dashboard", description="Schema of the SQL views dashboards read (docs/dashboards.md).")
     evaluator_group: str = "evalstream-evaluator"
     projections_group: str = "evalstream-projections"
     batch_max_records: int = Field(2000, ge=1, description="Most records a consumer takes at once.")

@@ -79,6 +79,7 @@ def make_settings(kafka_bootstrap: str, database_url: str, tag: str, **overrides
                 "score_requests": f"t{tag}.score-requests", "scores": f"t{tag}.scores",
                 "dead_letter": f"t{tag}.dead-letter"},
         catalog_schema=f"catalog_{tag}", read_model_schema=f"read_model_{tag}",
+        dashboard_schema=f"dashboard_{tag}",
         evaluator_group=f"evaluator-{tag}", projections_group=f"projections-{tag}",
         ingest_port=free_port(), query_port=free_port(), data_dir=f"/tmp/evalstream-{tag}",
         **overrides)
@@ -94,6 +95,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
                EVALSTREAM_TOPIC_PARTITIONS=str(settings.topic_partitions),
                EVALSTREAM_CATALOG_SCHEMA=settings.catalog_schema,
                EVALSTREAM_READ_MODEL_SCHEMA=settings.read_model_schema,
+               EVALSTREAM_DASHBOARD_SCHEMA=settings.dashboard_schema,
                EVALSTREAM_EVALUATOR_GROUP=settings.evaluator_group,
                EVALSTREAM_PROJECTIONS_GROUP=settings.projections_group,
                EVALSTREAM_INGEST_PORT=str(settings.ingest_port),

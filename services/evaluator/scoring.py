@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from schemas.common import deterministic_id, score_id
 from schemas.envelope import Envelope, wrap
+from schemas.rescoring import ScoringCompleted
 from schemas.scores import EvaluationFailed, ScoreRecorded
 from schemas.traces import ScoreRequested, ScoringCase, TraceCompleted
 from services.evaluator.evaluators import REGISTRY
@@ -63,6 +64,17 @@ def score_case(env: Envelope) -> list[Envelope]:
             observed_at=observed_at)
         out.append(wrap(recorded, source=SOURCE, key=key, time=observed_at,
                         id=deterministic_id("score-event", env.id, sid)))
+    if request_id is not None:
+        # Published after the case's scores on the same key (so the same partition): once the
+        # projections count it, the case's scores are there too. A case may legitimately yield
+        # no score at all, which is why completion is an event of its own.
+        failed = sum(isinstance(e.event, EvaluationFailed) for e in out)
+        completed = ScoringCompleted(
+            request_id=request_id, run_item_id=run_item_id, run_id=case.run_id,
+            trace_id=case.trace_id, scored=len(out) - failed, failed=failed,
+            observed_at=observed_at)
+        out.append(wrap(completed, source=SOURCE, key=key, time=observed_at,
+                        id=deterministic_id("scoring-completed-event", env.id)))
     return out
 
 

@@ -6,8 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request, status
 
+from services.ingest import rescoring
 from services.ingest.catalog import Catalog
-from services.ingest.commands import CreateDataset, PostTraces, Specs, StartRun, UpsertItems
+from services.ingest.commands import (
+    CreateDataset,
+    EvaluateRun,
+    PostTraces,
+    RecordScore,
+    Specs,
+    StartRun,
+    UpsertItems,
+)
 from services.messaging import EventPublisher
 
 router = APIRouter(prefix="/v1")
@@ -58,7 +67,35 @@ async def post_traces(cmd: PostTraces, catalog: CatalogDep,
                       publisher: Annotated[EventPublisher, Depends(publisher)]) -> dict:
     """Accepted once the broker has acknowledged every trace (acks=all)."""
     envelopes = await catalog.complete_traces(cmd.traces)
-    await publisher.publish(publisher.settings.topics.traces, envelopes)
+    await rescoring.publish_traces(catalog.pool, publisher, envelopes)
     return {"accepted": len(envelopes)}
+
+
+@router.post("/runs/{run_id}/evaluate", status_code=status.HTTP_202_ACCEPTED)
+async def evaluate_run(run_id: str, catalog: CatalogDep,
+                       cmd: Annotated[EvaluateRun | None, Body()] = None) -> dict:
+    """Run evaluators again on every succeeded item of the run, with the given specs or the
+    run's own; scores of the same item, name and source are replaced, earlier values kept as
+    history. Progress: `GET /v1/score-requests/{request_id}` on the query API."""
+    accepted = await rescoring.evaluate_run(catalog.pool, catalog.settings, run_id,
+                                            cmd.evaluators if cmd else None)
+    return {"request_id": accepted.request_id, "run_id": run_id,
+            "requested": accepted.requested,
+            "evaluators": [s.model_dump(exclude_none=True) for s in accepted.evaluators]}
+
+
+@router.post("/scores", status_code=status.HTTP_202_ACCEPTED)
+async def record_score(cmd: RecordScore, catalog: CatalogDep,
+                       publisher: Annotated[EventPublisher, Depends(publisher)]) -> dict:
+    """A person's verdict on a run item (source `manual`); posting again with the same name
+    replaces the verdict, and the earlier one stays in history. Accepted once the broker has it."""
+    env = await rescoring.manual_score(catalog.pool, cmd)
+    await publisher.publish(publisher.settings.topics.scores, [env])
+    score = env.event
+    return {"score_id": score.score_id, "run_item_id": score.run_item_id, "run_id": score.run_id,
+            "dataset_item_id": score.dataset_item_id, "trace_id": score.trace_id,
+            "name": score.name, "source": score.source, "value": score.value,
+            "data_type": score.data_type, "string_value": score.string_value,
+            "observed_at": score.observed_at}
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
-from schemas.common import EvaluatorSpec, Id, JSONValue, TraceStatus
+from schemas.common import EvaluatorSpec, Id, JSONValue, ScoreDataType, TraceStatus
 from schemas.traces import Usage
 from services.evaluator.evaluators import SpecError, validate_spec
 
@@ -81,3 +89,73 @@ class TraceIn(Command):
 
 class PostTraces(Command):
     traces: list[TraceIn] = Field(min_length=1, max_length=1000)
+
+
+class EvaluateRun(Command):
+    evaluators: Specs | None = Field(
+        None, description="Specs to score the run's items with; default: the run's own.",
+        examples=[[{"type": "contains", "name": "mentions_city", "keywords": ["paris", "rome"]}]])
+
+
+class RecordScore(Command):
+    """A person's verdict on one run item; a later verdict of the same name replaces it."""
+
+    run_id: Id
+    dataset_item_id: Id | None = Field(None, description="The item scored; or give `trace_id`.")
+    trace_id: Id | None = Field(None, description="The trace scored; or give `dataset_item_id`.")
+    name: str = Field("manual", min_length=1, max_length=200, description="Score name.")
+    data_type: ScoreDataType = Field("boolean", description="boolean (default), numeric or "
+                                                            "categorical.")
+    # Field order matters: the validators below read `data_type` and `value` validated before.
+    value: bool | int | float | str | None = Field(
+        None, validate_default=True,
+        description="boolean: true/false or 1/0; numeric: a number; categorical: the label, or "
+                    "a number beside `string_value`.", examples=[True, 0.8, "partially correct"])
+    string_value: str | None = Field(
+        None, max_length=1000, validate_default=True,
+        description="Label of a categorical score (or give it as `value`).")
+    comment: str | None = Field(None, max_length=10_000, description="Why, in a few words.")
+    created_by: str | None = Field(None, max_length=200, description="Who gave the verdict.")
+
+    @field_validator("value")
+    @classmethod
+    def _value_fits_type(cls, value: Any, info: ValidationInfo) -> Any:
+        data_type = info.data.get("data_type")
+        if data_type == "boolean":
+            if isinstance(value, bool) or (isinstance(value, int | float) and value in (0, 1)):
+                return value
+            raise ValueError("a boolean score is true/false or 1/0")
+        if data_type == "numeric":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError("a numeric score needs a number")
+            if not math.isfinite(value):
+                raise ValueError("a numeric score must be finite")
+        if data_type == "categorical" and (
+                isinstance(value, bool)
+                or (isinstance(value, float) and not math.isfinite(value))):
+            raise ValueError("a categorical score's value is its label or a finite number")
+        return value
+
+    @field_validator("string_value")
+    @classmethod
+    def _label_fits_type(cls, label: str | None, info: ValidationInfo) -> str | None:
+        data_type, value = info.data.get("data_type"), info.data.get("value")
+        if data_type == "categorical":
+            if isinstance(value, str) and label is not None and label != value:
+                raise ValueError("differs from `value`; give the label once")
+            if label is None and not isinstance(value, str):
+                raise ValueError("a categorical score needs a label: `string_value`, or `value` "
+                                 "as a string")
+            if not (label if label is not None else value).strip():
+                raise ValueError("the label is blank")
+        elif label is not None and data_type is not None:
+            raise ValueError(f"only categorical scores have a label, not {data_type} ones")
+        return label
+
+    def scored(self) -> tuple[float, str | None]:
+        """The value as a score carries it: a float, and the label of a categorical score."""
+        if self.data_type == "categorical":
+            if isinstance(self.value, str):
+                return 0.0, self.value
+            return float(self.value or 0.0), self.string_value
+        return float(self.value), None

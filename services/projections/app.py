@@ -19,24 +19,31 @@ from services.database import create_pool
 from services.http import install_error_handlers, require_api_key
 from services.messaging import EventPublisher, broker_factory, decode_records, ensure_topics
 from services.projections.api import router
+from services.projections.live_schema import LiveReadModelPool, enter_live_schema
 from services.projections.read_models import apply_batch
+from services.projections.rescoring_api import router as rescoring_router
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def register(broker: KafkaBroker, settings: Settings, state: dict) -> None:
-    topics = settings.topics
+def projected_topics(settings: Settings) -> list[str]:
+    """The topics the read models are built from (live here, from offset zero by a rebuild)."""
+    return [settings.topics.catalog, settings.topics.traces, settings.topics.scores]
 
+
+def register(broker: KafkaBroker, settings: Settings, state: dict) -> None:
     @broker.subscriber(
-        topics.catalog, topics.traces, topics.scores, batch=True,
+        *projected_topics(settings), batch=True,
         group_id=settings.projections_group, auto_offset_reset="earliest",
         max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         ack_policy=AckPolicy.NACK_ON_ERROR)
     async def on_events(msg: KafkaMessage) -> None:
         envelopes = await decode_records(msg.raw_message, state["publisher"])
-        async with state["pool"].acquire() as conn, conn.transaction():
+        async with state["consumer_pool"].acquire() as conn, conn.transaction():
+            # Into whichever schema is live (a rebuild may have switched it), docs/adr/0006.
+            await enter_live_schema(conn, settings.read_model_schema)
             await apply_batch(conn, envelopes)
 
 
@@ -49,11 +56,16 @@ def application_factory(settings: Settings, *, consume: bool = True) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await create_pool(settings.dsn, settings.read_model_schema, max_size=10)
-        app.state.pool = state["pool"] = pool
+        live = LiveReadModelPool(settings.dsn, settings.read_model_schema, max_size=10,
+                                 on_switch=lambda pool: setattr(app.state, "pool", pool))
+        app.state.pool = await live.start()
+        app.state.live_read_model = live
         publisher = state["publisher"] = EventPublisher(settings, "projections")
         try:
             if broker is not None:
+                # Batches are applied one at a time; the schema is chosen per batch.
+                state["consumer_pool"] = await create_pool(
+                    settings.dsn, settings.read_model_schema, max_size=2)
                 await ensure_topics(settings)
                 await publisher.start()
                 await broker.start()
@@ -62,12 +74,15 @@ def application_factory(settings: Settings, *, consume: bool = True) -> FastAPI:
             if broker is not None:
                 await broker.stop()
                 await publisher.stop()
-            await pool.close()
+                if "consumer_pool" in state:
+                    await state["consumer_pool"].close()
+            await live.stop()
 
     app = FastAPI(title="evalstream query API", version="1", lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(router, dependencies=[Depends(require_api_key)])
+    app.include_router(rescoring_router, dependencies=[Depends(require_api_key)])
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict:

@@ -17,6 +17,7 @@ import asyncpg
 from schemas.catalog import DatasetCreated, DatasetItemsUpserted, EvaluatorsConfigured, RunStarted
 from schemas.common import Event
 from schemas.envelope import Envelope
+from schemas.rescoring import ScoreRequestsIssued, ScoringCompleted
 from schemas.scores import EvaluationFailed, ScoreRecorded
 from schemas.traces import ScoreRequested, TraceCompleted
 
@@ -169,11 +170,12 @@ async def apply_scores(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> N
             trace_id = excluded.trace_id
         WHERE (s.observed_at, s.event_id) < (excluded.observed_at, excluded.event_id)
         """, latest)
-    # A score that is newer than a recorded failure of the same evaluator supersedes it.
+    # A score that is newer than a recorded failure of the same evaluator supersedes it; a
+    # person's verdict of the same name is another score and leaves the failure standing.
     await conn.execute("""
         DELETE FROM evaluation_failures f USING jsonb_to_recordset($1::jsonb)
-            AS e(run_item_id text, name text, observed_at timestamptz)
-        WHERE f.run_item_id = e.run_item_id AND f.name = e.name
+            AS e(run_item_id text, name text, source text, observed_at timestamptz)
+        WHERE f.run_item_id = e.run_item_id AND f.name = e.name AND e.source <> 'manual'
           AND f.observed_at <= e.observed_at
         """, latest)
 
@@ -190,7 +192,8 @@ async def apply_failures(conn: asyncpg.Connection, batch: Sequence[Envelope]) ->
             evaluator_version text, spec_hash text, reason text, request_id text,
             observed_at timestamptz, event_id text)
         WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE s.run_item_id = e.run_item_id
-                          AND s.name = e.name AND s.observed_at >= e.observed_at)
+                          AND s.name = e.name AND s.source <> 'manual'
+                          AND s.observed_at >= e.observed_at)
         ON CONFLICT (failure_id) DO UPDATE SET reason = excluded.reason,
             evaluator_version = excluded.evaluator_version, spec_hash = excluded.spec_hash,
             request_id = excluded.request_id, observed_at = excluded.observed_at,
@@ -199,8 +202,44 @@ async def apply_failures(conn: asyncpg.Connection, batch: Sequence[Envelope]) ->
         """, rows)
 
 
+async def apply_score_requests_issued(conn: asyncpg.Connection,
+                                      batch: Sequence[Envelope]) -> None:
+    rows = [_dump(e.event, event_id=e.id) for e in
+            _latest(batch, lambda e: e.request_id, lambda e: e.requested_at)]
+    await conn.execute("""
+        INSERT INTO score_requests AS q (request_id, origin, run_id, requested, runs, evaluators,
+            filters, interrupted, requested_at, event_id)
+        SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(request_id text, origin text,
+            run_id text, requested integer, runs jsonb, evaluators jsonb, filters jsonb,
+            interrupted boolean, requested_at timestamptz, event_id text)
+        ON CONFLICT (request_id) DO UPDATE SET origin = excluded.origin, run_id = excluded.run_id,
+            requested = excluded.requested, runs = excluded.runs,
+            evaluators = excluded.evaluators, filters = excluded.filters,
+            interrupted = excluded.interrupted, requested_at = excluded.requested_at,
+            event_id = excluded.event_id
+        WHERE (q.requested_at, q.event_id) < (excluded.requested_at, excluded.event_id)
+        """, rows)
+
+
+async def apply_scoring_completed(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    rows = [_dump(e.event, event_id=e.id) for e in
+            _latest(batch, lambda e: f"{e.request_id}|{e.run_item_id}", lambda e: e.observed_at)]
+    await conn.execute("""
+        INSERT INTO score_request_cases AS c (request_id, run_item_id, run_id, trace_id, scored,
+            failed, observed_at, event_id)
+        SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(request_id text, run_item_id text,
+            run_id text, trace_id text, scored integer, failed integer,
+            observed_at timestamptz, event_id text)
+        ON CONFLICT (request_id, run_item_id) DO UPDATE SET run_id = excluded.run_id,
+            trace_id = excluded.trace_id, scored = excluded.scored, failed = excluded.failed,
+            observed_at = excluded.observed_at, event_id = excluded.event_id
+        WHERE (c.observed_at, c.event_id) < (excluded.observed_at, excluded.event_id)
+        """, rows)
+
+
 async def _ignore(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
-    """Score requests change no read model here; their progress is counted from the scores."""
+    """Score requests change no read model here; their progress is counted from the
+    ScoreRequestsIssued and ScoringCompleted events."""
 
 
 # The whole event-to-handler map, in the order a batch is applied.
@@ -213,13 +252,20 @@ HANDLERS: dict[type[Event], Callable[[asyncpg.Connection, Sequence[Envelope]], A
     ScoreRecorded: apply_scores,
     EvaluationFailed: apply_failures,
     ScoreRequested: _ignore,
+    ScoreRequestsIssued: apply_score_requests_issued,
+    ScoringCompleted: apply_scoring_completed,
 }
 
 
 async def apply_batch(conn: asyncpg.Connection, envelopes: Sequence[Envelope]) -> int:
     """Apply the not-yet-applied events of a batch; call inside a transaction. Returns how many
     events were new."""
-    unique = list({env.id: env for env in envelopes}.values())
+    # The first of a repeated id wins, as across batches (where applied_events skips the later
+    # one): the two copies of a trace posted twice share an id but not their receipt time.
+    first: dict[str, Envelope] = {}
+    for env in envelopes:
+        first.setdefault(env.id, env)
+    unique = list(first.values())
     if not unique:
         return 0
     fresh_ids = {r[0] for r in await conn.fetch(

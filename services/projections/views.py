@@ -1,55 +1,169 @@
-"""Read queries over the read models: what the query API answers, one function per question."""
+"""Read queries over the read models: what the query API answers, one function per question.
+
+The run and score summaries are SQL templates shared with the dashboard views
+(services/projections/dashboard.py), so the API and the views cannot disagree on a figure.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import asyncpg
 
 PASS_THRESHOLD = 0.5
 
-RUN_SUMMARY_SQL = """
-WITH items AS (
+# {rm} is the read-model schema prefix: "" (the search_path decides) for the API, a quoted
+# schema name plus "." for the dashboard views. {pass} is PASS_THRESHOLD as a literal, since a
+# view cannot take parameters. Per-run figures are LATERAL subqueries so that a filter on the
+# run (`= $1`, `= ANY($1)` or a dashboard's WHERE) is applied before anything is aggregated.
+RUN_SUMMARY_TEMPLATE = """
+SELECT r.id AS run_id, r.dataset_id, d.name AS dataset_name, r.name AS run_name, r.started_at,
+       r.total_items, i.completed_items, i.failed_items, m.missing_items,
+       i.total_cost, i.total_tokens, i.latency_p50_ms, i.latency_p95_ms,
+       s.items_with_scores,
+       greatest(r.total_items - s.items_with_scores, 0) AS items_without_scores,
+       s.pass_rate, f.evaluation_failures
+FROM {rm}runs r
+LEFT JOIN {rm}datasets d ON d.id = r.dataset_id
+CROSS JOIN LATERAL (
     SELECT count(*) FILTER (WHERE status = 'succeeded') AS completed_items,
-           count(*) FILTER (WHERE status = 'failed')    AS failed_items,
-           coalesce(sum(cost), 0)                       AS total_cost,
-           coalesce(sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)), 0)
-                                                        AS total_tokens
-    FROM run_items WHERE run_id = $1
-), by_name AS (
-    SELECT name, avg(value) AS average,
-           avg((value >= $2)::int)::float8 AS pass_rate, count(*) AS count
-    FROM scores WHERE run_id = $1 GROUP BY name
-), overall AS (
-    SELECT count(DISTINCT run_item_id) AS items_with_scores,
-           avg((value >= $2)::int)::float8 AS pass_rate
-    FROM scores WHERE run_id = $1
-)
-SELECT r.id, r.dataset_id, r.name, r.metadata, r.started_at, r.evaluators, r.total_items,
-       i.completed_items, i.failed_items, i.total_cost, i.total_tokens,
-       o.items_with_scores, o.pass_rate,
-       coalesce((SELECT jsonb_object_agg(name, jsonb_build_object(
-                    'average', average, 'pass_rate', pass_rate, 'count', count))
-                 FROM by_name), '{}'::jsonb) AS scores,
-       (SELECT count(*) FROM evaluation_failures WHERE run_id = $1) AS evaluation_failures
-FROM runs r, items i, overall o
-WHERE r.id = $1
+           count(*) FILTER (WHERE status = 'failed') AS failed_items,
+           coalesce(sum(cost), 0)::float8 AS total_cost,
+           coalesce(sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)), 0)::bigint
+               AS total_tokens,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS latency_p50_ms,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS latency_p95_ms
+    FROM {rm}run_items WHERE run_id = r.id
+) i
+CROSS JOIN LATERAL (
+    SELECT count(*) AS items_with_scores, sum(passed)::float8 / nullif(sum(n), 0) AS pass_rate
+    FROM (SELECT count(*) AS n, count(*) FILTER (WHERE value >= {pass}) AS passed
+          FROM {rm}scores WHERE run_id = r.id GROUP BY run_item_id) per_item
+) s
+CROSS JOIN LATERAL (
+    SELECT count(*) AS evaluation_failures FROM {rm}evaluation_failures WHERE run_id = r.id
+) f
+CROSS JOIN LATERAL (
+    SELECT count(*) AS missing_items FROM {rm}dataset_items di
+    WHERE di.dataset_id = r.dataset_id
+      AND NOT EXISTS (SELECT 1 FROM {rm}run_items x
+                      WHERE x.run_id = r.id AND x.dataset_item_id = di.id)
+) m
+"""
+
+SCORE_SUMMARY_TEMPLATE = """
+SELECT r.id AS run_id, r.dataset_id, r.name AS run_name, s.score_name, s.average, s.pass_rate,
+       s.count
+FROM {rm}runs r
+CROSS JOIN LATERAL (
+    SELECT name AS score_name, avg(value) AS average,
+           avg((value >= {pass})::int)::float8 AS pass_rate, count(*) AS count
+    FROM {rm}scores WHERE run_id = r.id GROUP BY name
+) s
 """
 
 
-async def run_summary(conn: asyncpg.Connection, run_id: str) -> dict | None:
-    row = await conn.fetchrow(RUN_SUMMARY_SQL, run_id, PASS_THRESHOLD)
-    if row is None:
-        return None
+def sql_template(template: str, read_model_prefix: str = "") -> str:
+    return template.format(rm=read_model_prefix, **{"pass": repr(float(PASS_THRESHOLD))})
+
+
+_RUN_SUMMARIES_SQL = f"""
+SELECT s.*, r.metadata, r.evaluators,
+       coalesce((SELECT jsonb_object_agg(score_name, jsonb_build_object(
+                    'average', average, 'pass_rate', pass_rate, 'count', count))
+                 FROM ({sql_template(SCORE_SUMMARY_TEMPLATE)}) n WHERE n.run_id = r.id),
+                '{{}}'::jsonb) AS scores
+FROM ({sql_template(RUN_SUMMARY_TEMPLATE)}) s
+JOIN runs r ON r.id = s.run_id
+WHERE s.run_id = ANY($1::text[])
+"""
+
+
+def _summary(row: asyncpg.Record) -> dict:
     out = dict(row)
-    out["items_without_scores"] = max(out["total_items"] - out["items_with_scores"], 0)
+    out["id"] = out.pop("run_id")
+    out["name"] = out.pop("run_name")
     return out
 
 
-RUN_RESULTS_SQL = """
-SELECT r.run_item_id, r.dataset_item_id, r.trace_id, r.status, r.input, r.expected_output,
-       r.output, r.error, r.latency_ms, r.input_tokens, r.output_tokens, r.cost, r.completed_at,
+async def run_summaries(conn: asyncpg.Connection, run_ids: list[str]) -> dict[str, dict]:
+    """Summaries of several runs in one statement, by run id (unknown ids are left out)."""
+    rows = await conn.fetch(_RUN_SUMMARIES_SQL, run_ids)
+    return {row["run_id"]: _summary(row) for row in rows}
+
+
+async def run_summary(conn: asyncpg.Connection, run_id: str) -> dict | None:
+    """Items (completed, failed, missing), cost, tokens, latency p50/p95 (percentile_cont over
+    the run items that report a latency), per-score average / pass rate / count, and the overall
+    pass rate (share of all the run's scores ≥ PASS_THRESHOLD)."""
+    return (await run_summaries(conn, [run_id])).get(run_id)
+
+
+# Sort keys of the results: a column, or `score:<name>` (the item's value of that score).
+RESULT_SORTS = {"dataset_item_id": "r.dataset_item_id", "latency_ms": "r.latency_ms",
+                "cost": "r.cost", "completed_at": "r.completed_at", "status": "r.status"}
+Outcome = Literal["passed", "failed"]
+
+
+class InvalidQuery(ValueError):
+    """A query parameter that is well-formed but cannot be answered; `field` names it."""
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        super().__init__(message)
+        self.field, self.message, self.status = field, message, status
+
+
+def _results_sql(sort: str, descending: bool, outcome: Outcome | None, score: str | None,
+                 status: str | None) -> tuple[str, list]:
+    """The results query for one combination of options. $1 is the run, $2 the pass threshold,
+    $3/$4 limit/offset (NULL limit: all); further parameters are returned in order."""
+    params: list = []
+
+    def param(value: object) -> str:
+        params.append(value)
+        return f"${len(params) + 4}"
+
+    where = ["r.run_id = $1"]
+    if status is not None:
+        where.append(f"r.status = {param(status)}")
+    if outcome is not None:
+        of_name = f" AND x.name = {param(score)}" if score is not None else ""
+        # passed: scored, and every score (of that name) passes; failed: one of them does not.
+        failing = (f"EXISTS (SELECT 1 FROM scores x WHERE x.run_item_id = r.run_item_id"
+                   f"{of_name} AND x.value < $2)")
+        if outcome == "failed":
+            where.append(failing)
+        else:
+            where.append(f"EXISTS (SELECT 1 FROM scores x WHERE x.run_item_id = r.run_item_id"
+                         f"{of_name}) AND NOT {failing}")
+    sort_join = ""
+    if sort.startswith("score:"):
+        sort_join = (f"LEFT JOIN (SELECT run_item_id, avg(value) AS value FROM scores"
+                     f" WHERE run_id = $1 AND name = {param(sort[6:])} GROUP BY run_item_id) k"
+                     f" ON k.run_item_id = r.run_item_id")
+        key = "k.value"
+    else:
+        key = RESULT_SORTS[sort]
+    order = (f"sort_key {'DESC' if descending else 'ASC'} NULLS LAST,"
+             " dataset_item_id NULLS LAST, trace_id, run_item_id")
+    # Only ids and sort keys are ranked and counted, never inputs and outputs; the count comes
+    # from a one-row side so that a page past the end still says how many items match.
+    return f"""
+WITH matching AS (
+    SELECT r.run_item_id, r.dataset_item_id, r.trace_id, {key} AS sort_key
+    FROM run_items r {sort_join}
+    WHERE {" AND ".join(where)}
+), ranked AS (
+    SELECT run_item_id, row_number() OVER (ORDER BY {order}) AS pos
+    FROM matching ORDER BY pos LIMIT $3 OFFSET $4
+)
+SELECT t.total, r.run_item_id, r.dataset_item_id, r.trace_id, r.status, r.input,
+       r.expected_output, r.output, r.error, r.latency_ms, r.input_tokens, r.output_tokens,
+       r.cost, r.completed_at,
        coalesce(s.scores, '[]'::jsonb) AS scores,
        coalesce(f.failures, '[]'::jsonb) AS evaluation_failures
-FROM run_items r
+FROM (SELECT count(*) AS total FROM matching) t
+LEFT JOIN (ranked p JOIN run_items r ON r.run_item_id = p.run_item_id) ON true
 LEFT JOIN LATERAL (
     SELECT jsonb_agg(jsonb_build_object(
         'name', name, 'value', value, 'data_type', data_type, 'source', source,
@@ -63,9 +177,42 @@ LEFT JOIN LATERAL (
         'evaluator_version', evaluator_version, 'reason', reason) ORDER BY name) AS failures
     FROM evaluation_failures WHERE run_item_id = r.run_item_id
 ) f ON true
-WHERE r.run_id = $1
-ORDER BY r.dataset_item_id NULLS LAST, r.trace_id
-"""
+ORDER BY p.pos
+""", params
+
+
+def parse_result_sort(sort: str) -> str:
+    if sort in RESULT_SORTS or (sort.startswith("score:") and len(sort) > 6):
+        return sort
+    raise InvalidQuery("sort", f"unknown sort {sort!r}; use one of "
+                               f"{', '.join(RESULT_SORTS)} or score:<score name>")
+
+
+async def run_results_page(conn: asyncpg.Connection, run_id: str, *, limit: int | None = None,
+                           offset: int = 0, sort: str = "dataset_item_id",
+                           descending: bool = False, outcome: Outcome | None = None,
+                           score: str | None = None, status: str | None = None) -> dict:
+    """One page of a run's items with their scores embedded, and how many items match.
+
+    `sort` is a column of RESULT_SORTS or `score:<name>` (items without that score come last);
+    `outcome` keeps items whose scores (of `score`, if given) all pass, or of which one fails."""
+    sql, params = _results_sql(parse_result_sort(sort), descending, outcome, score, status)
+    rows = await conn.fetch(sql, run_id, PASS_THRESHOLD, limit, offset, *params)
+    items = []
+    for row in rows:
+        if row["run_item_id"] is None:  # the count's row when the page is empty
+            continue
+        item = dict(row)
+        del item["total"]
+        for s in item["scores"]:
+            s["display_value"] = display_value(s)
+        items.append(item)
+    return {"total": rows[0]["total"], "items": items}
+
+
+async def run_results(conn: asyncpg.Connection, run_id: str, **options) -> list[dict]:
+    """Every item of a run (or one page of them, see run_results_page) with scores embedded."""
+    return (await run_results_page(conn, run_id, **options))["items"]
 
 
 def display_value(score: dict) -> str:
@@ -77,12 +224,63 @@ def display_value(score: dict) -> str:
     return f"{score['value']:.2f}"
 
 
-async def run_results(conn: asyncpg.Connection, run_id: str) -> list[dict]:
-    rows = await conn.fetch(RUN_RESULTS_SQL, run_id, PASS_THRESHOLD)
-    out = []
+_DATASETS_SQL = """
+SELECT d.id, d.name, d.description, d.evaluators, d.created_at,
+       (SELECT count(*) FROM dataset_items i WHERE i.dataset_id = d.id) AS item_count,
+       r.run_count, r.last_run_at,
+       count(*) OVER () AS total
+FROM datasets d
+CROSS JOIN LATERAL (SELECT count(*) AS run_count, max(started_at) AS last_run_at
+                    FROM runs WHERE dataset_id = d.id) r
+WHERE $1::text IS NULL OR d.id = $1
+ORDER BY d.created_at DESC, d.id
+LIMIT $2 OFFSET $3
+"""
+
+
+async def datasets_page(conn: asyncpg.Connection, *, limit: int | None = None,
+                        offset: int = 0) -> dict:
+    """Datasets, newest first, each with its item count, run count and last run time."""
+    rows = [dict(r) for r in await conn.fetch(_DATASETS_SQL, None, limit, offset)]
+    total = rows[0]["total"] if rows else await conn.fetchval("SELECT count(*) FROM datasets")
     for row in rows:
-        item = dict(row)
-        for score in item["scores"]:
-            score["display_value"] = display_value(score)
-        out.append(item)
+        del row["total"]
+    return {"total": total, "datasets": rows}
+
+
+async def dataset_summary(conn: asyncpg.Connection, dataset_id: str) -> dict | None:
+    """A dataset with its counts and the summary of its latest run (None when it has none)."""
+    row = await conn.fetchrow(_DATASETS_SQL, dataset_id, None, 0)
+    if row is None:
+        return None
+    out = dict(row)
+    del out["total"]
+    latest = await conn.fetchval(
+        "SELECT id FROM runs WHERE dataset_id = $1 ORDER BY started_at DESC, id DESC LIMIT 1",
+        dataset_id)
+    out["latest_run"] = await run_summary(conn, latest) if latest else None
     return out
+
+
+async def dataset_runs(conn: asyncpg.Connection, dataset_id: str, *, limit: int | None = None,
+                       offset: int = 0) -> dict:
+    """The runs of a dataset, newest first, each with its full run summary."""
+    rows = await conn.fetch(
+        "SELECT id, count(*) OVER () AS total FROM runs WHERE dataset_id = $1"
+        " ORDER BY started_at DESC, id DESC LIMIT $2 OFFSET $3", dataset_id, limit, offset)
+    total = rows[0]["total"] if rows else await conn.fetchval(
+        "SELECT count(*) FROM runs WHERE dataset_id = $1", dataset_id)
+    summaries = await run_summaries(conn, [r["id"] for r in rows])
+    return {"total": total, "runs": [summaries[r["id"]] for r in rows]}
+
+
+async def dataset_items(conn: asyncpg.Connection, dataset_id: str, *, limit: int | None = None,
+                        offset: int = 0) -> dict:
+    """The items of a dataset in id order."""
+    # Counted apart: a window count would carry every item's input along to the page.
+    total = await conn.fetchval("SELECT count(*) FROM dataset_items WHERE dataset_id = $1",
+                                dataset_id)
+    rows = await conn.fetch(
+        "SELECT id, input, expected_output, metadata, updated_at FROM dataset_items"
+        " WHERE dataset_id = $1 ORDER BY id LIMIT $2 OFFSET $3", dataset_id, limit, offset)
+    return {"total": total, "items": [dict(r) for r in rows]}

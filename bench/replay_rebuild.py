@@ -1,0 +1,146 @@
+"""Replay and rebuild rates on a log of at least 100,000 events (`python -m bench.replay_rebuild`).
+
+Writes a log the way the services would have (catalog events, N finished traces over a few runs,
+and the evaluator's scores for each, made by the evaluator's own `score_batch`), then times
+`evalstream replay` (read every trace back, request every run item's rescoring) and
+`evalstream projections rebuild` (every read model from offset zero into a fresh schema, then
+the switch). Starts a broker and Postgres unless KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are
+given; topics and schemas are unique to the run. Prints the rates; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import typer
+
+from schemas.catalog import DatasetCreated, DatasetItem, DatasetItemsUpserted, RunStarted
+from schemas.common import EvaluatorSpec, utcnow
+from schemas.envelope import wrap
+from schemas.traces import TraceCompleted
+from services.database import migrate_all
+from services.devstack import embedded_postgres, tansu_broker
+from services.evaluator.scoring import score_batch
+from services.messaging import EventPublisher, ensure_topics
+from services.projections.rebuild import rebuild
+from services.replay import ReplayFilter, replay
+from services.settings import Settings
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+SPECS = (EvaluatorSpec(type="exact_match"),
+         EvaluatorSpec(type="contains", name="mentions", keywords=["paris", "answer"]))
+CHUNK = 5000
+
+
+def _settings(bootstrap: str, dsn: str, tag: str) -> Settings:
+    prefix = f"rr{tag}"
+    return Settings(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap, DATABASE_URL=dsn,
+        topics={"catalog": f"{prefix}.catalog", "traces": f"{prefix}.traces",
+                "score_requests": f"{prefix}.score-requests", "scores": f"{prefix}.scores",
+                "dead_letter": f"{prefix}.dead-letter"},
+        catalog_schema=f"rr_catalog_{tag}", read_model_schema=f"rr_read_model_{tag}",
+        dashboard_schema=f"rr_dashboard_{tag}", evaluator_group=f"rr-evaluator-{tag}",
+        projections_group=f"rr-projections-{tag}", log_level="WARNING")
+
+
+async def write_log(settings: Settings, traces: int, runs: int) -> dict[str, int]:
+    """Catalog events, `traces` TraceCompleted over `runs` runs of one dataset, and their
+    scores; returns how many events of each kind went to the log."""
+    publisher = EventPublisher(settings, "bench")
+    await publisher.start()
+    counts = {"catalog": 0, "traces": 0, "scores": 0}
+    try:
+        per_run = -(-traces // runs)
+        dataset_id, now = str(uuid.uuid4()), utcnow()
+        catalog = [wrap(DatasetCreated(dataset_id=dataset_id, name="bench", evaluators=SPECS,
+                                       created_at=now), source="bench", key=dataset_id)]
+        for start in range(0, per_run, 1000):
+            items = tuple(DatasetItem(id=f"i{n}", input={"q": n}, expected_output=f"answer {n}")
+                          for n in range(start, min(start + 1000, per_run)))
+            catalog.append(wrap(DatasetItemsUpserted(dataset_id=dataset_id, items=items,
+                                                     upserted_at=now), source="bench",
+                                key=dataset_id))
+        run_ids = [str(uuid.uuid4()) for _ in range(runs)]
+        catalog += [wrap(RunStarted(run_id=r, dataset_id=dataset_id, name=f"run {k}",
+                                    evaluators=SPECS, total_items=per_run, started_at=now),
+                         source="bench", key=dataset_id) for k, r in enumerate(run_ids)]
+        counts["catalog"] = await publisher.publish(settings.topics.catalog, catalog)
+        for start in range(0, traces, CHUNK):
+            batch = []
+            for n in range(start, min(start + CHUNK, traces)):
+                run_id, item = run_ids[n // per_run], n % per_run
+                trace = TraceCompleted(
+                    trace_id=f"t{n}", run_id=run_id, dataset_id=dataset_id,
+                    dataset_item_id=f"i{item}", input={"q": item},
+                    output=f"answer {item}" if n % 4 else "Paris", expected_output=f"answer {item}",
+                    evaluators=SPECS, status="succeeded", latency_ms=float(n % 900),
+                    cost=0.001, completed_at=utcnow())
+                batch.append(wrap(trace, source="bench", key=run_id, time=trace.completed_at))
+            counts["traces"] += await publisher.publish(settings.topics.traces, batch)
+            counts["scores"] += await publisher.publish(settings.topics.scores,
+                                                        score_batch(batch))
+    finally:
+        await publisher.stop()
+    return counts
+
+
+async def bench(traces: int, runs: int) -> None:
+    with contextlib.ExitStack() as stack:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(
+            tansu_broker())
+        dsn = os.environ.get("DATABASE_URL") or stack.enter_context(embedded_postgres(
+            Path(stack.enter_context(tempfile.TemporaryDirectory())) / "pg"))
+        tag = uuid.uuid4().hex[:8]
+        settings = _settings(bootstrap, dsn, tag)
+        await migrate_all(settings)
+        await ensure_topics(settings)
+        try:
+            started = time.perf_counter()
+            counts = await write_log(settings, traces, runs)
+            total = sum(counts.values())
+            print(f"log written: {counts} = {total:,} events in "
+                  f"{time.perf_counter() - started:.1f} s")
+
+            started = time.perf_counter()
+            report = await replay(settings, ReplayFilter(), progress=False)
+            seconds = time.perf_counter() - started
+            print(f"replay:  {report.log_records:,} traces read, {report.requested:,} rescorings "
+                  f"requested in {seconds:.1f} s = {report.requested / seconds:,.0f} events/s "
+                  f"(scan {report.log_records / report.scan_seconds:,.0f} traces/s, "
+                  f"request {report.requested / report.request_seconds:,.0f} requests/s)")
+
+            done = await rebuild(settings, progress=False)
+            print(f"rebuild: {done.events:,} events applied into {done.schema} in "
+                  f"{done.seconds:.1f} s = {done.rate:,.0f} events/s (switched: "
+                  f"{done.switched_at is not None})")
+        finally:
+            conn = await asyncpg.connect(dsn)
+            try:  # a given database keeps nothing of this run
+                schemas = [r[0] for r in await conn.fetch(
+                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", f"rr_%{tag}%")]
+                for schema in schemas:
+                    await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+                await conn.execute("DELETE FROM evalstream.read_models WHERE name = $1",
+                                   settings.read_model_schema)
+            finally:
+                await conn.close()
+
+
+@app.command()
+def main(traces: int = typer.Option(100_000, help="Finished traces in the log (each also "
+                                                  "brings 2 scores)."),
+         runs: int = typer.Option(10, help="Runs they are spread over.")) -> None:
+    asyncio.run(bench(traces, runs))
+
+
+if __name__ == "__main__":
+    app()

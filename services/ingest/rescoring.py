@@ -1,0 +1,187 @@
+"""Rescoring commands of ingest: remember the run items it published, turn `evaluate` into one
+self-contained ScoreRequested per succeeded run item (through the outbox, all or nothing), and
+record a person's verdict as a manual ScoreRecorded (docs/adr/0005)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from schemas.common import EvaluatorSpec, run_item_key, score_id, utcnow
+from schemas.envelope import Envelope, wrap
+from schemas.rescoring import ScoreRequestsIssued, issued_event_id, score_request_event_id
+from schemas.scores import ScoreRecorded
+from schemas.traces import ScoreRequested, TraceCompleted
+from services.http import FieldError
+from services.ingest.catalog import OUTBOX_CHANNEL, SOURCE
+from services.ingest.commands import RecordScore
+from services.messaging import EventPublisher
+from services.settings import Settings
+
+# Score requests of one evaluate call go to the outbox in chunks of this many rows.
+CHUNK = 1000
+
+
+RECORD_RUN_ITEMS = """
+    INSERT INTO run_items AS r (run_item_id, run_id, dataset_id, dataset_item_id, trace_id,
+        status, input, output, expected_output, completed_at, event_id)
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(run_item_id text, run_id text,
+        dataset_id text, dataset_item_id text, trace_id text, status text, input jsonb,
+        output jsonb, expected_output jsonb, completed_at timestamptz, event_id text)
+    ON CONFLICT (run_item_id) DO UPDATE SET trace_id = excluded.trace_id,
+        status = excluded.status, input = excluded.input, output = excluded.output,
+        expected_output = excluded.expected_output, completed_at = excluded.completed_at,
+        event_id = excluded.event_id
+    WHERE (r.completed_at, r.event_id) < (excluded.completed_at, excluded.event_id)
+"""
+
+
+def _run_item_rows(envelopes: Sequence[Envelope]) -> list[dict]:
+    """The latest trace of every run item of a run in the batch, as catalog rows; "latest" as
+    the projections decide it: completion time, then event id."""
+    latest: dict[str, tuple[Envelope, TraceCompleted]] = {}
+    for env in envelopes:
+        t: TraceCompleted = env.event  # type: ignore[assignment]
+        if not t.run_id:
+            continue
+        key = t.run_item_id
+        cur = latest.get(key)
+        if cur is None or (t.completed_at, env.id) > (cur[1].completed_at, cur[0].id):
+            latest[key] = (env, t)
+    return [{"run_item_id": key, "run_id": t.run_id, "dataset_id": t.dataset_id,
+             "dataset_item_id": t.dataset_item_id, "trace_id": t.trace_id,
+             "status": t.status, "input": t.input, "output": t.output,
+             "expected_output": t.expected_output, "completed_at": t.completed_at.isoformat(),
+             "event_id": env.id} for key, (env, t) in latest.items()]
+
+
+async def publish_traces(pool: asyncpg.Pool, publisher: EventPublisher,
+                         envelopes: Sequence[Envelope]) -> None:
+    """Publish traces (acks=all) and keep their run items in the catalog: one set-based
+    statement, run while the broker acknowledges and committed only once it has, so a row never
+    names a trace the broker does not have."""
+    topic = publisher.settings.topics.traces
+    rows = _run_item_rows(envelopes)
+    if not rows:
+        await publisher.publish(topic, envelopes)
+        return
+    async with pool.acquire() as conn, conn.transaction():
+        write = asyncio.create_task(conn.execute(RECORD_RUN_ITEMS, rows))
+        try:
+            await publisher.publish(topic, envelopes)
+        finally:
+            await write  # either way; a failed publish then rolls the write back
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateAccepted:
+    request_id: str
+    run_id: str
+    requested: int
+    evaluators: tuple[EvaluatorSpec, ...]
+
+
+async def _append_outbox(conn: asyncpg.Connection, topic: str,
+                         envelopes: Sequence[Envelope]) -> None:
+    await conn.execute(
+        """INSERT INTO outbox (topic, key, headers, body)
+           SELECT $1, k, h::jsonb, b FROM unnest($2::text[], $3::text[], $4::bytea[]) AS x(k, h, b)
+        """, topic, [e.key for e in envelopes],
+        [json.dumps([[k, v.decode()] for k, v in e.headers()]) for e in envelopes],
+        [e.body() for e in envelopes])
+
+
+async def evaluate_run(pool: asyncpg.Pool, settings: Settings, run_id: str,
+                       given: Sequence[EvaluatorSpec] | None) -> EvaluateAccepted:
+    """Request a rescoring of every succeeded run item of `run_id`, with `given` specs or the
+    run's own. The header event and every request are written to the outbox in one transaction:
+    the 202 means all of them will be published, or, on error, none."""
+    request_id = str(uuid.uuid4())
+    requested_at = utcnow()
+    # One snapshot for the count and the rows, whatever traces arrive meanwhile.
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        run = await conn.fetchrow("SELECT evaluators FROM runs WHERE id = $1", run_id)
+        if run is None:
+            raise FieldError(("path", "run_id"), f"run {run_id} not found", 404, "not_found")
+        specs = tuple(given) if given else tuple(
+            EvaluatorSpec.model_validate(s) for s in run["evaluators"])
+        specs_json = [s.model_dump(mode="json", exclude_none=True) for s in specs]
+        # Counted first so that the header, written first, precedes its requests in the outbox.
+        requested = await conn.fetchval(
+            "SELECT count(*) FROM run_items WHERE run_id = $1 AND status = 'succeeded'", run_id)
+        header = ScoreRequestsIssued(
+            request_id=request_id, origin="evaluate", run_id=run_id, requested=requested,
+            runs={run_id: requested}, evaluators=specs, requested_at=requested_at)
+        await conn.execute(
+            "INSERT INTO score_requests (id, run_id, requested, evaluators, requested_at)"
+            " VALUES ($1, $2, $3, $4, $5)", request_id, run_id, requested, specs_json,
+            requested_at)
+        await _append_outbox(conn, settings.topics.catalog, [wrap(
+            header, source=SOURCE, key=run_id, time=requested_at,
+            id=issued_event_id(request_id))])
+        cursor = conn.cursor(
+            """SELECT run_item_id, dataset_id, dataset_item_id, trace_id, input, output,
+                      expected_output
+               FROM run_items WHERE run_id = $1 AND status = 'succeeded'
+               ORDER BY run_item_id""", run_id, prefetch=CHUNK)
+        chunk: list[Envelope] = []
+        async for row in cursor:
+            event = ScoreRequested(
+                run_id=run_id, dataset_id=row["dataset_id"],
+                dataset_item_id=row["dataset_item_id"], trace_id=row["trace_id"],
+                input=row["input"], output=row["output"],
+                expected_output=row["expected_output"], evaluators=specs,
+                request_id=request_id, requested_at=requested_at)
+            chunk.append(wrap(event, source=SOURCE, key=run_id, time=requested_at,
+                              id=score_request_event_id(request_id, row["run_item_id"])))
+            if len(chunk) >= CHUNK:
+                await _append_outbox(conn, settings.topics.score_requests, chunk)
+                chunk = []
+        if chunk:
+            await _append_outbox(conn, settings.topics.score_requests, chunk)
+        await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+    return EvaluateAccepted(request_id, run_id, requested, specs)
+
+
+async def manual_score(pool: asyncpg.Pool, cmd: RecordScore) -> Envelope:
+    """Resolve the verdict's run item against the catalog and build its ScoreRecorded; raises
+    FieldError naming the field when the run, item or trace is unknown."""
+    if cmd.dataset_item_id is None and cmd.trace_id is None:
+        raise FieldError(("dataset_item_id",), "give `dataset_item_id` or `trace_id`")
+    async with pool.acquire() as conn:
+        if await conn.fetchval("SELECT 1 FROM runs WHERE id = $1", cmd.run_id) is None:
+            raise FieldError(("run_id",), f"unknown run {cmd.run_id!r}")
+        if cmd.dataset_item_id is not None:
+            item = await conn.fetchrow(
+                "SELECT run_item_id, dataset_item_id, trace_id FROM run_items"
+                " WHERE run_item_id = $1", run_item_key(cmd.run_id, cmd.dataset_item_id, None))
+            if item is None:
+                raise FieldError(("dataset_item_id",), f"run {cmd.run_id} has no trace of "
+                                                       f"dataset item {cmd.dataset_item_id!r}")
+            if cmd.trace_id is not None and cmd.trace_id != item["trace_id"]:
+                raise FieldError(("trace_id",), f"trace {cmd.trace_id!r} is not the trace of "
+                                                f"item {cmd.dataset_item_id!r} in this run")
+        else:
+            item = await conn.fetchrow(
+                "SELECT run_item_id, dataset_item_id, trace_id FROM run_items"
+                " WHERE run_id = $1 AND trace_id = $2 ORDER BY completed_at DESC LIMIT 1",
+                cmd.run_id, cmd.trace_id)
+            if item is None:
+                raise FieldError(("trace_id",),
+                                 f"run {cmd.run_id} has no trace {cmd.trace_id!r}")
+    value, label = cmd.scored()
+    now = utcnow()
+    # Source `manual` is part of the score id: a verdict replaces the previous verdict of the
+    # same name, never the programmatic score of that name.
+    event = ScoreRecorded(
+        score_id=score_id(item["run_item_id"], cmd.name, "manual"),
+        run_item_id=item["run_item_id"], run_id=cmd.run_id,
+        dataset_item_id=item["dataset_item_id"], trace_id=item["trace_id"], name=cmd.name,
+        value=value, data_type=cmd.data_type, string_value=label, source="manual",
+        comment=cmd.comment, created_by=cmd.created_by, observed_at=now)
+    return wrap(event, source=SOURCE, key=cmd.run_id, time=now)

@@ -1,0 +1,176 @@
+"""The dashboard contract: documented SQL views, in a schema of their own, over the read models,
+readable by a read-only role, so Grafana, Metabase or psql see the figures the query API gives.
+
+The views name the read-model schema they read explicitly; pointing them at another one (a
+rebuilt copy) is one call of `create_dashboard_views` inside the caller's transaction, so readers
+switch atomically. docs/dashboards.md shows how to query them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+
+from services.database import checked_schema
+from services.projections.views import (
+    RUN_SUMMARY_TEMPLATE,
+    SCORE_SUMMARY_TEMPLATE,
+    sql_template,
+)
+
+log = logging.getLogger(__name__)
+
+READER_ROLE = "evalstream_reader"
+
+ITEM_RESULTS_TEMPLATE = """
+SELECT r.id AS run_id, r.name AS run_name, r.dataset_id, d.id AS dataset_item_id,
+       coalesce(ri.status, 'missing') AS status, ri.trace_id, d.input, d.expected_output,
+       ri.output, ri.error, ri.latency_ms, ri.input_tokens, ri.output_tokens, ri.cost,
+       (SELECT jsonb_object_agg(name, value)
+        FROM (SELECT name, avg(value) AS value FROM {rm}scores s
+              WHERE s.run_item_id = ri.run_item_id GROUP BY name) n) AS scores
+FROM {rm}runs r
+JOIN {rm}dataset_items d ON d.dataset_id = r.dataset_id
+LEFT JOIN {rm}run_items ri ON ri.run_id = r.id AND ri.dataset_item_id = d.id
+"""
+
+# Every ordered pair of distinct runs of a dataset: filter on baseline_run_id and run_id, and the
+# LATERAL side only aggregates those two runs' scores.
+ITEM_COMPARISON_TEMPLATE = """
+SELECT b.id AS baseline_run_id, r.id AS run_id, r.dataset_id, c.dataset_item_id, c.score_name,
+       c.baseline_value, c.value, c.value - c.baseline_value AS delta,
+       CASE WHEN c.baseline_value IS NULL THEN 'only_in_run'
+            WHEN c.value IS NULL THEN 'only_in_baseline'
+            WHEN c.value > c.baseline_value THEN 'improved'
+            WHEN c.value < c.baseline_value THEN 'regressed'
+            ELSE 'unchanged' END AS change,
+       coalesce((SELECT status FROM {rm}run_items x
+                 WHERE x.run_id = b.id AND x.dataset_item_id = c.dataset_item_id), 'missing')
+           AS baseline_status,
+       coalesce((SELECT status FROM {rm}run_items x
+                 WHERE x.run_id = r.id AND x.dataset_item_id = c.dataset_item_id), 'missing')
+           AS status
+FROM {rm}runs b
+JOIN {rm}runs r ON r.dataset_id = b.dataset_id AND r.id <> b.id
+CROSS JOIN LATERAL (
+    SELECT coalesce(x.dataset_item_id, y.dataset_item_id) AS dataset_item_id,
+           coalesce(x.name, y.name) AS score_name, x.value AS baseline_value, y.value AS value
+    FROM (SELECT dataset_item_id, name, avg(value) AS value FROM {rm}scores
+          WHERE run_id = b.id AND dataset_item_id IS NOT NULL
+          GROUP BY dataset_item_id, name) x
+    FULL JOIN (SELECT dataset_item_id, name, avg(value) AS value FROM {rm}scores
+               WHERE run_id = r.id AND dataset_item_id IS NOT NULL
+               GROUP BY dataset_item_id, name) y
+      ON y.dataset_item_id = x.dataset_item_id AND y.name = x.name
+) c
+"""
+
+# name → (template, what the view is, {column: what it holds}); the comments are the contract.
+VIEWS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "run_summary": (RUN_SUMMARY_TEMPLATE, (
+        "One row per run: items, cost, tokens, latency and pass rate; the figures of "
+        "GET /v1/runs/{id} and of each run in GET /v1/compare."), {
+        "run_id": "Run id.",
+        "started_at": "When the run was created (UTC).",
+        "total_items": "Items in the dataset when the run started.",
+        "completed_items": "Run items whose trace succeeded.",
+        "failed_items": "Run items whose trace failed.",
+        "missing_items": "Items of the dataset the run has no trace for.",
+        "total_cost": "Sum of the traces' cost (USD).",
+        "total_tokens": "Sum of the traces' input and output tokens.",
+        "latency_p50_ms": "Median trace latency (percentile_cont, traces reporting one).",
+        "latency_p95_ms": "95th percentile trace latency (percentile_cont).",
+        "items_with_scores": "Run items with at least one score.",
+        "pass_rate": "Share of all the run's scores with value >= 0.5.",
+        "evaluation_failures": "Evaluators that failed on an item of the run.",
+    }),
+    "score_summary": (SCORE_SUMMARY_TEMPLATE, (
+        "One row per run and score name: average, pass rate (value >= 0.5) and count of the "
+        "scores; the per-score figures of the run summary and of GET /v1/compare."), {
+        "score_name": "Score name, e.g. exact_match.",
+        "average": "Mean value of the run's scores of that name.",
+        "pass_rate": "Share of those scores with value >= 0.5.",
+        "count": "Number of those scores.",
+    }),
+    "item_results": (ITEM_RESULTS_TEMPLATE, (
+        "One row per run and item of its dataset: status (succeeded, failed, or missing when "
+        "the run has no trace for the item), output and scores."), {
+        "status": "succeeded, failed, or missing (no trace of the run for this item).",
+        "scores": "Score name -> the item's value (mean over sources, normally one).",
+    }),
+    "item_comparison": (ITEM_COMPARISON_TEMPLATE, (
+        "One row per baseline run, compared run (same dataset), item and score name either "
+        "has: both values, delta and change; filter on baseline_run_id and run_id."), {
+        "baseline_value": "The baseline run's value for the item and score name.",
+        "value": "The compared run's value for the item and score name.",
+        "delta": "value - baseline_value.",
+        "change": "improved, regressed, unchanged, only_in_run or only_in_baseline.",
+        "baseline_status": "Status of the item in the baseline run (missing: no trace).",
+        "status": "Status of the item in the compared run (missing: no trace).",
+    }),
+}
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+async def _replace_view(conn: asyncpg.Connection, qualified: str, body: str) -> None:
+    try:
+        # In place, so the view keeps its grants and any view a dashboard built on top of it.
+        async with conn.transaction():
+            await conn.execute(f"CREATE OR REPLACE VIEW {qualified} AS {body}")
+    except asyncpg.InvalidTableDefinitionError:
+        # The columns changed (a newer definition): only then is the view dropped and re-created.
+        await conn.execute(f"DROP VIEW {qualified}")
+        await conn.execute(f"CREATE VIEW {qualified} AS {body}")
+
+
+async def _ensure_role(conn: asyncpg.Connection, role: str) -> bool:
+    """Create the read-only role unless it exists; False when this user may not create it."""
+    if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+        return True
+    try:
+        async with conn.transaction():
+            # LOGIN without a password: a trusted local connection can use it as is; elsewhere
+            # an administrator gives it a password (docs/dashboards.md).
+            await conn.execute(f"""
+                DO $$ BEGIN
+                    CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;
+                EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+                END $$""")
+    except asyncpg.InsufficientPrivilegeError:
+        log.warning("cannot create role %s (no CREATEROLE); the dashboard views are created "
+                    "but not granted to it", role)
+        return False
+    return True
+
+
+async def create_dashboard_views(conn: asyncpg.Connection, read_model_schema: str,
+                                 dashboard_schema: str, *, reader_role: str = READER_ROLE) -> None:
+    """(Re)create the dashboard views in `dashboard_schema` over `read_model_schema`, with their
+    comments, and let `reader_role` (created if need be) read them and nothing else.
+
+    Idempotent. Inside a caller's transaction every view switches when that transaction commits;
+    outside one it runs in its own."""
+    rm = checked_schema(read_model_schema)
+    dash = checked_schema(dashboard_schema)
+    role = checked_schema(reader_role)
+    async with conn.transaction():
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{dash}"')
+        await conn.execute(f'COMMENT ON SCHEMA "{dash}" IS ' + _literal(
+            f"evalstream dashboard views over the read models in schema {rm}; "
+            "read them as role " + role + "."))
+        for name, (template, about, columns) in VIEWS.items():
+            qualified = f'"{dash}"."{name}"'
+            await _replace_view(conn, qualified, sql_template(template, f'"{rm}".'))
+            await conn.execute(f"COMMENT ON VIEW {qualified} IS {_literal(about)}")
+            for column, text in columns.items():
+                await conn.execute(
+                    f'COMMENT ON COLUMN {qualified}."{column}" IS {_literal(text)}')
+        if await _ensure_role(conn, role):
+            # The views run with their owner's rights, so the role needs no access to the
+            # read-model tables themselves.
+            await conn.execute(f'GRANT USAGE ON SCHEMA "{dash}" TO "{role}"')
+            await conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{dash}" TO "{role}"')

@@ -1,0 +1,66 @@
+"""Read queries of rescoring: the progress of a score request, and the history of a run item's
+scores with the evaluator version that produced each value."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from schemas.common import run_item_key
+
+PROGRESS_SQL = """
+SELECT coalesce(q.request_id, $1) AS request_id, q.origin, q.run_id, q.requested, q.runs,
+       q.evaluators, q.filters, q.interrupted, q.requested_at,
+       c.completed, c.scored, c.failed, c.unscored, c.scores_recorded, c.evaluation_failures
+FROM (SELECT count(*) AS completed,
+             count(*) FILTER (WHERE scored > 0 AND failed = 0) AS scored,
+             count(*) FILTER (WHERE failed > 0) AS failed,
+             count(*) FILTER (WHERE scored = 0 AND failed = 0) AS unscored,
+             coalesce(sum(scored), 0) AS scores_recorded,
+             coalesce(sum(failed), 0) AS evaluation_failures
+      FROM score_request_cases WHERE request_id = $1) c
+LEFT JOIN score_requests q ON q.request_id = $1
+"""
+
+
+async def score_request_progress(conn: asyncpg.Connection, request_id: str) -> dict | None:
+    """How far a request is: `requested` cases, `completed` ones (split into `scored`, `failed`
+    — an evaluator failed — and `unscored` — nothing to score, e.g. no expected output), `done`.
+
+    Until the request's own event has arrived, `requested` is null and `done` false."""
+    row = await conn.fetchrow(PROGRESS_SQL, request_id)
+    if row["origin"] is None and row["completed"] == 0:
+        return None
+    out = dict(row)
+    out["interrupted"] = bool(out["interrupted"])
+    out["done"] = out["requested"] is not None and out["completed"] >= out["requested"]
+    return out
+
+
+HISTORY_SQL = """
+SELECT s.score_id, s.name, s.source, s.data_type, s.value, s.string_value, s.comment,
+       s.created_by, s.evaluator, s.evaluator_version, s.spec_hash, s.request_id, s.observed_at,
+       coalesce((SELECT jsonb_agg(jsonb_build_object(
+                    'value', h.value, 'string_value', h.string_value, 'comment', h.comment,
+                    'created_by', h.created_by, 'evaluator', h.evaluator,
+                    'evaluator_version', h.evaluator_version, 'spec_hash', h.spec_hash,
+                    'request_id', h.request_id, 'observed_at', h.observed_at)
+                    ORDER BY h.observed_at, h.event_id)
+                 FROM score_history h WHERE h.score_id = s.score_id), '[]'::jsonb) AS history
+FROM scores s
+WHERE s.run_item_id = $1
+ORDER BY s.name, s.source
+"""
+
+
+async def run_item_score_history(conn: asyncpg.Connection, run_id: str,
+                                 dataset_item_id: str) -> dict | None:
+    """Every score of one run item, current value first, then each value it has had (oldest
+    first) with the evaluator, version and spec hash that produced it; None if the run has no
+    such item."""
+    run_item_id = run_item_key(run_id, dataset_item_id, None)
+    rows = await conn.fetch(HISTORY_SQL, run_item_id)
+    if not rows and await conn.fetchval(
+            "SELECT 1 FROM run_items WHERE run_item_id = $1", run_item_id) is None:
+        return None
+    return {"run_id": run_id, "dataset_item_id": dataset_item_id, "run_item_id": run_item_id,
+            "scores": [dict(r) for r in rows]}

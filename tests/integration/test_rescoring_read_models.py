@@ -1,0 +1,111 @@
+"""Rescoring's read models against a real Postgres: request progress, manual verdicts beside an
+evaluator's failure, and repeated event ids come out the same whatever the batching or order."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from schemas.common import EvaluatorSpec, score_id
+from schemas.envelope import wrap
+from schemas.rescoring import ScoreRequestsIssued
+from schemas.scores import EvaluationFailed, ScoreRecorded
+from schemas.traces import TraceCompleted
+from services.database import create_pool, migrate
+from services.evaluator.scoring import score_case
+from services.projections import rescoring_views
+from services.projections.read_models import apply_batch
+from services.replay import score_request
+
+pytestmark = pytest.mark.postgres
+
+AT = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+
+def _trace(n: int, **kw) -> TraceCompleted:
+    return TraceCompleted(**{
+        "trace_id": f"t{n}", "run_id": "r1", "dataset_item_id": f"i{n}", "output": "Paris",
+        "expected_output": "Paris" if n % 3 else None, "status": "succeeded",
+        "completed_at": AT, "evaluators": (EvaluatorSpec(type="exact_match"),), **kw})
+
+
+def _request_log() -> list:
+    """A request over 6 items (two with no expected output: nothing to score), its header, and
+    everything the evaluator made of it."""
+    header = ScoreRequestsIssued(request_id="q1", origin="evaluate", run_id="r1", requested=6,
+                                 runs={"r1": 6}, requested_at=AT + timedelta(hours=1))
+    log = [wrap(header, source="t", key="r1", id="h1")]
+    for n in range(6):
+        request = score_request(wrap(_trace(n), source="t", key="r1", id=f"e{n}"), "q1",
+                                AT + timedelta(hours=1), None)
+        log.extend(score_case(request))
+    return log
+
+
+async def _apply(dsn: str, batches: list[list], query) -> object:
+    schema = f"rm_{uuid.uuid4().hex[:10]}"
+    await migrate(dsn, "read_model", schema)
+    pool = await create_pool(dsn, schema)
+    try:
+        async with pool.acquire() as conn:
+            for batch in batches:
+                async with conn.transaction():
+                    await apply_batch(conn, batch)
+            return await query(conn)
+    finally:
+        await pool.close()
+        async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as admin:
+            await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+async def test_request_progress_counts_cases_whatever_the_order(migrated):
+    log = _request_log()
+
+    async def progress(conn):
+        return await rescoring_views.score_request_progress(conn, "q1")
+
+    expected = await _apply(migrated.dsn, [log], progress)
+    assert (expected["requested"], expected["completed"], expected["scored"],
+            expected["unscored"], expected["failed"], expected["done"]) == (6, 6, 4, 2, 0, True)
+    rng = random.Random(3)
+    shuffled = log + rng.sample(log, 5)
+    rng.shuffle(shuffled)
+    assert await _apply(migrated.dsn, [shuffled[i:i + 4] for i in range(0, len(shuffled), 4)],
+                        progress) == expected
+    # Cases counted before the request's own event: not done, requested unknown.
+    partial = await _apply(migrated.dsn, [log[1:]], progress)
+    assert (partial["requested"], partial["completed"], partial["done"]) == (None, 6, False)
+
+
+async def test_a_verdict_leaves_the_evaluators_failure_and_score_alone(migrated):
+    failure = EvaluationFailed(failure_id="f1", run_item_id="ri1", run_id="r1", name="tone",
+                               evaluator="llm", reason="boom", observed_at=AT)
+    verdict = ScoreRecorded(score_id=score_id("ri1", "tone", "manual"), run_item_id="ri1",
+                            run_id="r1", name="tone", value=1.0, data_type="boolean",
+                            source="manual", observed_at=AT + timedelta(minutes=5))
+
+    async def state(conn):
+        return (await conn.fetchval("SELECT count(*) FROM evaluation_failures"),
+                await conn.fetchval("SELECT count(*) FROM scores"))
+
+    f, v = wrap(failure, source="t", key="r1"), wrap(verdict, source="t", key="r1")
+    assert await _apply(migrated.dsn, [[f], [v]], state) == (1, 1)
+    assert await _apply(migrated.dsn, [[v], [f]], state) == (1, 1)
+    assert await _apply(migrated.dsn, [[v, f]], state) == (1, 1)
+
+
+async def test_the_first_of_a_repeated_event_id_wins_within_a_batch_as_across_batches(migrated):
+    # A trace posted twice: one id (content address), two receipt times.
+    first = wrap(_trace(1), source="t", key="r1", id="same")
+    second = wrap(_trace(1, completed_at=AT + timedelta(seconds=1)), source="t", key="r1",
+                  id="same")
+
+    async def completed_at(conn):
+        return await conn.fetchval("SELECT completed_at FROM run_items")
+
+    assert await _apply(migrated.dsn, [[first], [second]], completed_at) == AT
+    assert await _apply(migrated.dsn, [[first, second]], completed_at) == AT
