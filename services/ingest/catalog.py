@@ -103,21 +103,13 @@ class Catalog:
                                        dataset_id):
                 raise FieldError(("path", "dataset_id"), f"dataset {dataset_id} not found", 404,
                                  "not_found")
-            elsewhere = await conn.fetch(
-                "SELECT id FROM dataset_items WHERE id = ANY($1) AND dataset_id <> $2",
-                ids, dataset_id)
-            if elsewhere:
-                bad = ids.index(elsewhere[0]["id"])
-                raise FieldError(("items", bad, "id"),
-                                 f"item id {ids[bad]!r} belongs to another dataset", 409,
-                                 "conflict")
             await conn.execute(
                 """INSERT INTO dataset_items (id, dataset_id, input, expected_output, metadata,
                                               updated_at)
                    SELECT i.id, $2, i.input, i.expected_output, i.metadata, $3
                    FROM jsonb_to_recordset($1::jsonb)
                         AS i(id text, input jsonb, expected_output jsonb, metadata jsonb)
-                   ON CONFLICT (id) DO UPDATE SET input = excluded.input,
+                   ON CONFLICT (dataset_id, id) DO UPDATE SET input = excluded.input,
                        expected_output = excluded.expected_output,
                        metadata = excluded.metadata, updated_at = excluded.updated_at""",
                 [i.model_dump(mode="json") for i in items], dataset_id, event.upserted_at)
@@ -160,12 +152,16 @@ class Catalog:
         """Resolve every trace against the catalog; raise FieldError before anything is sent."""
         run_ids = {t.run_id for t in traces if t.run_id}
         item_ids = list({t.dataset_item_id for t in traces if t.dataset_item_id})
+        # Item ids are unique within a dataset, not across datasets: key by (dataset, item).
+        items: dict[str, dict[str, asyncpg.Record]] = {}
         async with self.pool.acquire() as conn:
             runs = await self._runs_by_id(conn, run_ids)
-            items = {r["id"]: r for r in await conn.fetch(
-                """SELECT i.id, i.dataset_id, i.input, i.expected_output, d.evaluators
-                   FROM dataset_items i JOIN datasets d ON d.id = i.dataset_id
-                   WHERE i.id = ANY($1)""", item_ids)} if item_ids else {}
+            if item_ids:
+                for row in await conn.fetch(
+                        """SELECT i.id, i.dataset_id, i.input, i.expected_output, d.evaluators
+                           FROM dataset_items i JOIN datasets d ON d.id = i.dataset_id
+                           WHERE i.id = ANY($1)""", item_ids):
+                    items.setdefault(row["id"], {})[row["dataset_id"]] = row
         now = utcnow()
         envelopes = []
         for n, t in enumerate(traces):
@@ -175,15 +171,22 @@ class Catalog:
                     raise FieldError(("traces", n, "run_id"), f"unknown run {t.run_id!r}")
                 dataset_id, specs = runs[t.run_id]
             if t.dataset_item_id:
-                item = items.get(t.dataset_item_id)
-                if item is None:
+                candidates = items.get(t.dataset_item_id, {})
+                if dataset_id:
+                    item = candidates.get(dataset_id)
+                    if item is None:
+                        raise FieldError(("traces", n, "dataset_item_id"),
+                                         f"item {t.dataset_item_id!r} is not in the run's dataset")
+                elif len(candidates) == 1:
+                    item = next(iter(candidates.values()))
+                    specs = tuple(EvaluatorSpec.model_validate(s) for s in item["evaluators"])
+                elif not candidates:
                     raise FieldError(("traces", n, "dataset_item_id"),
                                      f"unknown dataset item {t.dataset_item_id!r}")
-                if dataset_id and item["dataset_id"] != dataset_id:
+                else:
                     raise FieldError(("traces", n, "dataset_item_id"),
-                                     f"item {t.dataset_item_id!r} is not in the run's dataset")
-                if not t.run_id:
-                    specs = tuple(EvaluatorSpec.model_validate(s) for s in item["evaluators"])
+                                     f"item id {t.dataset_item_id!r} exists in several datasets; "
+                                     "give the trace its `run_id`")
                 dataset_id, expected = item["dataset_id"], item["expected_output"]
                 if given_input is None:
                     given_input = item["input"]

@@ -195,7 +195,7 @@ SELECT t.total, d.id, d.input, d.expected_output, ri.run_id, ri.status, ri.outpu
        ri.trace_id, ri.latency_ms, ri.cost, sc.scores
 FROM (SELECT count(*) AS total FROM matching) t
 LEFT JOIN (page p
-    JOIN dataset_items d ON d.id = p.id
+    JOIN dataset_items d ON d.dataset_id = $1 AND d.id = p.id
     LEFT JOIN run_items ri ON ri.dataset_item_id = p.id AND ri.run_id = ANY($2::text[])
     LEFT JOIN LATERAL (
         SELECT jsonb_object_agg(name, value) AS scores

@@ -63,21 +63,22 @@ async def apply_evaluators_configured(conn: asyncpg.Connection,
 
 
 async def apply_items_upserted(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
-    latest: dict[str, dict] = {}
+    latest: dict[tuple[str, str], dict] = {}
     for env in batch:
         ev: DatasetItemsUpserted = env.event  # type: ignore[assignment]
         for item in ev.items:
             row = {**item.model_dump(mode="json"), "dataset_id": ev.dataset_id,
                    "updated_at": ev.upserted_at.isoformat()}
-            if item.id not in latest or row["updated_at"] > latest[item.id]["updated_at"]:
-                latest[item.id] = row
+            key = (ev.dataset_id, item.id)
+            if key not in latest or row["updated_at"] > latest[key]["updated_at"]:
+                latest[key] = row
     await conn.execute("""
         INSERT INTO dataset_items (id, dataset_id, input, expected_output, metadata, updated_at)
         SELECT id, dataset_id, input, expected_output, metadata, updated_at
         FROM jsonb_to_recordset($1::jsonb) AS e(id text, dataset_id text, input jsonb,
                                                  expected_output jsonb, metadata jsonb,
                                                  updated_at timestamptz)
-        ON CONFLICT (id) DO UPDATE SET dataset_id = excluded.dataset_id, input = excluded.input,
+        ON CONFLICT (dataset_id, id) DO UPDATE SET input = excluded.input,
             expected_output = excluded.expected_output, metadata = excluded.metadata,
             updated_at = excluded.updated_at
         WHERE dataset_items.updated_at < excluded.updated_at

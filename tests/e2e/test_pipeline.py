@@ -216,3 +216,27 @@ async def test_malformed_events_go_to_dead_letter_and_consumers_carry_on(api, mi
     assert "invalid TraceCompleted" in reasons[(marker, "evaluator")]
     assert "invalid TraceCompleted" in reasons[(marker, "projections")]
     assert "missing CloudEvents header" in reasons[(marker + "2", "projections")]
+
+
+async def test_item_ids_are_per_dataset(api):
+    """Teams reuse ids like `q1` in every dataset; each run scores against its own dataset."""
+    item_id = f"q-{uuid.uuid4().hex[:6]}"
+    ds_a = await api.dataset_with_items([{"id": item_id, "expected_output": "Paris"}])
+    ds_b = await api.dataset_with_items([{"id": item_id, "expected_output": "Berlin"}])
+    run_a = (await api.create("/v1/runs", {"dataset_id": ds_a, "name": "a"}))["id"]
+    run_b = (await api.create("/v1/runs", {"dataset_id": ds_b, "name": "b"}))["id"]
+    await api.post_traces([
+        {"trace_id": f"{run_a}-1", "run_id": run_a, "dataset_item_id": item_id,
+         "output": "Paris", "status": "succeeded"},
+        {"trace_id": f"{run_b}-1", "run_id": run_b, "dataset_item_id": item_id,
+         "output": "Paris", "status": "succeeded"}])
+    a = await api.eventually(f"/v1/runs/{run_a}", lambda s: "exact_match" in s["scores"])
+    b = await api.eventually(f"/v1/runs/{run_b}", lambda s: "exact_match" in s["scores"])
+    assert a["scores"]["exact_match"]["average"] == 1.0
+    assert b["scores"]["exact_match"]["average"] == 0.0
+    # Without a run the id no longer names one item.
+    r = await api.ingest.post("/v1/traces", json={"traces": [
+        {"trace_id": "x", "dataset_item_id": item_id, "output": "Paris", "status": "succeeded"}]})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "traces", 0, "dataset_item_id"]
+    assert "several datasets" in r.json()["detail"][0]["msg"]

@@ -23,8 +23,10 @@ def upgrade() -> None:
     CREATE INDEX scores_run_item_name ON scores (run_id, dataset_item_id, name)
         INCLUDE (value, run_item_id);
     DROP INDEX scores_run;
-    -- A dataset's items in id order: the pages of a comparison.
-    CREATE INDEX dataset_items_dataset_id ON dataset_items (dataset_id, id);
+    -- Item ids are unique within their dataset, not across datasets (teams reuse ids such as
+    -- `q1`); the key also serves a dataset's items in id order: the pages of a comparison.
+    ALTER TABLE dataset_items DROP CONSTRAINT dataset_items_pkey;
+    ALTER TABLE dataset_items ADD PRIMARY KEY (dataset_id, id);
     DROP INDEX dataset_items_dataset;
     -- Those index-only reads skip the table only on pages VACUUM has marked all-visible; by
     -- default autovacuum waits for a fifth more rows, so in a large table the newest runs (the ones
@@ -44,7 +46,8 @@ def downgrade() -> None:
     ALTER TABLE scores RESET (autovacuum_vacuum_insert_scale_factor,
                               autovacuum_vacuum_insert_threshold);
     CREATE INDEX dataset_items_dataset ON dataset_items (dataset_id);
-    DROP INDEX dataset_items_dataset_id;
+    ALTER TABLE dataset_items DROP CONSTRAINT dataset_items_pkey;
+    ALTER TABLE dataset_items ADD PRIMARY KEY (id);
     CREATE INDEX scores_run ON scores (run_id, name);
     DROP INDEX scores_run_item_name;
     """)
