@@ -50,7 +50,8 @@ class RunStarted(Event):
     run_id: Id = Field(description="Id of the run.")
     dataset_id: Id = Field(description="Dataset the run executes.")
     name: str = Field(description="Human name of the run, e.g. a model or prompt version.")
-    evaluators: tuple[EvaluatorSpec, ...] = Field(description="Specs the run's traces are scored by.")
+    evaluators: tuple[EvaluatorSpec, ...] = Field(
+        description="Specs the run's traces are scored by.")
     metadata: dict[str, JSONValue] | None = Field(None, description="Free-form metadata.")
     total_items: int = Field(ge=0, description="Items in the dataset when the run started.")
     started_at: datetime = Field(description="When the run started (UTC).")

@@ -11,7 +11,8 @@ from schemas.common import Event, Id, ScoreDataType, ScoreSource
 
 class ScoreRecorded(Event):
     """One score of one run item. Its `score_id` is deterministic (run item, name, source): a later
-    event with the same id replaces the value, and the read model keeps the earlier ones as history."""
+    event with the same id replaces the value, and the read model keeps the earlier ones as
+    history."""
 
     score_id: Id = Field(description="uuid5 of (run item, name, source).")
     run_item_id: Id = Field(description="uuid5 of (run, dataset item), or of the trace.")

@@ -21,7 +21,8 @@ class FieldError(Exception):
         self.loc, self.msg, self.status, self.type = loc, msg, status, type
 
     def detail(self) -> list[dict[str, Any]]:
-        return [{"loc": ["body", *self.loc] if self.loc and self.loc[0] != "path" else list(self.loc),
+        in_body = bool(self.loc) and self.loc[0] != "path"
+        return [{"loc": ["body", *self.loc] if in_body else list(self.loc),
                  "msg": self.msg, "type": self.type}]
 
 

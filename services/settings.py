@@ -56,7 +56,8 @@ class Settings(BaseSettings):
         20, ge=0, description="Longest the broker holds a fetch when it has nothing new; the "
                               "floor of POST-to-score latency on an idle system.")
     max_traces_per_request: int = 1000
-    max_body_bytes: int = Field(16 * 1024 * 1024, description="Largest request body ingest accepts.")
+    max_body_bytes: int = Field(16 * 1024 * 1024,
+                                description="Largest request body ingest accepts.")
     trace_url_template: str = Field(
         "http://localhost:3000/observability?traceId={trace_id}",
         description="Link to a trace in the team's observability tool.")

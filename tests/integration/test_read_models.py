@@ -62,7 +62,8 @@ def log():
 async def test_the_log_projects_to_the_expected_models(migrated, log):
     tables, answers = await _project(migrated.dsn, [log])
     summary = answers["summary"]
-    assert (summary["total_items"], summary["completed_items"], summary["failed_items"]) == (3, 2, 1)
+    counts = (summary["total_items"], summary["completed_items"], summary["failed_items"])
+    assert counts == (3, 2, 1)
     assert summary["total_cost"] == pytest.approx(0.03)  # t2 replaced by t2b
     assert summary["scores"]["exact_match"] == {"average": 1.0, "pass_rate": 1.0, "count": 2}
     # i1's contains score was rescored by request q1 with ["paris", "france"]: 1/2
