@@ -1,4 +1,5 @@
-"""Building blocks shared by every event contract: the frozen base model, ids and evaluator specs."""
+"""Building blocks shared by every event contract: the frozen base model, ids and evaluator
+specs."""
 
 from __future__ import annotations
 
@@ -30,12 +31,24 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
+_NAMESPACE_BYTES = EVALSTREAM_NAMESPACE.bytes
+
+
 def deterministic_id(*parts: object) -> str:
-    return str(uuid.uuid5(EVALSTREAM_NAMESPACE, "|".join("" if p is None else str(p) for p in parts)))
+    """str(uuid.uuid5(EVALSTREAM_NAMESPACE, the parts joined by "|", None as "")), computed as
+    uuid5 computes it (SHA-1 of namespace and name, version and variant bits set) but without the
+    UUID objects, which took 60% of the time: the evaluator derives several ids per score."""
+    name = "|".join(["" if p is None else str(p) for p in parts])
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class Event(BaseModel):
-    """Base of every event: immutable; unknown fields are ignored so older readers survive additions."""
+    """Base of every event: immutable; unknown fields are ignored so that older readers survive
+    additions."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from pydantic import ValidationError
@@ -32,7 +32,8 @@ MODEL_BY_TYPE: dict[str, type[Event]] = {t: m for m, t in TYPE_BY_MODEL.items()}
 
 
 class UndecodableEvent(ValueError):
-    """A record that is not a valid evalstream event; `reason` says why, for the dead-letter topic."""
+    """A record that is not a valid evalstream event; `reason` says why, for the dead-letter
+    topic."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -48,6 +49,9 @@ class Envelope:
     source: str
     time: datetime
     key: str | None = None
+    # The record's body as consumed, kept so a consumer can hand it on (to Postgres, say) without
+    # encoding the event again; None for an envelope made here. Not part of the event's identity.
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def type(self) -> str:
@@ -96,12 +100,14 @@ def unwrap(headers: list[tuple[str, bytes]] | tuple, value: bytes | None) -> Env
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "body"
         raise UndecodableEvent(
-            f"invalid {model.__name__}: {loc}: {first['msg']} ({e.error_count()} error(s))") from None
+            f"invalid {model.__name__}: {loc}: {first['msg']} ({e.error_count()} error(s))"
+        ) from None
     try:
         time = datetime.fromisoformat(attr["ce_time"]) if "ce_time" in attr else utcnow()
     except ValueError:
         raise UndecodableEvent(f"ce_time is not RFC 3339: {attr['ce_time']!r}") from None
-    return Envelope(event=event, id=attr["ce_id"], source=attr["ce_source"], time=time)
+    return Envelope(event=event, id=attr["ce_id"], source=attr["ce_source"], time=time,
+                    raw=value)
 
 
 def json_schemas() -> dict[str, dict]:

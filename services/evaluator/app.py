@@ -14,7 +14,13 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from services.evaluator.scoring import score_batch
-from services.messaging import EventPublisher, broker_factory, decode_records, ensure_topics
+from services.messaging import (
+    EventPublisher,
+    broker_factory,
+    decode_records,
+    ensure_topics,
+    records_as_consumed,
+)
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,7 +32,7 @@ def register(broker: KafkaBroker, settings: Settings, publisher: EventPublisher)
         group_id=settings.evaluator_group, auto_offset_reset="earliest",
         max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        ack_policy=AckPolicy.NACK_ON_ERROR)
+        ack_policy=AckPolicy.NACK_ON_ERROR, decoder=records_as_consumed)
     async def on_scoring_cases(msg: KafkaMessage) -> None:
         envelopes = await decode_records(msg.raw_message, publisher)
         scores = score_batch(envelopes)

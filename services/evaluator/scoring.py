@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from schemas.common import deterministic_id, score_id
+from schemas.common import EvaluatorSpec, deterministic_id, score_id
 from schemas.envelope import Envelope, wrap
 from schemas.rescoring import ScoringCompleted
 from schemas.scores import EvaluationFailed, ScoreRecorded
@@ -20,6 +20,21 @@ def is_scorable(event: object) -> bool:
     """Succeeded traces and every score request are scored; failed traces are not."""
     return isinstance(event, ScoreRequested) or (
         isinstance(event, TraceCompleted) and event.status == "succeeded")
+
+
+_spec_hashes: dict[bytes, str] = {}
+
+
+def _spec_hash(spec: EvaluatorSpec) -> str:
+    """spec.spec_hash(), remembered by the spec's JSON (equal JSON, equal spec): every case of a
+    run carries the same few specs, and hashing their canonical form each time cost 3 µs a spec."""
+    key = spec.__pydantic_serializer__.to_json(spec)
+    found = _spec_hashes.get(key)
+    if found is None:
+        if len(_spec_hashes) >= 4096:
+            _spec_hashes.clear()  # bounded; a service sees a handful of specs in practice
+        found = _spec_hashes[key] = spec.spec_hash()
+    return found
 
 
 def score_case(env: Envelope) -> list[Envelope]:
@@ -36,7 +51,7 @@ def score_case(env: Envelope) -> list[Envelope]:
     for spec in case.evaluators:
         evaluator = REGISTRY.get(spec.type)
         name = spec.score_name
-        spec_hash = spec.spec_hash()
+        spec_hash = _spec_hash(spec)
         try:
             if evaluator is None:
                 raise LookupError(f"unknown evaluator type {spec.type!r}")

@@ -17,7 +17,13 @@ from faststream.kafka.annotations import KafkaMessage
 
 from services.database import create_pool
 from services.http import install_error_handlers, require_api_key
-from services.messaging import EventPublisher, broker_factory, decode_records, ensure_topics
+from services.messaging import (
+    EventPublisher,
+    broker_factory,
+    decode_records,
+    ensure_topics,
+    records_as_consumed,
+)
 from services.projections.api import router
 from services.projections.live_schema import LiveReadModelPool, enter_live_schema
 from services.projections.read_models import apply_batch
@@ -38,7 +44,7 @@ def register(broker: KafkaBroker, settings: Settings, state: dict) -> None:
         group_id=settings.projections_group, auto_offset_reset="earliest",
         max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        ack_policy=AckPolicy.NACK_ON_ERROR)
+        ack_policy=AckPolicy.NACK_ON_ERROR, decoder=records_as_consumed)
     async def on_events(msg: KafkaMessage) -> None:
         envelopes = await decode_records(msg.raw_message, state["publisher"])
         async with state["consumer_pool"].acquire() as conn, conn.transaction():

@@ -1,0 +1,49 @@
+"""The Kafka plumbing's hot-path shortcuts give what the libraries they stand in for give: the
+cached partitioner the same partition as aiokafka's (and so the Java client's) default partitioner,
+and the batch subscribers' decoder the records untouched, with no JSON decoding of their bodies."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+from aiokafka.partitioner import DefaultPartitioner
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, TestKafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from services.messaging import partition_for_key, records_as_consumed
+
+
+def test_the_cached_partitioner_agrees_with_aiokafkas_default_partitioner():
+    rng = random.Random(5)
+    keys = [str(uuid.UUID(int=rng.getrandbits(128))).encode() for _ in range(3000)]
+    keys += [rng.randbytes(n) for n in range(0, 40) for _ in range(20)]  # every tail length
+    keys += [b"", "ключ-ü".encode(), b"\xff" * 17]
+    default = DefaultPartitioner()
+    for partitions in (1, 3, 8, 50):
+        every = list(range(partitions))
+        for key in keys + keys:  # the second pass answers from the cache
+            assert partition_for_key(key, every, every) == default(key, every, every), (
+                key, partitions)
+
+
+def test_without_a_key_the_partition_is_one_of_the_available_ones():
+    chosen = {partition_for_key(None, [0, 1, 2, 3], [1, 3]) for _ in range(200)}
+    assert chosen == {1, 3}
+    assert {partition_for_key(None, [0, 1, 2], []) for _ in range(200)} == {0, 1, 2}
+
+
+async def test_a_batch_subscriber_with_the_decoder_sees_the_records_as_sent():
+    broker = KafkaBroker("localhost:9092")
+    seen: list = []
+
+    @broker.subscriber("events", batch=True, group_id="g", decoder=records_as_consumed,
+                       ack_policy=AckPolicy.NACK_ON_ERROR)
+    async def on_events(msg: KafkaMessage) -> None:
+        seen.append([record.value for record in msg.raw_message])
+        seen.append(await msg.decode())  # FastStream's own decoding would give a list
+
+    async with TestKafkaBroker(broker) as test_broker:
+        await test_broker.publish_batch(b"not json", b'{"a": 1}', topic="events")
+    assert seen == [[b"not json", b'{"a": 1}'], None]
