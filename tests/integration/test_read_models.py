@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import random
-import uuid
 
-import asyncpg
 import pytest
 
 from schemas.envelope import unwrap
-from services.database import create_pool, migrate
 from services.projections import views
-from services.projections.read_models import apply_batch
 from tests.conftest import RESOURCES
+from tests.scratch_read_model import project
 
 pytestmark = pytest.mark.postgres
 
@@ -33,25 +30,16 @@ def _log() -> list:
 
 
 async def _project(dsn: str, batches: list[list]) -> tuple[dict, dict]:
-    schema = f"rm_{uuid.uuid4().hex[:10]}"
-    await migrate(dsn, "read_model", schema)
-    pool = await create_pool(dsn, schema)
-    try:
-        async with pool.acquire() as conn:
-            for batch in batches:
-                async with conn.transaction():
-                    await apply_batch(conn, batch)
-            tables = {}
-            for table, key in TABLES.items():
-                rows = await conn.fetch(f"SELECT * FROM {table} ORDER BY {key}")
-                tables[table] = [dict(r) for r in rows]
-            summary = await views.run_summary(conn, "r1")
-            results = await views.run_results(conn, "r1")
+    async def everything(conn) -> tuple[dict, dict]:
+        tables = {}
+        for table, key in TABLES.items():
+            rows = await conn.fetch(f"SELECT * FROM {table} ORDER BY {key}")
+            tables[table] = [dict(r) for r in rows]
+        summary = await views.run_summary(conn, "r1")
+        results = await views.run_results(conn, "r1")
         return tables, {"summary": summary, "results": results}
-    finally:
-        await pool.close()
-        async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as admin:
-            await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+    return await project(dsn, batches, everything)
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,15 @@ scores, kept out of applied_events, are still applied once per event id."""
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import pytest
 
 from schemas.common import EvaluatorSpec, score_id
 from schemas.envelope import Envelope, unwrap, wrap
 from schemas.scores import EvaluationFailed, ScoreRecorded
 from schemas.traces import TraceCompleted
-from services.database import create_pool, migrate
-from services.projections.read_models import apply_batch
+from tests.scratch_read_model import project
 
 pytestmark = pytest.mark.postgres
 
@@ -26,23 +23,14 @@ TABLES = {"run_items": "run_item_id", "scores": "score_id", "score_history": "ev
 
 
 async def _project(dsn: str, batches: list[list[Envelope]]) -> dict[str, list[dict]]:
-    schema = f"rm_{uuid.uuid4().hex[:10]}"
-    await migrate(dsn, "read_model", schema)
-    pool = await create_pool(dsn, schema)
-    try:
-        async with pool.acquire() as conn:
-            for batch in batches:
-                async with conn.transaction():
-                    await apply_batch(conn, batch)
-            tables = {t: [dict(r) for r in await conn.fetch(f"SELECT * FROM {t} ORDER BY {k}")]
-                      for t, k in TABLES.items()}
-            tables["applied_events"] = [r[0] for r in await conn.fetch(
-                "SELECT event_id FROM applied_events ORDER BY 1")]
-            return tables
-    finally:
-        await pool.close()
-        async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as admin:
-            await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    async def tables(conn) -> dict[str, list]:
+        out = {t: [dict(r) for r in await conn.fetch(f"SELECT * FROM {t} ORDER BY {k}")]
+               for t, k in TABLES.items()}
+        out["applied_events"] = [r[0] for r in await conn.fetch(
+            "SELECT event_id FROM applied_events ORDER BY 1")]
+        return out
+
+    return await project(dsn, batches, tables)
 
 
 def _record(env: Envelope, **lenient) -> Envelope:

@@ -4,10 +4,8 @@ evaluator's failure, and repeated event ids come out the same whatever the batch
 from __future__ import annotations
 
 import random
-import uuid
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import pytest
 
 from schemas.common import EvaluatorSpec, score_id
@@ -15,11 +13,10 @@ from schemas.envelope import wrap
 from schemas.rescoring import ScoreRequestsIssued
 from schemas.scores import EvaluationFailed, ScoreRecorded
 from schemas.traces import TraceCompleted
-from services.database import create_pool, migrate
 from services.evaluator.scoring import score_case
 from services.projections import rescoring_views
-from services.projections.read_models import apply_batch
 from services.replay import score_request
+from tests.scratch_read_model import project
 
 pytestmark = pytest.mark.postgres
 
@@ -47,19 +44,7 @@ def _request_log() -> list:
 
 
 async def _apply(dsn: str, batches: list[list], query) -> object:
-    schema = f"rm_{uuid.uuid4().hex[:10]}"
-    await migrate(dsn, "read_model", schema)
-    pool = await create_pool(dsn, schema)
-    try:
-        async with pool.acquire() as conn:
-            for batch in batches:
-                async with conn.transaction():
-                    await apply_batch(conn, batch)
-            return await query(conn)
-    finally:
-        await pool.close()
-        async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as admin:
-            await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    return await project(dsn, batches, query)
 
 
 async def test_request_progress_counts_cases_whatever_the_order(migrated):
