@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def _dump(event: Event, **extra) -> dict:
-    return {**event.model_dump(mode="json"), **extra}
+    # Absent keys read as NULL in jsonb_to_recordset; leaving None out keeps `"name": null`
+    # out of the evaluator specs stored as jsonb.
+    return {**event.model_dump(mode="json", exclude_none=True), **extra}
 
 
 async def _on_bodies(conn: asyncpg.Connection, sql: str, batch: Sequence[Envelope],

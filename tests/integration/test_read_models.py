@@ -63,7 +63,7 @@ async def test_the_log_projects_to_the_expected_models(migrated, log):
     assert len(history) == 1
     # the evaluator that could not run on t2 was superseded by nothing: its failure stays
     assert [f["name"] for f in tables["evaluation_failures"]] == ["gone"]
-    assert tables["datasets"][0]["evaluators"] == [{"type": "exact_match", "name": None}]
+    assert tables["datasets"][0]["evaluators"] == [{"type": "exact_match"}]
     assert next(i for i in tables["dataset_items"] if i["id"] == "i3")["expected_output"] == "Roma"
 
 
