@@ -8,6 +8,7 @@ testcontainers when a Docker engine answers, or started here (Tansu and embedded
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -127,16 +128,23 @@ async def db(migrated: Settings) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-@pytest.fixture(scope="session")
-def services(migrated: Settings, tmp_path_factory) -> Iterator[ServiceProcesses]:
-    procs = ServiceProcesses(settings_env(migrated), tmp_path_factory.mktemp("service-logs"),
-                             ports={"ingest": migrated.ingest_port,
-                                    "projections": migrated.query_port})
+@contextlib.contextmanager
+def running_services(settings: Settings, log_dir: Path) -> Iterator[ServiceProcesses]:
+    """The three services as processes reading exactly `settings`, stopped on exit."""
+    procs = ServiceProcesses(settings_env(settings), log_dir,
+                             ports={"ingest": settings.ingest_port,
+                                    "projections": settings.query_port})
     try:
         procs.start_all()
         yield procs
     finally:
         procs.stop_all()
+
+
+@pytest.fixture(scope="session")
+def services(migrated: Settings, tmp_path_factory) -> Iterator[ServiceProcesses]:
+    with running_services(migrated, tmp_path_factory.mktemp("service-logs")) as procs:
+        yield procs
 
 
 class Api:

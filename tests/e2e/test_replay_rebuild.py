@@ -22,7 +22,7 @@ from services.database import create_pool
 from services.devstack import ServiceProcesses
 from services.log_reader import LogReader
 from services.settings import Settings
-from tests.conftest import ROOT, Api, make_settings, settings_env
+from tests.conftest import ROOT, Api, make_settings, running_services, settings_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
 
@@ -45,14 +45,8 @@ async def own_settings(kafka_bootstrap: str, database_url: str) -> Settings:
 
 @pytest.fixture(scope="module")
 def own_services(own_settings: Settings, tmp_path_factory) -> Iterator[ServiceProcesses]:
-    procs = ServiceProcesses(settings_env(own_settings), tmp_path_factory.mktemp("own-logs"),
-                             ports={"ingest": own_settings.ingest_port,
-                                    "projections": own_settings.query_port})
-    try:
-        procs.start_all()
+    with running_services(own_settings, tmp_path_factory.mktemp("own-logs")) as procs:
         yield procs
-    finally:
-        procs.stop_all()
 
 
 @pytest.fixture
