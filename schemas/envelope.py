@@ -7,6 +7,7 @@ client can read and write the topics with nothing but the JSON Schema files besi
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +30,10 @@ EVENT_MODELS: tuple[type[Event], ...] = (
 )
 TYPE_BY_MODEL: dict[type[Event], str] = {m: f"evalstream.{m.__name__}.v1" for m in EVENT_MODELS}
 MODEL_BY_TYPE: dict[str, type[Event]] = {t: m for m, t in TYPE_BY_MODEL.items()}
+
+
+# "\u0000" as a JSON escape, not as the text "\\u0000" (an escaped backslash, then "u0000").
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class UndecodableEvent(ValueError):
@@ -94,6 +99,10 @@ def unwrap(headers: list[tuple[str, bytes]] | tuple, value: bytes | None) -> Env
         raise UndecodableEvent(f"unknown ce_type {attr['ce_type']!r}")
     if not value:
         raise UndecodableEvent("empty body")
+    if b"\\u0000" in value and _ESCAPED_NUL.search(value):
+        # Valid JSON, but no Postgres text or jsonb can hold it: refused here, by every consumer
+        # alike, rather than scored by one and refused by another.
+        raise UndecodableEvent("a string contains U+0000 (NUL), which evalstream cannot store")
     try:
         event = model.model_validate_json(value)
     except ValidationError as e:

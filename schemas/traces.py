@@ -19,8 +19,8 @@ from schemas.common import (
 class Usage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    input_tokens: int = Field(0, ge=0, description="Prompt tokens consumed.")
-    output_tokens: int = Field(0, ge=0, description="Completion tokens produced.")
+    input_tokens: int = Field(0, ge=0, le=2**31 - 1, description="Prompt tokens consumed.")
+    output_tokens: int = Field(0, ge=0, le=2**31 - 1, description="Completion tokens produced.")
 
 
 class ScoringCase(Event):

@@ -43,8 +43,37 @@ def _unique_names(specs: list[EvaluatorSpec] | None) -> list[EvaluatorSpec] | No
 Specs = Annotated[list[CheckedSpec], AfterValidator(_unique_names), Field(max_length=50)]
 
 
+def _nul_at(value: Any, path: str = "") -> str | None:
+    """Where a U+0000 sits in a JSON value, if anywhere: Postgres stores no NUL in text or jsonb,
+    so such a value would fail downstream, after the trace was already on the log."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if "\x00" in k:
+                return f"{path}.{k!r}" if path else repr(k)
+            if (found := _nul_at(v, f"{path}.{k}" if path else str(k))) is not None:
+                return found
+    elif isinstance(value, list):
+        for n, v in enumerate(value):
+            if (found := _nul_at(v, f"{path}.{n}" if path else str(n))) is not None:
+                return found
+    return None
+
+
 class Command(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, BaseModel) or (isinstance(value, list) and value
+                                            and isinstance(value[0], BaseModel)):
+            return value  # nested commands checked themselves
+        if (where := _nul_at(value)) is not None:
+            raise ValueError(f"contains U+0000 (NUL){' at ' + where if where else ''}, which "
+                             "cannot be stored; remove or escape it")
+        return value
 
 
 class CreateDataset(Command):

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
+import asyncpg
 from fastapi import Depends, FastAPI
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
+from schemas.envelope import Envelope
 from services.database import create_pool
 from services.http import install_error_handlers, require_api_key
 from services.messaging import (
@@ -47,10 +49,33 @@ def register(broker: KafkaBroker, settings: Settings, state: dict) -> None:
         ack_policy=AckPolicy.NACK_ON_ERROR, decoder=records_as_consumed)
     async def on_events(msg: KafkaMessage) -> None:
         envelopes = await decode_records(msg.raw_message, state["publisher"])
+        try:
+            async with state["consumer_pool"].acquire() as conn, conn.transaction():
+                # Into whichever schema is live (a rebuild may have switched it), docs/adr/0006.
+                await enter_live_schema(conn, settings.read_model_schema)
+                await apply_batch(conn, envelopes)
+        except asyncpg.DataError as e:
+            log.warning("a batch Postgres refuses (%s); applying its events one by one", e)
+            await apply_one_by_one(msg.raw_message, envelopes)
+
+    async def apply_one_by_one(records: Sequence, envelopes: list[Envelope]) -> None:
+        """A valid event that Postgres cannot store (a NUL in a string, say) must not stall its
+        partition: the others are applied, it goes to the dead-letter topic with the reason."""
+        by_id = {env.id: env for env in envelopes}
+        refused = []
         async with state["consumer_pool"].acquire() as conn, conn.transaction():
-            # Into whichever schema is live (a rebuild may have switched it), docs/adr/0006.
             await enter_live_schema(conn, settings.read_model_schema)
-            await apply_batch(conn, envelopes)
+            for record in records:
+                env = by_id.get(dict(record.headers or ()).get("ce_id", b"").decode())
+                if env is None:
+                    continue  # undecodable: already dead-lettered
+                try:
+                    async with conn.transaction():  # a savepoint per event
+                        await apply_batch(conn, [env])
+                except asyncpg.DataError as e:
+                    refused.append((record, f"refused by the read model: {e}"))
+        if refused:
+            await state["publisher"].dead_letter(refused)
 
 
 def application_factory(settings: Settings, *, consume: bool = True) -> FastAPI:

@@ -10,6 +10,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from schemas.catalog import RunStarted
 from schemas.common import EvaluatorSpec, utcnow
 from schemas.envelope import wrap
 from schemas.traces import TraceCompleted
@@ -240,3 +241,84 @@ async def test_item_ids_are_per_dataset(api):
     assert r.status_code == 422
     assert r.json()["detail"][0]["loc"] == ["body", "traces", 0, "dataset_item_id"]
     assert "several datasets" in r.json()["detail"][0]["msg"]
+
+
+async def _dead_letters(settings, ce_ids: set[str], want: int) -> dict:
+    """(ce_id, consumer) -> reason, for the dead letters of these events."""
+    consumer = AIOKafkaConsumer(settings.topics.dead_letter, bootstrap_servers=settings.bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    found: dict = {}
+    try:
+        deadline = asyncio.get_running_loop().time() + 15
+        while len(found) < want and asyncio.get_running_loop().time() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for rec in records:
+                    h = dict(rec.headers)
+                    if (ce_id := h.get("ce_id", b"").decode()) in ce_ids:
+                        found[(ce_id, h["dlq_consumer"].decode())] = h["dlq_reason"].decode()
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def _produce(settings, topic: str, envelopes: list) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=50)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, env.body(), key=env.key.encode(),
+                                       headers=env.headers()) for env in envelopes]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def test_a_value_postgres_cannot_store_is_refused_or_dead_lettered(api, migrated):
+    """U+0000 is valid JSON but no Postgres text: ingest refuses it naming the field, and sent
+    straight to Kafka it is dead-lettered by every consumer alike."""
+    settings = migrated
+    _, run_id, items = await _run(api)
+    r = await api.ingest.post("/v1/traces", json={"traces": [
+        {"trace_id": "nul", "run_id": run_id, "dataset_item_id": items[0]["id"],
+         "output": {"text": ["ok", "a\x00b"]}, "status": "succeeded"}]})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "traces", 0, "output"]
+    assert "U+0000" in r.json()["detail"][0]["msg"] and "text.1" in r.json()["detail"][0]["msg"]
+
+    def trace(n: int, output: str) -> TraceCompleted:
+        return TraceCompleted(
+            trace_id=f"{run_id}-{n}", run_id=run_id, dataset_item_id=items[n]["id"],
+            output=output, expected_output=output.replace("\x00", ""), status="succeeded",
+            completed_at=utcnow(), evaluators=(EvaluatorSpec(type="exact_match"),))
+
+    envs = [wrap(trace(0, "Par\x00is"), source="test", key=run_id),
+            wrap(trace(1, "Berlin"), source="test", key=run_id)]
+    await _produce(settings, settings.topics.traces, envs)
+    results = await api.eventually(
+        f"/v1/runs/{run_id}/results",
+        lambda r: any(i["trace_id"] == f"{run_id}-1" and i["scores"] for i in r["items"]))
+    assert [i["trace_id"] for i in results["items"]] == [f"{run_id}-1"]
+    summary = (await api.query.get(f"/v1/runs/{run_id}")).json()
+    assert summary["scores"]["exact_match"]["count"] == 1  # nothing scored the refused trace
+    reasons = await _dead_letters(settings, {envs[0].id}, 2)
+    assert set(reasons) == {(envs[0].id, "evaluator"), (envs[0].id, "projections")}
+    assert all("U+0000" in reason for reason in reasons.values())
+
+
+async def test_an_event_the_read_model_refuses_is_dead_lettered_alone(api, migrated):
+    """A valid event that Postgres still refuses (here a count beyond its integer) goes to the
+    dead-letter topic; the rest of its batch is applied and the partition keeps moving."""
+    settings = migrated
+    dataset_id = await api.dataset_with_items([{"id": "x", "expected_output": "x"}])
+    too_big = RunStarted(run_id=f"big-{uuid.uuid4().hex[:8]}", dataset_id=dataset_id, name="big",
+                         evaluators=(EvaluatorSpec(type="exact_match"),), total_items=10**12,
+                         started_at=utcnow())
+    fine = RunStarted(run_id=f"ok-{uuid.uuid4().hex[:8]}", dataset_id=dataset_id, name="ok",
+                      evaluators=(EvaluatorSpec(type="exact_match"),), total_items=1,
+                      started_at=utcnow())
+    envs = [wrap(e, source="test", key=dataset_id) for e in (too_big, fine)]
+    await _produce(settings, settings.topics.catalog, envs)
+    await api.eventually(f"/v1/runs/{fine.run_id}", lambda s: s["total_items"] == 1)
+    assert (await api.query.get(f"/v1/runs/{too_big.run_id}")).status_code == 404
+    reasons = await _dead_letters(settings, {envs[0].id}, 1)
+    assert "refused by the read model" in reasons[(envs[0].id, "projections")]

@@ -88,3 +88,14 @@ def test_undecodable_records_carry_a_reason(headers, body, reason):
 def test_type_names_are_unique_and_versioned():
     assert len(MODEL_BY_TYPE) == len(EVENT_MODELS)
     assert all(t.endswith(".v1") for t in MODEL_BY_TYPE)
+
+
+def test_a_nul_character_is_refused_but_its_escaped_spelling_is_not():
+    headers = [("ce_id", b"1"), ("ce_type", b"evalstream.TraceCompleted.v1"),
+               ("ce_source", b"s"), ("ce_specversion", b"1.0")]
+    body = {"trace_id": "t", "status": "succeeded", "completed_at": "2026-11-22T10:00:00Z"}
+    with pytest.raises(UndecodableEvent) as e:
+        unwrap(headers, json.dumps({**body, "output": "a\x00b"}).encode())
+    assert "U+0000" in e.value.reason
+    text = unwrap(headers, json.dumps({**body, "output": "a\\u0000b"}).encode())
+    assert text.event.output == "a\\u0000b"
