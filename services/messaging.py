@@ -55,8 +55,10 @@ PRODUCER_OPTIONS = dict(acks="all", linger_ms=5, max_batch_size=1 << 20,
 
 def broker_factory(settings: Settings) -> KafkaBroker:
     """The FastStream broker every service subscribes with."""
-    return KafkaBroker(settings.bootstrap, client_id="evalstream", logger=None,
-                       **PRODUCER_OPTIONS)
+    # FastStream's per-batch "Received"/"Processed" lines go to DEBUG; a handler's exception is
+    # still logged at ERROR before the batch is nacked and redelivered.
+    return KafkaBroker(settings.bootstrap, client_id="evalstream", logger=log,
+                       log_level=logging.DEBUG, **PRODUCER_OPTIONS)
 
 
 async def ensure_topics(settings: Settings) -> None:
