@@ -32,8 +32,10 @@ def _trace_url(request: Request):
     return lambda trace_id: template.format(trace_id=quote(trace_id, safe=""))
 
 
-def _next_offset(offset: int, limit: int, total: int) -> int | None:
-    return offset + limit if offset + limit < total else None
+def _paged(page: dict, limit: int, offset: int) -> dict:
+    """A page (`total` and its rows) with where it starts and where the next one does."""
+    return {**page, "limit": limit, "offset": offset,
+            "next_offset": offset + limit if offset + limit < page["total"] else None}
 
 
 @router.get("/runs/{run_id}")
@@ -74,8 +76,7 @@ async def get_run_results(
     trace_url = _trace_url(request)
     for item in page["items"]:
         item["trace_url"] = trace_url(item["trace_id"])
-    return {"run_id": run_id, "total": page["total"], "limit": limit, "offset": offset,
-            "next_offset": _next_offset(offset, limit, page["total"]), "items": page["items"]}
+    return {"run_id": run_id, **_paged(page, limit, offset)}
 
 
 @router.get("/compare")
@@ -112,8 +113,7 @@ async def list_datasets(request: Request, limit: Limit = 100, offset: Offset = 0
     """Datasets, newest first, with item count, run count and last run time."""
     async with request.app.state.pool.acquire() as conn:
         page = await views.datasets_page(conn, limit=limit, offset=offset)
-    return {**page, "limit": limit, "offset": offset,
-            "next_offset": _next_offset(offset, limit, page["total"])}
+    return _paged(page, limit, offset)
 
 
 @router.get("/datasets/{dataset_id}")
@@ -138,8 +138,7 @@ async def get_dataset_runs(dataset_id: str, request: Request, limit: Limit = 100
     async with request.app.state.pool.acquire() as conn:
         await _known_dataset(conn, dataset_id)
         page = await views.dataset_runs(conn, dataset_id, limit=limit, offset=offset)
-    return {"dataset_id": dataset_id, **page, "limit": limit, "offset": offset,
-            "next_offset": _next_offset(offset, limit, page["total"])}
+    return {"dataset_id": dataset_id, **_paged(page, limit, offset)}
 
 
 @router.get("/datasets/{dataset_id}/items")
@@ -149,5 +148,4 @@ async def get_dataset_items(dataset_id: str, request: Request, limit: Limit = 10
     async with request.app.state.pool.acquire() as conn:
         await _known_dataset(conn, dataset_id)
         page = await views.dataset_items(conn, dataset_id, limit=limit, offset=offset)
-    return {"dataset_id": dataset_id, **page, "limit": limit, "offset": offset,
-            "next_offset": _next_offset(offset, limit, page["total"])}
+    return {"dataset_id": dataset_id, **_paged(page, limit, offset)}
