@@ -2,8 +2,8 @@
 
 The outcome does not depend on arrival order or repetition, which is what lets a rebuild from the
 log come out identical to the live models:
-- every event id is recorded in `applied_events` (or, for scores, in `score_history`) in the same
-  transaction; a seen id is skipped;
+- every event id is recorded in `applied_events` (or, for scores, as the current value or in
+  `score_history`) in the same transaction; a seen id is skipped;
 - "latest wins" compares the event's own time (then its id), never the order of arrival.
 Each event type has one handler, and each handler is one set-based statement per batch.
 """
@@ -185,32 +185,30 @@ def _observed_at(batch: Sequence[Envelope]) -> list:
 
 
 async def apply_scores(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
-    # score_history holds every ScoreRecorded applied, by event id, so it is this type's ledger
-    # (apply_batch keeps it out of applied_events): only the events it did not hold yet go on.
-    fresh = {r[0] for r in await _on_bodies(conn, f"""
-        INSERT INTO score_history (event_id, score_id, value, string_value, comment, created_by,
-            evaluator, evaluator_version, spec_hash, request_id, observed_at)
-        SELECT u.event_id, e.score_id, e.value, e.string_value, e.comment, e.created_by,
-            e.evaluator, e.evaluator_version, e.spec_hash, e.request_id, u.observed_at
-        FROM {_SCORE_BODIES}
-        ON CONFLICT (event_id) DO NOTHING
-        RETURNING event_id
-        """, batch, _observed_at(batch), fetch=True)}
-    if not fresh:
-        return
-    latest = _latest([e for e in batch if e.id in fresh], lambda e: e.score_id,
-                     lambda e: e.observed_at)
-    # A score that is newer than a recorded failure of the same evaluator supersedes it; a
-    # person's verdict of the same name is another score and leaves the failure standing.
+    """Every score event applied is either its score's current value (`scores.event_id`) or an
+    earlier one (`score_history`), never both: so those two tables are this type's ledger (no
+    applied_events row), and the first value of a score costs one row, not two.
+
+    An event whose id either table holds is skipped. Of the others, the latest per score (by its
+    time, then id) is upserted; the value it displaces, and every fresh event that is not the
+    winner, go to the history. One statement, whatever the batch holds."""
     await _on_bodies(conn, f"""
         WITH e AS (SELECT e.*, u.observed_at, u.event_id FROM {_SCORE_BODIES}),
+        fresh AS (
+            SELECT * FROM e
+            WHERE NOT EXISTS (SELECT 1 FROM scores s
+                              WHERE s.score_id = e.score_id AND s.event_id = e.event_id)
+              AND NOT EXISTS (SELECT 1 FROM score_history h WHERE h.event_id = e.event_id)),
+        latest AS (
+            SELECT DISTINCT ON (score_id) * FROM fresh
+            ORDER BY score_id, observed_at DESC, event_id DESC),
         upserted AS (
             INSERT INTO scores AS s (score_id, run_item_id, run_id, dataset_item_id, trace_id,
                 name, source, value, data_type, string_value, comment, created_by, evaluator,
                 evaluator_version, spec_hash, request_id, observed_at, event_id)
             SELECT score_id, run_item_id, run_id, dataset_item_id, trace_id, name, source, value,
                 data_type, string_value, comment, created_by, evaluator, evaluator_version,
-                spec_hash, request_id, observed_at, event_id FROM e
+                spec_hash, request_id, observed_at, event_id FROM latest
             ON CONFLICT (score_id) DO UPDATE SET value = excluded.value,
                 data_type = excluded.data_type, string_value = excluded.string_value,
                 comment = excluded.comment, created_by = excluded.created_by,
@@ -218,11 +216,27 @@ async def apply_scores(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> N
                 spec_hash = excluded.spec_hash, request_id = excluded.request_id,
                 observed_at = excluded.observed_at, event_id = excluded.event_id,
                 trace_id = excluded.trace_id
-            WHERE (s.observed_at, s.event_id) < (excluded.observed_at, excluded.event_id))
-        DELETE FROM evaluation_failures f USING e
+            WHERE (s.observed_at, s.event_id) < (excluded.observed_at, excluded.event_id)
+            RETURNING score_id, event_id, xmax <> 0 AS displaced),
+        earlier AS (
+            INSERT INTO score_history (event_id, score_id, value, string_value, comment,
+                created_by, evaluator, evaluator_version, spec_hash, request_id, observed_at)
+            -- The statement's snapshot still shows the rows the upsert replaced (xmax <> 0: an
+            -- update, not an insert).
+            SELECT p.event_id, p.score_id, p.value, p.string_value, p.comment, p.created_by,
+                p.evaluator, p.evaluator_version, p.spec_hash, p.request_id, p.observed_at
+            FROM scores p WHERE p.score_id IN (SELECT score_id FROM upserted WHERE displaced)
+            UNION ALL
+            SELECT f.event_id, f.score_id, f.value, f.string_value, f.comment, f.created_by,
+                f.evaluator, f.evaluator_version, f.spec_hash, f.request_id, f.observed_at
+            FROM fresh f WHERE f.event_id NOT IN (SELECT event_id FROM upserted)
+            ON CONFLICT (event_id) DO NOTHING)
+        -- A score that is newer than a recorded failure of the same evaluator supersedes it; a
+        -- person's verdict of the same name is another score and leaves the failure standing.
+        DELETE FROM evaluation_failures f USING latest e
         WHERE f.run_item_id = e.run_item_id AND f.name = e.name AND e.source <> 'manual'
           AND f.observed_at <= e.observed_at
-        """, latest, _observed_at(latest))
+        """, batch, _observed_at(batch))
 
 
 async def apply_failures(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
@@ -293,8 +307,8 @@ async def _ignore(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
     ScoreRequestsIssued and ScoringCompleted events."""
 
 
-# Event types whose handlers need no applied_events row (docs/adr/0001, amendment): score_history
-# is ScoreRecorded's own ledger; a ScoringCompleted is one row per (request, run item), a key only
+# Event types whose handlers need no applied_events row (docs/adr/0001, amendment): scores and
+# score_history are ScoreRecorded's own ledger; a ScoringCompleted is one row per (request, run item), a key only
 # ever given one event id and one time, so its guarded upsert makes a repeat a no-op; a
 # ScoreRequested changes nothing here. Together they are three of every four events in a run.
 SELF_LEDGERED: frozenset[type[Event]] = frozenset({ScoreRecorded, ScoringCompleted,

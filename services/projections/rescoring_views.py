@@ -39,13 +39,20 @@ async def score_request_progress(conn: asyncpg.Connection, request_id: str) -> d
 HISTORY_SQL = """
 SELECT s.score_id, s.name, s.source, s.data_type, s.value, s.string_value, s.comment,
        s.created_by, s.evaluator, s.evaluator_version, s.spec_hash, s.request_id, s.observed_at,
-       coalesce((SELECT jsonb_agg(jsonb_build_object(
+       (SELECT jsonb_agg(jsonb_build_object(
                     'value', h.value, 'string_value', h.string_value, 'comment', h.comment,
                     'created_by', h.created_by, 'evaluator', h.evaluator,
                     'evaluator_version', h.evaluator_version, 'spec_hash', h.spec_hash,
                     'request_id', h.request_id, 'observed_at', h.observed_at)
                     ORDER BY h.observed_at, h.event_id)
-                 FROM score_history h WHERE h.score_id = s.score_id), '[]'::jsonb) AS history
+        -- score_history keeps the earlier values; the current one is the score's own row.
+        FROM (SELECT value, string_value, comment, created_by, evaluator, evaluator_version,
+                     spec_hash, request_id, observed_at, event_id
+              FROM score_history WHERE score_id = s.score_id
+              UNION ALL
+              SELECT s.value, s.string_value, s.comment, s.created_by, s.evaluator,
+                     s.evaluator_version, s.spec_hash, s.request_id, s.observed_at,
+                     s.event_id) h) AS history
 FROM scores s
 WHERE s.run_item_id = $1
 ORDER BY s.name, s.source

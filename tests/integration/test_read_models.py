@@ -59,8 +59,11 @@ async def test_the_log_projects_to_the_expected_models(migrated, log):
     i1 = next(r for r in answers["results"] if r["dataset_item_id"] == "i1")
     contains = next(s for s in i1["scores"] if s["name"] == "contains")
     assert contains["value"] == 0.5
-    history = [h for h in tables["score_history"] if h["request_id"] == "q1"]
-    assert len(history) == 1
+    # every value applied once: q1's is current, the value it replaced is kept as history
+    rescored = [s for s in tables["scores"] if s["request_id"]]
+    assert [s["request_id"] for s in rescored] == ["q1"]
+    earlier = [h for h in tables["score_history"] if h["score_id"] == rescored[0]["score_id"]]
+    assert [(h["request_id"], h["value"]) for h in earlier] == [(None, 1.0)]
     # the evaluator that could not run on t2 was superseded by nothing: its failure stays
     assert [f["name"] for f in tables["evaluation_failures"]] == ["gone"]
     assert tables["datasets"][0]["evaluators"] == [{"type": "exact_match"}]
