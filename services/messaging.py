@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -99,12 +99,17 @@ class EventPublisher:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def publish(self, topic: str, envelopes: Iterable[Envelope]) -> int:
+    async def publish(self, topic: str, envelopes: Sequence[Envelope],
+                      bodies: Sequence[bytes] | None = None) -> int:
+        """Publish with acks=all and wait for every acknowledgement; `bodies`, when given, are
+        the envelopes' bodies already encoded."""
         send = self._producer.send
+        if bodies is None:
+            bodies = [env.body() for env in envelopes]
         futures = [
-            await send(topic, env.body(), key=env.key.encode() if env.key else None,
+            await send(topic, body, key=env.key.encode() if env.key else None,
                        headers=env.headers())
-            for env in envelopes
+            for env, body in zip(envelopes, bodies, strict=True)
         ]
         if futures:
             await asyncio.gather(*futures)

@@ -27,12 +27,18 @@ from services.settings import Settings
 CHUNK = 1000
 
 
+# The latest trace of every run item of the batch, as the projections decide "latest":
+# completion time, then event id. Read from the bodies just published, as Postgres `json`.
 RECORD_RUN_ITEMS = """
     INSERT INTO run_items AS r (run_item_id, run_id, dataset_id, dataset_item_id, trace_id,
         status, input, output, expected_output, completed_at, event_id)
-    SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(run_item_id text, run_id text,
-        dataset_id text, dataset_item_id text, trace_id text, status text, input jsonb,
-        output jsonb, expected_output jsonb, completed_at timestamptz, event_id text)
+    SELECT u.run_item_id, e.run_id, e.dataset_id, e.dataset_item_id, e.trace_id, e.status,
+        e.input, e.output, e.expected_output, u.completed_at, u.event_id
+    FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]::json[])
+        AS u(event_id, run_item_id, completed_at, doc)
+    CROSS JOIN LATERAL json_to_record(u.doc) AS e(run_id text, dataset_id text,
+        dataset_item_id text, trace_id text, status text, input jsonb, output jsonb,
+        expected_output jsonb)
     ON CONFLICT (run_item_id) DO UPDATE SET trace_id = excluded.trace_id,
         status = excluded.status, input = excluded.input, output = excluded.output,
         expected_output = excluded.expected_output, completed_at = excluded.completed_at,
@@ -41,39 +47,40 @@ RECORD_RUN_ITEMS = """
 """
 
 
-def _run_item_rows(envelopes: Sequence[Envelope]) -> list[dict]:
-    """The latest trace of every run item of a run in the batch, as catalog rows; "latest" as
-    the projections decide it: completion time, then event id."""
-    latest: dict[str, tuple[Envelope, TraceCompleted]] = {}
-    for env in envelopes:
+def _latest_run_items(encoded: Sequence[tuple[Envelope, bytes]]) -> list:
+    """The latest trace of every run item of a run in the batch; traces outside runs have
+    none."""
+    latest: dict[str, tuple[Envelope, bytes]] = {}
+    for env, body in encoded:
         t: TraceCompleted = env.event  # type: ignore[assignment]
         if not t.run_id:
             continue
-        key = t.run_item_id
-        cur = latest.get(key)
-        if cur is None or (t.completed_at, env.id) > (cur[1].completed_at, cur[0].id):
-            latest[key] = (env, t)
-    return [{"run_item_id": key, "run_id": t.run_id, "dataset_id": t.dataset_id,
-             "dataset_item_id": t.dataset_item_id, "trace_id": t.trace_id,
-             "status": t.status, "input": t.input, "output": t.output,
-             "expected_output": t.expected_output, "completed_at": t.completed_at.isoformat(),
-             "event_id": env.id} for key, (env, t) in latest.items()]
+        cur = latest.get(t.run_item_id)
+        if cur is None or (t.completed_at, env.id) > (cur[0].event.completed_at,  # type: ignore[attr-defined]
+                                                      cur[0].id):
+            latest[t.run_item_id] = (env, body)
+    return list(latest.values())
 
 
 async def publish_traces(pool: asyncpg.Pool, publisher: EventPublisher,
                          envelopes: Sequence[Envelope]) -> None:
     """Publish traces (acks=all) and keep their run items in the catalog: one set-based
     statement, run while the broker acknowledges and committed only once it has, so a row never
-    names a trace the broker does not have."""
+    names a trace the broker does not have. Each body is encoded once, for both."""
     topic = publisher.settings.topics.traces
-    rows = _run_item_rows(envelopes)
+    encoded = [(env, env.body()) for env in envelopes]
+    rows = _latest_run_items(encoded)
     if not rows:
-        await publisher.publish(topic, envelopes)
+        await publisher.publish(topic, envelopes, bodies=[b for _, b in encoded])
         return
     async with pool.acquire() as conn, conn.transaction():
-        write = asyncio.create_task(conn.execute(RECORD_RUN_ITEMS, rows))
+        write = asyncio.create_task(conn.execute(
+            RECORD_RUN_ITEMS, [env.id for env, _ in rows],
+            [env.event.run_item_id for env, _ in rows],  # type: ignore[attr-defined]
+            [env.event.completed_at for env, _ in rows],  # type: ignore[attr-defined]
+            [body.decode() for _, body in rows]))
         try:
-            await publisher.publish(topic, envelopes)
+            await publisher.publish(topic, envelopes, bodies=[b for _, b in encoded])
         finally:
             await write  # either way; a failed publish then rolls the write back
 

@@ -307,10 +307,11 @@ async def _ignore(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
     ScoreRequestsIssued and ScoringCompleted events."""
 
 
-# Event types whose handlers need no applied_events row (docs/adr/0001, amendment): scores and
-# score_history are ScoreRecorded's own ledger; a ScoringCompleted is one row per (request, run item), a key only
-# ever given one event id and one time, so its guarded upsert makes a repeat a no-op; a
-# ScoreRequested changes nothing here. Together they are three of every four events in a run.
+# Event types whose handlers need no applied_events row (docs/adr/0001, amendments): scores and
+# score_history are ScoreRecorded's own ledger; a ScoringCompleted is one row per (request, run
+# item), a key only ever given one event id and one time, so its guarded upsert makes a repeat a
+# no-op; a ScoreRequested changes nothing here.
+# Together they are three of every four events in a run.
 SELF_LEDGERED: frozenset[type[Event]] = frozenset({ScoreRecorded, ScoringCompleted,
                                                    ScoreRequested})
 
