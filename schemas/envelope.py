@@ -30,6 +30,11 @@ EVENT_MODELS: tuple[type[Event], ...] = (
 )
 TYPE_BY_MODEL: dict[type[Event], str] = {m: f"evalstream.{m.__name__}.v1" for m in EVENT_MODELS}
 MODEL_BY_TYPE: dict[str, type[Event]] = {t: m for m, t in TYPE_BY_MODEL.items()}
+# The headers that do not vary by event, encoded once (every score record carries them).
+_TYPE_HEADERS = {m: ("ce_type", t.encode()) for m, t in TYPE_BY_MODEL.items()}
+_SPEC_VERSION_HEADER = ("ce_specversion", SPEC_VERSION.encode())
+_CONTENT_TYPE_HEADER = ("content-type", CONTENT_TYPE.encode())
+_REQUIRED = ("ce_id", "ce_type", "ce_source", "ce_specversion")
 
 
 # "\u0000" as a JSON escape, not as the text "\\u0000" (an escaped backslash, then "u0000").
@@ -64,12 +69,12 @@ class Envelope:
 
     def headers(self) -> list[tuple[str, bytes]]:
         return [
-            ("ce_specversion", SPEC_VERSION.encode()),
+            _SPEC_VERSION_HEADER,
             ("ce_id", self.id.encode()),
-            ("ce_type", self.type.encode()),
+            _TYPE_HEADERS[type(self.event)],
             ("ce_source", self.source.encode()),
             ("ce_time", self.time.isoformat().encode()),
-            ("content-type", CONTENT_TYPE.encode()),
+            _CONTENT_TYPE_HEADER,
         ]
 
     def body(self) -> bytes:
@@ -85,7 +90,7 @@ def wrap(event: Event, *, source: str, key: str | None, id: str | None = None,
 def unwrap(headers: list[tuple[str, bytes]] | tuple, value: bytes | None) -> Envelope:
     """Decode one Kafka record; raises UndecodableEvent with a reason fit for a dead letter."""
     attrs = {k: v for k, v in headers or () if k.startswith("ce_")}
-    missing = [a for a in ("ce_id", "ce_type", "ce_source", "ce_specversion") if a not in attrs]
+    missing = [a for a in _REQUIRED if a not in attrs]
     if missing:
         raise UndecodableEvent(f"missing CloudEvents header(s): {', '.join(missing)}")
     try:
