@@ -362,8 +362,9 @@ def main(
     scale: bool = typer.Option(False, "--scale", help="Also measure 1/2 evaluator and "
                                                       "1/2 projection processes."),
     scale_items: int = typer.Option(20_000, help="Traces per scale-out measurement."),
-    scale_runs: int = typer.Option(8, help="Runs the scale-out traces are spread over, so "
-                                           "their keys reach several partitions."),
+    scale_runs: int = typer.Option(1, help="Runs the scale-out traces are spread over (one "
+                                           "run's traces already reach every partition: they "
+                                           "are keyed by run item)."),
     profile: str = typer.Option("", help="Comma-separated services to sample with py-spy "
                                          "during the throughput run (ingest,evaluator,…)."),
     skip: str = typer.Option("", help=f"Comma-separated phases to skip: {', '.join(PHASES)}."),

@@ -207,21 +207,21 @@ async def measure_throughput(target: Target, tag: str, dataset_id: str, n: int, 
     the read model until all their scores are visible.
 
     Counting a run's scores costs Postgres a scan of all of them, which at 300,000 rows would
-    take a real share of these 2 cores; so progress is watched on the last trace of every POST
-    (an index lookup each), and one exact count confirms the end. A run's events stay in order
-    on their partition, so a POST's last trace scored means the POST's traces are; should the
-    count disagree, exact counting continues."""
+    take a real share of these 2 cores; so progress is watched by index lookups: on the last
+    trace of every POST, and once that one is scored, on each trace of that POST until it is
+    (traces are keyed by run item, so a POST's traces reach several partitions and need not be
+    scored in order). One exact count confirms the end; should it disagree, counting continues."""
     run_ids = [await target.start_run(dataset_id, f"{label} {k}") for k in range(runs)]
     per_run = -(-n // runs)
-    per_run_posts: list[list[tuple[bytes, int, str]]] = []
+    per_run_posts: list[list[tuple[bytes, int, list[str]]]] = []
     for k, run_id in enumerate(run_ids):
         indices = range(k * per_run, min((k + 1) * per_run, n))
         posts = []
         for start in range(indices.start, indices.stop, batch):
             chunk = [trace(tag, run_id, i) for i in range(start, min(start + batch, indices.stop))]
-            last = chunk[-1]
             posts.append((traces_body(chunk), len(chunk),
-                          run_item_key(run_id, last["dataset_item_id"], last["trace_id"])))
+                          [run_item_key(run_id, t["dataset_item_id"], t["trace_id"])
+                           for t in chunk]))
         per_run_posts.append(posts)
     # The runs' batches interleaved, as independent clients would send them.
     posts = [p for group in itertools.zip_longest(*per_run_posts) for p in group if p]
@@ -239,15 +239,22 @@ async def measure_throughput(target: Target, tag: str, dataset_id: str, n: int, 
             result.acks.append((loop.time() - result.start, acked))
 
     async def watcher() -> None:
-        waiting = {sentinel: count for _, count, sentinel in posts}
-        visible, last_progress = 0, loop.time()
+        waiting = {items[-1]: items for _, _, items in posts}  # by each POST's last trace
+        checking: set[str] = set()
+        visible, last_progress, confirming = 0, loop.time(), False
         while True:
             t = loop.time()
-            if waiting:
-                rows = await target.read_model.fetch(SCORED_ITEMS, list(waiting),
-                                                     SCORES_PER_TRACE)
-                now_visible = visible + sum(waiting.pop(r[0]) for r in rows) * SCORES_PER_TRACE
-            else:  # every POST's last trace is scored: confirm, and count exactly until done
+            if waiting or checking:
+                if waiting:
+                    for (sentinel,) in await target.read_model.fetch(
+                            SCORED_ITEMS, list(waiting), SCORES_PER_TRACE):
+                        checking.update(waiting.pop(sentinel))
+                probe = list(itertools.islice(checking, 5000))
+                scored = await target.read_model.fetch(SCORED_ITEMS, probe, SCORES_PER_TRACE)
+                checking.difference_update(r[0] for r in scored)
+                now_visible = visible + len(scored) * SCORES_PER_TRACE
+            else:  # every trace seen scored: confirm with one exact count (until it agrees)
+                confirming = True
                 now_visible = await target.scores_of(run_ids)
                 if now_visible >= expected:
                     result.visible.append((t - result.start, now_visible))
@@ -260,7 +267,7 @@ async def measure_throughput(target: Target, tag: str, dataset_id: str, n: int, 
                 raise BenchError(f"{label}: no new score for {stall_seconds:.0f}s "
                                  f"({visible}/{expected} visible)")
             target.check_alive()
-            await asyncio.sleep(0.05 if waiting else 0.25)
+            await asyncio.sleep(0.25 if confirming else 0.05)
 
     wal_before = await target.read_model.fetchval("SELECT pg_current_wal_lsn()::text")
     result.start = loop.time()

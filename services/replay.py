@@ -111,7 +111,7 @@ def score_request(env: Envelope, request_id: str, requested_at: datetime,
         trace_id=t.trace_id, input=t.input, output=t.output, expected_output=t.expected_output,
         evaluators=specs if specs is not None else t.evaluators, request_id=request_id,
         requested_at=requested_at)
-    return wrap(event, source=SOURCE, key=t.run_id or t.trace_id, time=requested_at,
+    return wrap(event, source=SOURCE, key=t.run_item_id, time=requested_at,
                 id=score_request_event_id(request_id, t.run_item_id))
 
 

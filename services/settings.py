@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         "dashboard", description="Schema of the SQL views dashboards read (docs/dashboards.md).")
     evaluator_group: str = "evalstream-evaluator"
     projections_group: str = "evalstream-projections"
+    consumers: int = Field(
+        1, ge=1, le=16, description="Consumers per evaluator or projections process, in its "
+                                    "consumer group, each with its own partitions: while one "
+                                    "waits on the broker or Postgres, another works (docs/adr/"
+                                    "0007). Keep 1 on the development broker, whose group "
+                                    "rebalances falter with several consumers joining at once.")
     batch_max_records: int = Field(2000, ge=1, description="Most records a consumer takes at once.")
     batch_timeout_ms: int = Field(20, ge=1, description="Longest a consumer waits to fill a batch.")
     fetch_max_wait_ms: int = Field(

@@ -27,16 +27,20 @@ log = logging.getLogger(__name__)
 
 
 def register(broker: KafkaBroker, settings: Settings, publisher: EventPublisher) -> None:
-    @broker.subscriber(
-        settings.topics.traces, settings.topics.score_requests, batch=True,
-        group_id=settings.evaluator_group, auto_offset_reset="earliest",
-        max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        ack_policy=AckPolicy.NACK_ON_ERROR, decoder=records_as_consumed)
     async def on_scoring_cases(msg: KafkaMessage) -> None:
         envelopes = await decode_records(msg.raw_message, publisher)
         scores = score_batch(envelopes)
         await publisher.publish(settings.topics.scores, scores)
+
+    # `settings.consumers` consumers of the group in this process: one scores while another
+    # waits for the broker's acknowledgements.
+    for _ in range(settings.consumers):
+        broker.subscriber(
+            settings.topics.traces, settings.topics.score_requests, batch=True,
+            group_id=settings.evaluator_group, auto_offset_reset="earliest",
+            max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            ack_policy=AckPolicy.NACK_ON_ERROR, decoder=records_as_consumed)(on_scoring_cases)
 
 
 def application_factory(settings: Settings) -> FastStream:

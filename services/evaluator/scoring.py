@@ -46,7 +46,7 @@ def score_case(env: Envelope) -> list[Envelope]:
     else:
         request_id, observed_at = None, case.completed_at  # type: ignore[attr-defined]
     run_item_id = case.run_item_id
-    key = case.run_id or case.trace_id
+    key = run_item_id  # the case's scores, then its ScoringCompleted, on one partition
     out: list[Envelope] = []
     for spec in case.evaluators:
         evaluator = REGISTRY.get(spec.type)

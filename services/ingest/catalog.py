@@ -196,7 +196,7 @@ class Catalog:
                 expected_output=expected, evaluators=specs, status=t.status, error=t.error,
                 latency_ms=t.latency_ms, usage=t.usage, cost=t.cost, metadata=t.metadata,
                 completed_at=now)
-            envelopes.append(wrap(event, source=SOURCE, key=t.run_id or t.trace_id,
+            envelopes.append(wrap(event, source=SOURCE, key=event.run_item_id,
                                   id=trace_event_id(event), time=now))
         return envelopes
 

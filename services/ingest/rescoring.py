@@ -144,7 +144,7 @@ async def evaluate_run(pool: asyncpg.Pool, settings: Settings, run_id: str,
                 input=row["input"], output=row["output"],
                 expected_output=row["expected_output"], evaluators=specs,
                 request_id=request_id, requested_at=requested_at)
-            chunk.append(wrap(event, source=SOURCE, key=run_id, time=requested_at,
+            chunk.append(wrap(event, source=SOURCE, key=row["run_item_id"], time=requested_at,
                               id=score_request_event_id(request_id, row["run_item_id"])))
             if len(chunk) >= CHUNK:
                 await _append_outbox(conn, settings.topics.score_requests, chunk)
@@ -191,4 +191,4 @@ async def manual_score(pool: asyncpg.Pool, cmd: RecordScore) -> Envelope:
         dataset_item_id=item["dataset_item_id"], trace_id=item["trace_id"], name=cmd.name,
         value=value, data_type=cmd.data_type, string_value=label, source="manual",
         comment=cmd.comment, created_by=cmd.created_by, observed_at=now)
-    return wrap(event, source=SOURCE, key=cmd.run_id, time=now)
+    return wrap(event, source=SOURCE, key=event.run_item_id, time=now)

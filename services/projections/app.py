@@ -41,12 +41,6 @@ def projected_topics(settings: Settings) -> list[str]:
 
 
 def register(broker: KafkaBroker, settings: Settings, state: dict) -> None:
-    @broker.subscriber(
-        *projected_topics(settings), batch=True,
-        group_id=settings.projections_group, auto_offset_reset="earliest",
-        max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        ack_policy=AckPolicy.NACK_ON_ERROR, decoder=records_as_consumed)
     async def on_events(msg: KafkaMessage) -> None:
         envelopes = await decode_records(msg.raw_message, state["publisher"])
         try:
@@ -77,6 +71,16 @@ def register(broker: KafkaBroker, settings: Settings, state: dict) -> None:
         if refused:
             await state["publisher"].dead_letter(refused)
 
+    # `settings.consumers` consumers of the group in this process, each with its own partitions
+    # and connection: one decodes while another's batch is in Postgres.
+    for _ in range(settings.consumers):
+        broker.subscriber(
+            *projected_topics(settings), batch=True,
+            group_id=settings.projections_group, auto_offset_reset="earliest",
+            max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            ack_policy=AckPolicy.NACK_ON_ERROR, decoder=records_as_consumed)(on_events)
+
 
 def application_factory(settings: Settings, *, consume: bool = True) -> FastAPI:
     """The query API; with `consume`, the projection consumers run in the same process."""
@@ -96,7 +100,7 @@ def application_factory(settings: Settings, *, consume: bool = True) -> FastAPI:
             if broker is not None:
                 # Batches are applied one at a time; the schema is chosen per batch.
                 state["consumer_pool"] = await create_pool(
-                    settings.dsn, settings.read_model_schema, max_size=2)
+                    settings.dsn, settings.read_model_schema, max_size=settings.consumers + 1)
                 await ensure_topics(settings)
                 await publisher.start()
                 await broker.start()

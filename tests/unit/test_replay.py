@@ -27,7 +27,7 @@ def _trace_env(**kw):
                               "dataset_item_id": "i1", "input": {"q": "?"}, "output": "Paris",
                               "expected_output": "Paris", "status": "succeeded",
                               "completed_at": AT, "evaluators": SPECS, **kw})
-    return wrap(trace, source="ingest", key="r1", id="trace-event-1")
+    return wrap(trace, source="ingest", key=trace.run_item_id, id="trace-event-1")
 
 
 def _scores(envelopes) -> dict[str, tuple]:
@@ -43,11 +43,11 @@ def test_a_logged_trace_becomes_a_self_contained_request():
     assert (request.input, request.output, request.expected_output) == ({"q": "?"}, "Paris",
                                                                          "Paris")
     assert request.evaluators == SPECS and request.requested_at == LATER
-    assert env.key == "r1" and env.time == LATER
+    assert env.key == request.run_item_id and env.time == LATER  # keyed by run item (ADR 0007)
     given = (EvaluatorSpec(type="contains", keywords=["lyon"]),)
     assert score_request(_trace_env(), "q1", LATER, given).event.evaluators == given
     outside = score_request(_trace_env(run_id=None, dataset_item_id=None), "q1", LATER, None)
-    assert outside.key == "t1"
+    assert outside.key == outside.event.run_item_id != request.run_item_id
 
 
 def test_rescoring_the_same_log_twice_gives_the_same_score_ids_and_values():
@@ -73,7 +73,9 @@ def test_every_requested_case_reports_its_completion_after_its_scores():
     assert [type(e.event) for e in out] == [ScoreRecorded, EvaluationFailed, ScoringCompleted]
     done: ScoringCompleted = out[-1].event
     assert (done.request_id, done.scored, done.failed, done.run_id) == ("q1", 1, 1, "r1")
-    assert done.run_item_id == out[0].event.run_item_id and out[-1].key == "r1"
+    # on the same key as the case's scores, hence after them on their partition
+    assert done.run_item_id == out[0].event.run_item_id
+    assert {e.key for e in out} == {done.run_item_id}
     # Nothing to score (no expected output) still completes the case.
     blank = score_case(score_request(_trace_env(expected_output=None,
                                                 evaluators=SPECS[:1]), "q1", LATER, None))

@@ -34,7 +34,7 @@ def test_scores_every_evaluator_that_has_something_to_say():
     assert sm.score_id == score_id(_trace().run_item_id, "has_city", "programmatic")
     assert (sm.evaluator, sm.evaluator_version) == ("contains", "1")
     assert sm.spec_hash == SPECS[1].spec_hash() and sm.observed_at == AT
-    assert all(e.key == "r1" for e in out)
+    assert all(e.key == _trace().run_item_id for e in out)  # keyed by run item (ADR 0007)
 
 
 def test_same_event_scores_to_identical_events():
@@ -66,7 +66,8 @@ def test_failed_traces_are_not_scored_and_requests_are():
     assert len(scores) == 1 and scores[0].request_id == "q1"
 
 
-def test_trace_outside_a_run_is_keyed_by_trace():
+def test_trace_outside_a_run_is_keyed_by_its_own_run_item():
     out = score_case(wrap(_trace(run_id=None, dataset_item_id=None), source="t", key=None,
                           id="e1"))
-    assert out and all(e.key == "t1" for e in out)
+    outside = _trace(run_id=None, dataset_item_id=None).run_item_id
+    assert out and all(e.key == outside != _trace().run_item_id for e in out)
