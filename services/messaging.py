@@ -101,47 +101,47 @@ class EventPublisher:
     async def publish(self, topic: str, envelopes: Sequence[Envelope],
                       bodies: Sequence[bytes] | None = None) -> int:
         """Publish with acks=all and wait for every acknowledgement; `bodies`, when given, are
-        the envelopes' bodies already encoded.
+        the envelopes' bodies already encoded."""
+        if bodies is None:
+            bodies = [env.body() for env in envelopes]
+        await self.publish_raw(topic, [
+            (env.key.encode() if env.key else None, body, env.headers())
+            for env, body in zip(envelopes, bodies, strict=True)])
+        return len(envelopes)
+
+    async def publish_raw(self, topic: str, records: Sequence[tuple[
+            bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> None:
+        """Publish (key, value, headers) records with acks=all and wait for every
+        acknowledgement.
 
         Records are appended to one record batch per partition and each batch is sent whole
         (aiokafka's create_batch/send_batch): `send()` per record cost ~15 µs of Python each,
         a batch append ~3. Partitions are chosen as `send()` would (partition_for_key), so a
         key's records keep their order on one partition."""
+        if not records:
+            return
         producer = self._producer
-        if bodies is None:
-            bodies = [env.body() for env in envelopes]
         partitions = sorted(await producer.partitions_for(topic))
         limit = PRODUCER_OPTIONS["max_request_size"]
         batches: dict[int, list] = {}
-        for env, body in zip(envelopes, bodies, strict=True):
-            if len(body) > limit:  # as send() would refuse it, before anything is sent
+        for key, value, headers in records:
+            if value is not None and len(value) > limit:  # as send() would, before any is sent
                 raise MessageSizeTooLargeError(
-                    f"a {env.type} of {len(body)} bytes is larger than {limit} bytes")
-            key = env.key.encode() if env.key else None
+                    f"a record of {len(value)} bytes is larger than {limit} bytes")
             partition = partition_for_key(key, partitions, partitions)
             open_batches = batches.get(partition)
             if open_batches is None:
                 open_batches = batches[partition] = [producer.create_batch()]
-            headers = env.headers()
-            if open_batches[-1].append(key=key, value=body, timestamp=None,
+            if open_batches[-1].append(key=key, value=value, timestamp=None,
                                        headers=headers) is None:  # full: start another
                 open_batches.append(producer.create_batch())
-                open_batches[-1].append(key=key, value=body, timestamp=None, headers=headers)
+                open_batches[-1].append(key=key, value=value, timestamp=None, headers=headers)
         futures = []
         for partition, partition_batches in batches.items():
             for batch in partition_batches:
                 batch.close()
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
-        if futures:
-            await asyncio.gather(*futures)
-        return len(envelopes)
-
-    async def publish_raw(self, topic: str, records: Sequence[tuple[
-            bytes | None, bytes | None, list[tuple[str, bytes]]]]) -> None:
-        futures = [await self._producer.send(topic, value, key=key, headers=headers)
-                   for key, value, headers in records]
-        if futures:
-            await asyncio.gather(*futures)
+        await asyncio.gather(*futures)
 
     async def dead_letter(self, records: Sequence[tuple[object, str]]) -> None:
         """Send undecodable records to the dead-letter topic, unchanged, with the reason
