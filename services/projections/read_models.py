@@ -197,11 +197,13 @@ async def apply_scores(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> N
         fresh AS (
             SELECT * FROM e
             WHERE NOT EXISTS (SELECT 1 FROM scores s
-                              WHERE s.score_id = e.score_id AND s.event_id = e.event_id)
+                              WHERE (s.run_item_id, s.name, s.source)
+                                    = (e.run_item_id, e.name, e.source)
+                                AND s.event_id = e.event_id)
               AND NOT EXISTS (SELECT 1 FROM score_history h WHERE h.event_id = e.event_id)),
         latest AS (
-            SELECT DISTINCT ON (score_id) * FROM fresh
-            ORDER BY score_id, observed_at DESC, event_id DESC),
+            SELECT DISTINCT ON (run_item_id, name, source) * FROM fresh
+            ORDER BY run_item_id, name, source, observed_at DESC, event_id DESC),
         upserted AS (
             INSERT INTO scores AS s (score_id, run_item_id, run_id, dataset_item_id, trace_id,
                 name, source, value, data_type, string_value, comment, created_by, evaluator,
@@ -209,7 +211,7 @@ async def apply_scores(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> N
             SELECT score_id, run_item_id, run_id, dataset_item_id, trace_id, name, source, value,
                 data_type, string_value, comment, created_by, evaluator, evaluator_version,
                 spec_hash, request_id, observed_at, event_id FROM latest
-            ON CONFLICT (score_id) DO UPDATE SET value = excluded.value,
+            ON CONFLICT (run_item_id, name, source) DO UPDATE SET value = excluded.value,
                 data_type = excluded.data_type, string_value = excluded.string_value,
                 comment = excluded.comment, created_by = excluded.created_by,
                 evaluator = excluded.evaluator, evaluator_version = excluded.evaluator_version,
@@ -217,7 +219,7 @@ async def apply_scores(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> N
                 observed_at = excluded.observed_at, event_id = excluded.event_id,
                 trace_id = excluded.trace_id
             WHERE (s.observed_at, s.event_id) < (excluded.observed_at, excluded.event_id)
-            RETURNING score_id, event_id, xmax <> 0 AS displaced),
+            RETURNING run_item_id, name, source, event_id, xmax <> 0 AS displaced),
         earlier AS (
             INSERT INTO score_history (event_id, score_id, value, string_value, comment,
                 created_by, evaluator, evaluator_version, spec_hash, request_id, observed_at)
@@ -225,7 +227,8 @@ async def apply_scores(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> N
             -- update, not an insert).
             SELECT p.event_id, p.score_id, p.value, p.string_value, p.comment, p.created_by,
                 p.evaluator, p.evaluator_version, p.spec_hash, p.request_id, p.observed_at
-            FROM scores p WHERE p.score_id IN (SELECT score_id FROM upserted WHERE displaced)
+            FROM scores p WHERE (p.run_item_id, p.name, p.source) IN (
+                SELECT run_item_id, name, source FROM upserted WHERE displaced)
             UNION ALL
             SELECT f.event_id, f.score_id, f.value, f.string_value, f.comment, f.created_by,
                 f.evaluator, f.evaluator_version, f.spec_hash, f.request_id, f.observed_at
