@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -27,6 +28,18 @@ class Service(StrEnum):
     ingest = "ingest"
     evaluator = "evaluator"
     projections = "projections"
+
+
+def _tune_gc() -> None:
+    """Collect cycles less often. A batch of thousands of events allocates millions of
+    short-lived objects (pydantic models, dicts, tuples), almost all freed by reference counting,
+    and CPython's default (a collection every 700 allocations net) spent ~30% of the evaluator's
+    CPU collecting: its stage alone went from 94 to 65 µs per trace with (50,000, 20, 100)
+    (bench/ceilings.py). Cycles are still collected; the objects made at start-up are frozen out
+    of every later collection."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _logging(settings: Settings) -> None:
@@ -58,6 +71,7 @@ def serve(service: Service) -> None:
 
     settings = Settings()
     _logging(settings)
+    _tune_gc()
     if service is Service.ingest:
         from services.ingest.app import application_factory
 
@@ -108,6 +122,7 @@ def replay(
         specs = load_specs(evaluators) if evaluators else None
     except SpecFileError as e:
         raise typer.BadParameter(str(e), param_hint="--evaluators") from None
+    _tune_gc()
     report = asyncio.run(run_replay(settings, selection, specs, progress=progress))
     if as_json:
         typer.echo(json.dumps(report.as_dict()))
@@ -145,6 +160,7 @@ def projections_rebuild(
 
     settings = Settings()
     _logging(settings)
+    _tune_gc()
     try:
         report = asyncio.run(rebuild(settings, progress=progress,
                                      allow_truncated=allow_truncated))
