@@ -42,6 +42,7 @@ from bench.workload import (
     measure_throughput,
     score_averages,
 )
+from services.cli import tune_gc
 from services.database import create_pool
 from services.settings import Settings
 
@@ -386,6 +387,7 @@ def main(
     results_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(keep=keep)
     failed = True
+    tune_gc()  # as the services do, so the stages measured alone run as they do there
     try:
         results, series = asyncio.run(bench(stack, opts, stamp))
         failed = False

@@ -30,7 +30,7 @@ class Service(StrEnum):
     projections = "projections"
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Collect cycles less often. A batch of thousands of events allocates millions of
     short-lived objects (pydantic models, dicts, tuples), almost all freed by reference counting,
     and CPython's default (a collection every 700 allocations net) spent ~30% of the evaluator's
@@ -71,7 +71,7 @@ def serve(service: Service) -> None:
 
     settings = Settings()
     _logging(settings)
-    _tune_gc()
+    tune_gc()
     if service is Service.ingest:
         from services.ingest.app import application_factory
 
@@ -122,7 +122,7 @@ def replay(
         specs = load_specs(evaluators) if evaluators else None
     except SpecFileError as e:
         raise typer.BadParameter(str(e), param_hint="--evaluators") from None
-    _tune_gc()
+    tune_gc()
     report = asyncio.run(run_replay(settings, selection, specs, progress=progress))
     if as_json:
         typer.echo(json.dumps(report.as_dict()))
@@ -160,7 +160,7 @@ def projections_rebuild(
 
     settings = Settings()
     _logging(settings)
-    _tune_gc()
+    tune_gc()
     try:
         report = asyncio.run(rebuild(settings, progress=progress,
                                      allow_truncated=allow_truncated))
