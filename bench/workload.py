@@ -267,7 +267,7 @@ async def measure_throughput(target: Target, tag: str, dataset_id: str, n: int, 
                 raise BenchError(f"{label}: no new score for {stall_seconds:.0f}s "
                                  f"({visible}/{expected} visible)")
             target.check_alive()
-            await asyncio.sleep(0.25 if confirming else 0.05)
+            await asyncio.sleep(0.25 if confirming else 0.1)
 
     wal_before = await target.read_model.fetchval("SELECT pg_current_wal_lsn()::text")
     result.start = loop.time()
