@@ -73,12 +73,28 @@ class Envelope:
             ("ce_id", self.id.encode()),
             _TYPE_HEADERS[type(self.event)],
             ("ce_source", self.source.encode()),
-            ("ce_time", self.time.isoformat().encode()),
+            _time_header(self.time),
             _CONTENT_TYPE_HEADER,
         ]
 
     def body(self) -> bytes:
         return self.event.__pydantic_serializer__.to_json(self.event, exclude_none=True)
+
+
+# The ce_time header of the last time seen: the envelopes of a batch share one time, and
+# isoformat() of an aware datetime costs ~0.7 µs. Matched by identity (equal times in other
+# zones have other texts); the cached datetime is held, so its id cannot be reused.
+_last_time_header: tuple[datetime, tuple[str, bytes]] | None = None
+
+
+def _time_header(time: datetime) -> tuple[str, bytes]:
+    global _last_time_header
+    cached = _last_time_header
+    if cached is not None and cached[0] is time:
+        return cached[1]
+    header = ("ce_time", time.isoformat().encode())
+    _last_time_header = (time, header)
+    return header
 
 
 def wrap(event: Event, *, source: str, key: str | None, id: str | None = None,

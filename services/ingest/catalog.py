@@ -157,13 +157,19 @@ class Catalog:
         async with self.pool.acquire() as conn:
             runs = await self._runs_by_id(conn, run_ids)
             if item_ids:
+                # Only a trace without a run takes its dataset's evaluators; traces of runs (the
+                # common case) need not have them read and decoded from jsonb for every item.
+                with_specs = any(t.dataset_item_id and not t.run_id for t in traces)
                 for row in await conn.fetch(
-                        """SELECT i.id, i.dataset_id, i.input, i.expected_output, d.evaluators
-                           FROM dataset_items i JOIN datasets d ON d.id = i.dataset_id
-                           WHERE i.id = ANY($1)""", item_ids):
+                        _ITEMS_WITH_SPECS if with_specs else _ITEMS, item_ids):
                     items.setdefault(row["id"], {})[row["dataset_id"]] = row
         now = utcnow()
         envelopes = []
+        # The evaluators of a dataset, decoded once per dataset rather than once per trace.
+        dataset_specs: dict[str, tuple[EvaluatorSpec, ...]] = {}
+        # The evaluators' part of the traces' content address, encoded once per set of specs;
+        # keyed by the tuple's id, the tuple kept alive beside it so the id stays its own.
+        specs_json: dict[int, tuple[tuple[EvaluatorSpec, ...], str]] = {}
         for n, t in enumerate(traces):
             dataset_id, specs, expected, given_input = None, DEFAULT_EVALUATORS, None, t.input
             if t.run_id:
@@ -179,7 +185,10 @@ class Catalog:
                                          f"item {t.dataset_item_id!r} is not in the run's dataset")
                 elif len(candidates) == 1:
                     item = next(iter(candidates.values()))
-                    specs = tuple(EvaluatorSpec.model_validate(s) for s in item["evaluators"])
+                    specs = dataset_specs.get(item["dataset_id"])  # type: ignore[assignment]
+                    if specs is None:
+                        specs = dataset_specs[item["dataset_id"]] = tuple(
+                            EvaluatorSpec.model_validate(s) for s in item["evaluators"])
                 elif not candidates:
                     raise FieldError(("traces", n, "dataset_item_id"),
                                      f"unknown dataset item {t.dataset_item_id!r}")
@@ -196,16 +205,47 @@ class Catalog:
                 expected_output=expected, evaluators=specs, status=t.status, error=t.error,
                 latency_ms=t.latency_ms, usage=t.usage, cost=t.cost, metadata=t.metadata,
                 completed_at=now)
+            if (encoded := specs_json.get(id(specs))) is None:
+                encoded = specs_json[id(specs)] = (specs, evaluators_json(specs))
             envelopes.append(wrap(event, source=SOURCE, key=event.run_item_id,
-                                  id=trace_event_id(event), time=now))
+                                  id=trace_event_id(event, encoded[1]), time=now))
         return envelopes
 
 
-def trace_event_id(event: TraceCompleted) -> str:
+_ITEMS = """SELECT id, dataset_id, input, expected_output FROM dataset_items
+            WHERE id = ANY($1)"""
+# The join drops no item: an item's dataset_id references its dataset.
+_ITEMS_WITH_SPECS = """SELECT i.id, i.dataset_id, i.input, i.expected_output, d.evaluators
+                       FROM dataset_items i JOIN datasets d ON d.id = i.dataset_id
+                       WHERE i.id = ANY($1)"""
+
+# The fields of TraceCompleted whose keys sort before "evaluators" in its canonical JSON.
+_BEFORE_EVALUATORS = tuple(sorted(f for f in TraceCompleted.model_fields if f < "evaluators"))
+
+
+def evaluators_json(specs: Sequence[EvaluatorSpec]) -> str:
+    """Evaluator specs as they appear in a trace's canonical JSON (see trace_event_id)."""
+    return canonical_json([s.model_dump(mode="json", exclude_none=True) for s in specs]).decode()
+
+
+def trace_event_id(event: TraceCompleted, evaluators: str | None = None) -> str:
     """Content address of a trace (its receipt time aside): the same trace posted twice is the
-    same event, and consumers skip the second one."""
-    body = event.model_dump(mode="json", exclude={"completed_at"}, exclude_none=True)
-    return deterministic_id("trace-completed", hashlib.sha256(canonical_json(body)).hexdigest())
+    same event, and consumers skip the second one.
+
+    The SHA-256 of canonical_json(the event without `completed_at`, None fields left out),
+    assembled from parts so that the evaluators, the same for every trace of a run, are encoded
+    once per batch (`evaluators`: evaluators_json(event.evaluators), computed here when not
+    given). With its keys sorted, the JSON object is the fields sorting before "evaluators",
+    then the evaluators, then the other fields."""
+    body = event.model_dump(mode="json", exclude={"completed_at", "evaluators"},
+                            exclude_none=True)
+    head = {k: body.pop(k) for k in _BEFORE_EVALUATORS if k in body}
+    if evaluators is None:
+        evaluators = evaluators_json(event.evaluators)
+    members = [canonical_json(head)[1:-1], b'"evaluators":' + evaluators.encode(),
+               canonical_json(body)[1:-1]]
+    text = b"{" + b",".join([m for m in members if m]) + b"}"
+    return deterministic_id("trace-completed", hashlib.sha256(text).hexdigest())
 
 
 def outbox_headers(raw: list[list[str]]) -> list[tuple[str, bytes]]:

@@ -67,6 +67,14 @@ class Command(BaseModel):
     @field_validator("*")
     @classmethod
     def _no_nul(cls, value: Any) -> Any:
+        # Most values are plain strings, numbers or None: answered without the isinstance chain
+        # below (isinstance on a model class goes through ABCMeta) and the walk; this validator
+        # runs on every field of every trace.
+        if type(value) is str:
+            if "\x00" not in value:
+                return value
+        elif value is None or type(value) in (int, float, bool):
+            return value
         if isinstance(value, BaseModel) or (isinstance(value, list) and value
                                             and isinstance(value[0], BaseModel)):
             return value  # nested commands checked themselves

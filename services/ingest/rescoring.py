@@ -49,16 +49,17 @@ RECORD_RUN_ITEMS = """
 
 def _latest_run_items(encoded: Sequence[tuple[Envelope, bytes]]) -> list:
     """The latest trace of every run item of a run in the batch; traces outside runs have
-    none."""
+    none. A trace's envelope is keyed by its run item id (`Catalog.complete_traces`), which is
+    read from the key rather than derived again (a SHA-1 each time)."""
     latest: dict[str, tuple[Envelope, bytes]] = {}
     for env, body in encoded:
         t: TraceCompleted = env.event  # type: ignore[assignment]
         if not t.run_id:
             continue
-        cur = latest.get(t.run_item_id)
+        cur = latest.get(env.key)  # type: ignore[arg-type]
         if cur is None or (t.completed_at, env.id) > (cur[0].event.completed_at,  # type: ignore[attr-defined]
                                                       cur[0].id):
-            latest[t.run_item_id] = (env, body)
+            latest[env.key] = (env, body)  # type: ignore[index]
     return list(latest.values())
 
 
@@ -66,7 +67,8 @@ async def publish_traces(pool: asyncpg.Pool, publisher: EventPublisher,
                          envelopes: Sequence[Envelope]) -> None:
     """Publish traces (acks=all) and keep their run items in the catalog: one set-based
     statement, run while the broker acknowledges and committed only once it has, so a row never
-    names a trace the broker does not have. Each body is encoded once, for both."""
+    names a trace the broker does not have. Each body is encoded once, for both. The envelopes
+    are those of `Catalog.complete_traces`: keyed by the run item id of their trace."""
     topic = publisher.settings.topics.traces
     encoded = [(env, env.body()) for env in envelopes]
     rows = _latest_run_items(encoded)
@@ -76,7 +78,7 @@ async def publish_traces(pool: asyncpg.Pool, publisher: EventPublisher,
     async with pool.acquire() as conn, conn.transaction():
         write = asyncio.create_task(conn.execute(
             RECORD_RUN_ITEMS, [env.id for env, _ in rows],
-            [env.event.run_item_id for env, _ in rows],  # type: ignore[attr-defined]
+            [env.key for env, _ in rows],
             [env.event.completed_at for env, _ in rows],  # type: ignore[attr-defined]
             [body.decode() for _, body in rows]))
         try:
