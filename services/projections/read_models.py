@@ -35,7 +35,7 @@ def _dump(event: Event, **extra) -> dict:
 
 
 async def _on_bodies(conn: asyncpg.Connection, sql: str, batch: Sequence[Envelope],
-                     *columns: list, fetch: bool = False) -> object:
+                     *columns: list) -> None:
     """Run `sql` with $1 = the events' ids, then `columns` (one value per event, computed here),
     then the events' JSON bodies as text, which the statement unpacks with json_to_record
     (as `json`, not `jsonb`: a body read once needs no binary form, and that is ~40% cheaper).
@@ -45,16 +45,16 @@ async def _on_bodies(conn: asyncpg.Connection, sql: str, batch: Sequence[Envelop
     Postgres (a number of seconds as a timestamp, 12.0 as an integer); such a body fails the
     statement, which then runs on the bodies encoded from the validated events. The events'
     times, on which "latest wins" turns, are always passed from the validated events."""
-    run = conn.fetch if fetch else conn.execute
     ids = [e.id for e in batch]
     if any(e.raw is not None for e in batch):
         try:
             async with conn.transaction():  # a savepoint: a failed statement must not end the batch
-                return await run(sql, ids, *columns,
-                                 [(e.raw or e.body()).decode() for e in batch])
+                await conn.execute(sql, ids, *columns,
+                                   [(e.raw or e.body()).decode() for e in batch])
+                return
         except (asyncpg.DataError, UnicodeDecodeError) as e:
             log.info("a body Postgres reads otherwise than pydantic (%s); re-encoding the batch", e)
-    return await run(sql, ids, *columns, [e.body().decode() for e in batch])
+    await conn.execute(sql, ids, *columns, [e.body().decode() for e in batch])
 
 
 async def apply_dataset_created(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
