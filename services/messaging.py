@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import MessageSizeTooLargeError, TopicAlreadyExistsError
+from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
 from murmurhash2 import murmurhash2
 
 from schemas.envelope import Envelope, UndecodableEvent, unwrap
@@ -58,6 +60,21 @@ def broker_factory(settings: Settings) -> KafkaBroker:
     # still logged at ERROR before the batch is nacked and redelivered.
     return KafkaBroker(settings.bootstrap, client_id="evalstream", logger=log,
                        log_level=logging.DEBUG, **PRODUCER_OPTIONS)
+
+
+def subscribe_batches(broker: KafkaBroker, settings: Settings, topics: Sequence[str],
+                      group_id: str, handler: Callable[[KafkaMessage], Awaitable[None]]) -> None:
+    """Register `handler` for batches of `topics` in consumer group `group_id`, as
+    `settings.consumers` consumers of this process (each with its own partitions: one works
+    while another waits on the broker or Postgres, docs/adr/0007). A batch's offsets are
+    committed after the handler returns; a raising handler gets the batch again. The handler
+    reads `msg.raw_message` (see records_as_consumed)."""
+    for _ in range(settings.consumers):
+        broker.subscriber(
+            *topics, batch=True, group_id=group_id, auto_offset_reset="earliest",
+            max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            ack_policy=AckPolicy.NACK_ON_ERROR, decoder=records_as_consumed)(handler)
 
 
 async def ensure_topics(settings: Settings) -> None:

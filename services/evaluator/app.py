@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from faststream import AckPolicy, FastStream
+from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
@@ -19,7 +19,7 @@ from services.messaging import (
     broker_factory,
     decode_records,
     ensure_topics,
-    records_as_consumed,
+    subscribe_batches,
 )
 from services.settings import Settings
 
@@ -32,15 +32,8 @@ def register(broker: KafkaBroker, settings: Settings, publisher: EventPublisher)
         scores = score_batch(envelopes)
         await publisher.publish(settings.topics.scores, scores)
 
-    # `settings.consumers` consumers of the group in this process: one scores while another
-    # waits for the broker's acknowledgements.
-    for _ in range(settings.consumers):
-        broker.subscriber(
-            settings.topics.traces, settings.topics.score_requests, batch=True,
-            group_id=settings.evaluator_group, auto_offset_reset="earliest",
-            max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms,
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
-            ack_policy=AckPolicy.NACK_ON_ERROR, decoder=records_as_consumed)(on_scoring_cases)
+    subscribe_batches(broker, settings, [settings.topics.traces, settings.topics.score_requests],
+                      settings.evaluator_group, on_scoring_cases)
 
 
 def application_factory(settings: Settings) -> FastStream:

@@ -47,19 +47,18 @@ RECORD_RUN_ITEMS = """
 """
 
 
-def _latest_run_items(encoded: Sequence[tuple[Envelope, bytes]]) -> list:
-    """The latest trace of every run item of a run in the batch; traces outside runs have
-    none. A trace's envelope is keyed by its run item id (`Catalog.complete_traces`), which is
-    read from the key rather than derived again (a SHA-1 each time)."""
-    latest: dict[str, tuple[Envelope, bytes]] = {}
-    for env, body in encoded:
+def _latest_run_items(envelopes: Sequence[Envelope],
+                      bodies: Sequence[bytes]) -> list[tuple[Envelope, bytes]]:
+    """The latest trace of every run item of a run in the batch (completion time, then event
+    id); traces outside runs have none. A trace's envelope is keyed by its run item id
+    (`Catalog.complete_traces`), which is read from the key rather than derived again."""
+    latest: dict[str | None, tuple[Envelope, bytes]] = {}
+    for env, body in zip(envelopes, bodies, strict=True):
         t: TraceCompleted = env.event  # type: ignore[assignment]
-        if not t.run_id:
-            continue
-        cur = latest.get(env.key)  # type: ignore[arg-type]
-        if cur is None or (t.completed_at, env.id) > (cur[0].event.completed_at,  # type: ignore[attr-defined]
-                                                      cur[0].id):
-            latest[env.key] = (env, body)  # type: ignore[index]
+        cur = latest.get(env.key)
+        if t.run_id and (cur is None or (t.completed_at, env.id)
+                         > (cur[0].event.completed_at, cur[0].id)):  # type: ignore[attr-defined]
+            latest[env.key] = (env, body)
     return list(latest.values())
 
 
@@ -67,22 +66,20 @@ async def publish_traces(pool: asyncpg.Pool, publisher: EventPublisher,
                          envelopes: Sequence[Envelope]) -> None:
     """Publish traces (acks=all) and keep their run items in the catalog: one set-based
     statement, run while the broker acknowledges and committed only once it has, so a row never
-    names a trace the broker does not have. Each body is encoded once, for both. The envelopes
-    are those of `Catalog.complete_traces`: keyed by the run item id of their trace."""
+    names a trace the broker does not have. Each body is encoded once, for both."""
     topic = publisher.settings.topics.traces
-    encoded = [(env, env.body()) for env in envelopes]
-    rows = _latest_run_items(encoded)
+    bodies = [env.body() for env in envelopes]
+    rows = _latest_run_items(envelopes, bodies)
     if not rows:
-        await publisher.publish(topic, envelopes, bodies=[b for _, b in encoded])
+        await publisher.publish(topic, envelopes, bodies)
         return
     async with pool.acquire() as conn, conn.transaction():
         write = asyncio.create_task(conn.execute(
-            RECORD_RUN_ITEMS, [env.id for env, _ in rows],
-            [env.key for env, _ in rows],
+            RECORD_RUN_ITEMS, [env.id for env, _ in rows], [env.key for env, _ in rows],
             [env.event.completed_at for env, _ in rows],  # type: ignore[attr-defined]
             [body.decode() for _, body in rows]))
         try:
-            await publisher.publish(topic, envelopes, bodies=[b for _, b in encoded])
+            await publisher.publish(topic, envelopes, bodies)
         finally:
             await write  # either way; a failed publish then rolls the write back
 

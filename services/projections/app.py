@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 from fastapi import Depends, FastAPI
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
@@ -24,7 +23,7 @@ from services.messaging import (
     broker_factory,
     decode_records,
     ensure_topics,
-    records_as_consumed,
+    subscribe_batches,
 )
 from services.projections.api import router
 from services.projections.live_schema import LiveReadModelPool, enter_live_schema
@@ -71,15 +70,8 @@ def register(broker: KafkaBroker, settings: Settings, state: dict) -> None:
         if refused:
             await state["publisher"].dead_letter(refused)
 
-    # `settings.consumers` consumers of the group in this process, each with its own partitions
-    # and connection: one decodes while another's batch is in Postgres.
-    for _ in range(settings.consumers):
-        broker.subscriber(
-            *projected_topics(settings), batch=True,
-            group_id=settings.projections_group, auto_offset_reset="earliest",
-            max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms,
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
-            ack_policy=AckPolicy.NACK_ON_ERROR, decoder=records_as_consumed)(on_events)
+    subscribe_batches(broker, settings, projected_topics(settings), settings.projections_group,
+                      on_events)
 
 
 def application_factory(settings: Settings, *, consume: bool = True) -> FastAPI:
