@@ -34,7 +34,8 @@ class ScoreRequestsIssued(Event):
 
 class ScoringCompleted(Event):
     """The evaluator has handled one `ScoreRequested`: how many scores it recorded and how many
-    evaluators failed (both may be zero, e.g. exact match without an expected output)."""
+    evaluators failed (both may be zero, e.g. exact match without an expected output). Emitted
+    until ADR 0008; a `CaseScored` with a `request_id` now says the same."""
 
     request_id: Id = Field(description="Request the case belonged to.")
     run_item_id: Id = Field(description="Run item that was (re)scored.")

@@ -1,6 +1,9 @@
-"""Turns scoring cases (finished traces, score requests) into score events: a pure function of the
-event and the evaluator specs it carries, so any instance can score any partition and a replay of
-the same events yields the same score ids, values and event ids."""
+"""Turns scoring cases (finished traces, score requests) into `CaseScored` events: a pure function
+of the event and the evaluator specs it carries, so any instance can score any partition and a
+replay of the same events yields the same score ids, values and event ids.
+
+One event per case, not one per score (docs/adr/0008): a case's scores, failures and, for a score
+request, its completion arrive together, and each trace costs two Kafka records instead of four."""
 
 from __future__ import annotations
 
@@ -8,8 +11,7 @@ from collections.abc import Iterable
 
 from schemas.common import EvaluatorSpec, deterministic_id, score_id
 from schemas.envelope import Envelope, wrap
-from schemas.rescoring import ScoringCompleted
-from schemas.scores import EvaluationFailed, ScoreRecorded
+from schemas.scores import CaseFailure, CaseScore, CaseScored
 from schemas.traces import ScoreRequested, ScoringCase, TraceCompleted
 from services.evaluator.evaluators import REGISTRY
 
@@ -37,65 +39,46 @@ def _spec_hash(spec: EvaluatorSpec) -> str:
     return found
 
 
-def score_case(env: Envelope) -> list[Envelope]:
-    """Every evaluator in force on one case; a failing evaluator yields EvaluationFailed and the
-    others carry on."""
+def score_case(env: Envelope) -> Envelope:
+    """Every evaluator in force on one case, as one `CaseScored` keyed by the run item; a failing
+    evaluator is reported in it and the others carry on."""
     case: ScoringCase = env.event  # type: ignore[assignment]
     if isinstance(case, ScoreRequested):
         request_id, observed_at = case.request_id, case.requested_at
     else:
         request_id, observed_at = None, case.completed_at  # type: ignore[attr-defined]
     run_item_id = case.run_item_id
-    key = run_item_id  # the case's scores, then its ScoringCompleted, on one partition
-    out: list[Envelope] = []
+    scores: list[CaseScore] = []
+    failures: list[CaseFailure] = []
     for spec in case.evaluators:
         evaluator = REGISTRY.get(spec.type)
         name = spec.score_name
-        spec_hash = _spec_hash(spec)
         try:
             if evaluator is None:
                 raise LookupError(f"unknown evaluator type {spec.type!r}")
             score = evaluator.fn(case, spec)
         except Exception as e:  # one evaluator's failure must not stop the others
-            failure_id = deterministic_id("failure", run_item_id, name)
-            failed = EvaluationFailed(
-                failure_id=failure_id, run_item_id=run_item_id, run_id=case.run_id,
-                dataset_item_id=case.dataset_item_id, trace_id=case.trace_id, name=name,
+            failures.append(CaseFailure(
+                failure_id=deterministic_id("failure", run_item_id, name), name=name,
                 evaluator=spec.type, evaluator_version=evaluator.version if evaluator else None,
-                spec_hash=spec_hash, reason=f"{type(e).__name__}: {e}", request_id=request_id,
-                observed_at=observed_at)
-            out.append(wrap(failed, source=SOURCE, key=key, time=observed_at,
-                            id=deterministic_id("failure-event", env.id, failure_id)))
+                spec_hash=_spec_hash(spec), reason=f"{type(e).__name__}: {e}"))
             continue
-        if score is None:
-            continue
-        sid = score_id(run_item_id, name, evaluator.source)
-        recorded = ScoreRecorded(
-            score_id=sid, run_item_id=run_item_id, run_id=case.run_id,
-            dataset_item_id=case.dataset_item_id, trace_id=case.trace_id, name=name,
-            value=score.value, data_type=score.data_type, string_value=score.string_value,
-            source=evaluator.source, comment=score.comment, evaluator=spec.type,
-            evaluator_version=evaluator.version, spec_hash=spec_hash, request_id=request_id,
-            observed_at=observed_at)
-        out.append(wrap(recorded, source=SOURCE, key=key, time=observed_at,
-                        id=deterministic_id("score-event", env.id, sid)))
-    if request_id is not None:
-        # Published after the case's scores on the same key (so the same partition): once the
-        # projections count it, the case's scores are there too. A case may legitimately yield
-        # no score at all, which is why completion is an event of its own.
-        failed = sum(isinstance(e.event, EvaluationFailed) for e in out)
-        completed = ScoringCompleted(
-            request_id=request_id, run_item_id=run_item_id, run_id=case.run_id,
-            trace_id=case.trace_id, scored=len(out) - failed, failed=failed,
-            observed_at=observed_at)
-        out.append(wrap(completed, source=SOURCE, key=key, time=observed_at,
-                        id=deterministic_id("scoring-completed-event", env.id)))
-    return out
+        if score is not None:
+            scores.append(CaseScore(
+                score_id=score_id(run_item_id, name, evaluator.source), name=name,
+                value=score.value, data_type=score.data_type, string_value=score.string_value,
+                source=evaluator.source, comment=score.comment, evaluator=spec.type,
+                evaluator_version=evaluator.version, spec_hash=_spec_hash(spec)))
+    scored = CaseScored(
+        run_item_id=run_item_id, run_id=case.run_id, dataset_item_id=case.dataset_item_id,
+        trace_id=case.trace_id, request_id=request_id, observed_at=observed_at,
+        scores=tuple(scores), failures=tuple(failures))
+    # Keyed by the run item, as the case itself (docs/adr/0007); the id follows from the case's
+    # event id, so a redelivered or replayed case yields the same event.
+    return wrap(scored, source=SOURCE, key=run_item_id, time=observed_at,
+                id=deterministic_id("case-scored-event", env.id))
 
 
 def score_batch(envelopes: Iterable[Envelope]) -> list[Envelope]:
-    out: list[Envelope] = []
-    for env in envelopes:
-        if is_scorable(env.event):
-            out.extend(score_case(env))
-    return out
+    """One `CaseScored` per scorable case, in the cases' order."""
+    return [score_case(env) for env in envelopes if is_scorable(env.event)]

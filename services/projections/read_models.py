@@ -20,7 +20,7 @@ from schemas.catalog import DatasetCreated, DatasetItemsUpserted, EvaluatorsConf
 from schemas.common import Event
 from schemas.envelope import Envelope
 from schemas.rescoring import ScoreRequestsIssued, ScoringCompleted
-from schemas.scores import EvaluationFailed, ScoreRecorded
+from schemas.scores import CaseScored, EvaluationFailed, ScoreRecorded
 from schemas.traces import ScoreRequested, TraceCompleted
 
 Rows = list[dict]
@@ -175,25 +175,53 @@ _SCORE_RECORD = """score_id text, run_item_id text, run_id text, dataset_item_id
     trace_id text, name text, source text, value double precision, data_type text,
     string_value text, comment text, created_by text, evaluator text, evaluator_version text,
     spec_hash text, request_id text"""
-_SCORE_BODIES = f"""unnest($1::text[], $2::timestamptz[], $3::text[]::json[])
-        AS u(event_id, observed_at, doc)
+# What _on_bodies passes: event ids, event times, bodies.
+_BODIES = """unnest($1::text[], $2::timestamptz[], $3::text[]::json[])
+    AS u(event_id, observed_at, doc)"""
+# The score rows of a batch of ScoreRecorded events ...
+_RECORDED_SCORES = f"""SELECT e.*, u.observed_at, u.event_id FROM {_BODIES}
     CROSS JOIN LATERAL json_to_record(u.doc) AS e({_SCORE_RECORD})"""
+# ... and of a batch of CaseScored events: the case's fields on each of its scores. A score inside
+# a CaseScored is ledgered under "<event id>/<score id>" (scores.event_id, score_history.event_id),
+# unique per score as a ScoreRecorded's own id was.
+_CASE = """run_item_id text, run_id text, dataset_item_id text, trace_id text, request_id text,
+    scores json, failures json"""
+_CASE_SCORES = f"""SELECT s.score_id, c.run_item_id, c.run_id, c.dataset_item_id, c.trace_id,
+        s.name, s.source, s.value, s.data_type, s.string_value, s.comment, NULL::text AS created_by,
+        s.evaluator, s.evaluator_version, s.spec_hash, c.request_id, u.observed_at,
+        u.event_id || '/' || s.score_id AS event_id
+    FROM {_BODIES} CROSS JOIN LATERAL json_to_record(u.doc) AS c({_CASE})
+    CROSS JOIN LATERAL json_to_recordset(c.scores) AS s(score_id text, name text, source text,
+        value double precision, data_type text, string_value text, comment text, evaluator text,
+        evaluator_version text, spec_hash text)"""
+# The same two ways for failures.
+_RECORDED_FAILURES = f"""SELECT e.*, u.observed_at, u.event_id FROM {_BODIES}
+    CROSS JOIN LATERAL json_to_record(u.doc) AS e(failure_id text, run_item_id text, run_id text,
+        dataset_item_id text, trace_id text, name text, evaluator text, evaluator_version text,
+        spec_hash text, reason text, request_id text)"""
+_CASE_FAILURES = f"""SELECT f.failure_id, c.run_item_id, c.run_id, c.dataset_item_id, c.trace_id,
+        f.name, f.evaluator, f.evaluator_version, f.spec_hash, f.reason, c.request_id,
+        u.observed_at, u.event_id || '/' || f.failure_id AS event_id
+    FROM {_BODIES} CROSS JOIN LATERAL json_to_record(u.doc) AS c({_CASE})
+    CROSS JOIN LATERAL json_to_recordset(c.failures) AS f(failure_id text, name text,
+        evaluator text, evaluator_version text, spec_hash text, reason text)"""
 
 
 def _observed_at(batch: Sequence[Envelope]) -> list:
     return [e.event.observed_at for e in batch]  # type: ignore[attr-defined]
 
 
-async def apply_scores(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
-    """Every score event applied is either its score's current value (`scores.event_id`) or an
-    earlier one (`score_history`), never both: so those two tables are this type's ledger (no
-    applied_events row), and the first value of a score costs one row, not two.
+def _upsert_scores(rows: str) -> str:
+    """The statement that applies the score rows `rows` selects (one per score, with its ledger
+    id as `event_id`).
 
-    An event whose id either table holds is skipped. Of the others, the latest per score (by its
-    time, then id) is upserted; the value it displaces, and every fresh event that is not the
-    winner, go to the history. One statement, whatever the batch holds."""
-    await _on_bodies(conn, f"""
-        WITH e AS (SELECT e.*, u.observed_at, u.event_id FROM {_SCORE_BODIES}),
+    Every score applied is either its score's current value (`scores.event_id`) or an earlier one
+    (`score_history`), never both: so those two tables are the scores' ledger (no applied_events
+    row), and the first value of a score costs one row, not two. A row whose id either table
+    holds is skipped. Of the others, the latest per score (by its time, then id) is upserted; the
+    value it displaces, and every fresh row that is not the winner, go to the history."""
+    return f"""
+        WITH e AS ({rows}),
         fresh AS (
             SELECT * FROM e
             WHERE NOT EXISTS (SELECT 1 FROM scores s
@@ -239,32 +267,81 @@ async def apply_scores(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> N
         DELETE FROM evaluation_failures f USING latest e
         WHERE f.run_item_id = e.run_item_id AND f.name = e.name AND e.source <> 'manual'
           AND f.observed_at <= e.observed_at
-        """, batch, _observed_at(batch))
+        """
 
 
-async def apply_failures(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
-    latest = _latest(batch, lambda e: e.failure_id, lambda e: e.observed_at)
-    await _on_bodies(conn, """
+def _upsert_failures(rows: str) -> str:
+    """The statement that records the failures `rows` selects, unless a newer score of the same
+    evaluator superseded them; a repeat is a no-op (the upsert is guarded by time, then id)."""
+    return f"""
         INSERT INTO evaluation_failures AS f (failure_id, run_item_id, run_id, dataset_item_id,
             trace_id, name, evaluator, evaluator_version, spec_hash, reason, request_id,
             observed_at, event_id)
-        SELECT e.failure_id, e.run_item_id, e.run_id, e.dataset_item_id, e.trace_id, e.name,
-            e.evaluator, e.evaluator_version, e.spec_hash, e.reason, e.request_id,
-            u.observed_at, u.event_id
-        FROM unnest($1::text[], $2::timestamptz[], $3::text[]::json[])
-            AS u(event_id, observed_at, doc)
-        CROSS JOIN LATERAL json_to_record(u.doc) AS e(failure_id text, run_item_id text,
-            run_id text, dataset_item_id text, trace_id text, name text, evaluator text,
-            evaluator_version text, spec_hash text, reason text, request_id text)
+        SELECT DISTINCT ON (e.failure_id) e.failure_id, e.run_item_id, e.run_id,
+            e.dataset_item_id, e.trace_id, e.name, e.evaluator, e.evaluator_version, e.spec_hash,
+            e.reason, e.request_id, e.observed_at, e.event_id
+        FROM ({rows}) AS e
         WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE s.run_item_id = e.run_item_id
                           AND s.name = e.name AND s.source <> 'manual'
-                          AND s.observed_at >= u.observed_at)
+                          AND s.observed_at >= e.observed_at)
+        ORDER BY e.failure_id, e.observed_at DESC, e.event_id DESC
         ON CONFLICT (failure_id) DO UPDATE SET reason = excluded.reason,
             evaluator_version = excluded.evaluator_version, spec_hash = excluded.spec_hash,
             request_id = excluded.request_id, observed_at = excluded.observed_at,
             event_id = excluded.event_id
         WHERE (f.observed_at, f.event_id) < (excluded.observed_at, excluded.event_id)
-        """, latest, _observed_at(latest))
+        """
+
+
+_APPLY_RECORDED_SCORES = _upsert_scores(_RECORDED_SCORES)
+_APPLY_RECORDED_FAILURES = _upsert_failures(_RECORDED_FAILURES)
+_APPLY_CASE_SCORES = _upsert_scores(_CASE_SCORES)
+_APPLY_CASE_FAILURES = _upsert_failures(_CASE_FAILURES)
+
+
+async def apply_scores(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    await _on_bodies(conn, _APPLY_RECORDED_SCORES, batch, _observed_at(batch))
+
+
+async def apply_failures(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    await _on_bodies(conn, _APPLY_RECORDED_FAILURES, batch, _observed_at(batch))
+
+
+# Progress of a score request, one row per (request, run item): from the ScoringCompleted events of
+# earlier versions, or from the CaseScored events that carry a request id.
+_UPSERT_REQUEST_CASES = """
+        INSERT INTO score_request_cases AS c (request_id, run_item_id, run_id, trace_id, scored,
+            failed, observed_at, event_id)
+        SELECT DISTINCT ON (e.request_id, e.run_item_id) e.request_id, e.run_item_id, e.run_id,
+            e.trace_id, e.scored, e.failed, e.observed_at, e.event_id
+        FROM ({rows}) AS e
+        WHERE e.request_id IS NOT NULL
+        ORDER BY e.request_id, e.run_item_id, e.observed_at DESC, e.event_id DESC
+        ON CONFLICT (request_id, run_item_id) DO UPDATE SET run_id = excluded.run_id,
+            trace_id = excluded.trace_id, scored = excluded.scored, failed = excluded.failed,
+            observed_at = excluded.observed_at, event_id = excluded.event_id
+        WHERE (c.observed_at, c.event_id) < (excluded.observed_at, excluded.event_id)
+        """
+_APPLY_SCORING_COMPLETED = _UPSERT_REQUEST_CASES.format(rows=f"""
+    SELECT e.*, u.observed_at, u.event_id FROM {_BODIES}
+    CROSS JOIN LATERAL json_to_record(u.doc) AS e(request_id text, run_item_id text,
+        run_id text, trace_id text, scored integer, failed integer)""")
+_APPLY_CASE_COMPLETIONS = _UPSERT_REQUEST_CASES.format(rows=f"""
+    SELECT c.request_id, c.run_item_id, c.run_id, c.trace_id,
+        json_array_length(c.scores) AS scored, coalesce(json_array_length(c.failures), 0) AS failed,
+        u.observed_at, u.event_id
+    FROM {_BODIES} CROSS JOIN LATERAL json_to_record(u.doc) AS c({_CASE})""")
+
+
+async def apply_case_scored(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    """A case's scores as ScoreRecorded events would be applied, then its failures, then (for a
+    score request) its completion: three set-based statements per batch, whatever it holds."""
+    observed_at = _observed_at(batch)
+    await _on_bodies(conn, _APPLY_CASE_SCORES, batch, observed_at)
+    if any(e.event.failures for e in batch):  # type: ignore[attr-defined]
+        await _on_bodies(conn, _APPLY_CASE_FAILURES, batch, observed_at)
+    if any(e.event.request_id is not None for e in batch):  # type: ignore[attr-defined]
+        await _on_bodies(conn, _APPLY_CASE_COMPLETIONS, batch, observed_at)
 
 
 async def apply_score_requests_issued(conn: asyncpg.Connection,
@@ -287,22 +364,7 @@ async def apply_score_requests_issued(conn: asyncpg.Connection,
 
 
 async def apply_scoring_completed(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
-    latest = _latest(batch, lambda e: f"{e.request_id}|{e.run_item_id}",
-                     lambda e: e.observed_at)
-    await _on_bodies(conn, """
-        INSERT INTO score_request_cases AS c (request_id, run_item_id, run_id, trace_id, scored,
-            failed, observed_at, event_id)
-        SELECT e.request_id, e.run_item_id, e.run_id, e.trace_id, e.scored, e.failed,
-            u.observed_at, u.event_id
-        FROM unnest($1::text[], $2::timestamptz[], $3::text[]::json[])
-            AS u(event_id, observed_at, doc)
-        CROSS JOIN LATERAL json_to_record(u.doc) AS e(request_id text, run_item_id text,
-            run_id text, trace_id text, scored integer, failed integer)
-        ON CONFLICT (request_id, run_item_id) DO UPDATE SET run_id = excluded.run_id,
-            trace_id = excluded.trace_id, scored = excluded.scored, failed = excluded.failed,
-            observed_at = excluded.observed_at, event_id = excluded.event_id
-        WHERE (c.observed_at, c.event_id) < (excluded.observed_at, excluded.event_id)
-        """, latest, _observed_at(latest))
+    await _on_bodies(conn, _APPLY_SCORING_COMPLETED, batch, _observed_at(batch))
 
 
 async def _ignore(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
@@ -316,7 +378,7 @@ async def _ignore(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
 # no-op; a ScoreRequested changes nothing here.
 # Together they are three of every four events in a run.
 SELF_LEDGERED: frozenset[type[Event]] = frozenset({ScoreRecorded, ScoringCompleted,
-                                                   ScoreRequested})
+                                                   ScoreRequested, CaseScored})
 
 # The whole event-to-handler map, in the order a batch is applied.
 HANDLERS: dict[type[Event], Callable[[asyncpg.Connection, Sequence[Envelope]], Awaitable[None]]] = {
@@ -327,6 +389,7 @@ HANDLERS: dict[type[Event], Callable[[asyncpg.Connection, Sequence[Envelope]], A
     TraceCompleted: apply_traces,
     ScoreRecorded: apply_scores,
     EvaluationFailed: apply_failures,
+    CaseScored: apply_case_scored,
     ScoreRequested: _ignore,
     ScoreRequestsIssued: apply_score_requests_issued,
     ScoringCompleted: apply_scoring_completed,

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from schemas.envelope import unwrap
+from services.evaluator.scoring import SOURCE, is_scorable, score_case
 from services.projections import views
 from tests.conftest import RESOURCES
 from tests.scratch_read_model import project
@@ -42,9 +43,28 @@ async def _project(dsn: str, batches: list[list]) -> tuple[dict, dict]:
     return await project(dsn, batches, everything)
 
 
+def _log_as_scored_now(log: list) -> list:
+    """The same log as today's evaluator writes it: each case's scores and failures in one
+    CaseScored (docs/adr/0008) instead of a ScoreRecorded per score and EvaluationFailed."""
+    out = []
+    for env in log:
+        if env.source == SOURCE:
+            continue  # what the evaluator of that time emitted
+        out.append(env)
+        if is_scorable(env.event):
+            out.append(score_case(env))
+    return out
+
+
 @pytest.fixture(scope="module")
 def log():
     return _log()
+
+
+@pytest.fixture(scope="module", params=["score_per_event", "case_scored"])
+def any_log(request):
+    """The stored log, as the evaluator wrote it before ADR 0008 and as it writes it now."""
+    return _log() if request.param == "score_per_event" else _log_as_scored_now(_log())
 
 
 async def test_the_log_projects_to_the_expected_models(migrated, log):
@@ -70,8 +90,30 @@ async def test_the_log_projects_to_the_expected_models(migrated, log):
     assert next(i for i in tables["dataset_items"] if i["id"] == "i3")["expected_output"] == "Roma"
 
 
+async def test_a_log_of_case_scored_events_projects_as_one_of_score_events(migrated, log):
+    """Rebuilding from a log written before ADR 0008 and from one written since gives the same read
+    models; only the ledger ids of scores and failures differ (an event's id, or the id of the
+    case's event and the score's)."""
+    now = _log_as_scored_now(log)
+    assert {type(e.event).__name__ for e in now} >= {"CaseScored"}
+    assert not {type(e.event).__name__ for e in now} & {"ScoreRecorded", "EvaluationFailed"}
+
+    def without_ledger_ids(projected):
+        tables, answers = projected
+        return {t: sorted(({k: v for k, v in row.items() if k != "event_id"} for row in rows),
+                          key=repr)  # the tables were ordered by those ids
+                for t, rows in tables.items()}, answers
+
+    before = without_ledger_ids(await _project(migrated.dsn, [log]))
+    after = without_ledger_ids(await _project(migrated.dsn, [now]))
+    assert after == before
+    assert len(before[0]["scores"]) == 4 and len(before[0]["evaluation_failures"]) == 1
+    assert len(before[0]["score_history"]) == 3
+
+
 @pytest.mark.parametrize("arrangement", ["reversed", "shuffled_with_duplicates", "batches_of_3"])
-async def test_arrival_order_and_repetition_do_not_matter(migrated, log, arrangement):
+async def test_arrival_order_and_repetition_do_not_matter(migrated, any_log, arrangement):
+    log = any_log
     expected = await _project(migrated.dsn, [log])
     if arrangement == "reversed":
         batches = [list(reversed(log))]

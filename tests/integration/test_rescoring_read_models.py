@@ -39,7 +39,7 @@ def _request_log() -> list:
     for n in range(6):
         request = score_request(wrap(_trace(n), source="t", key="r1", id=f"e{n}"), "q1",
                                 AT + timedelta(hours=1), None)
-        log.extend(score_case(request))
+        log.append(score_case(request))
     return log
 
 

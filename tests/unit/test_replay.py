@@ -10,8 +10,7 @@ import pytest
 
 from schemas.common import EvaluatorSpec
 from schemas.envelope import wrap
-from schemas.rescoring import ScoringCompleted
-from schemas.scores import EvaluationFailed, ScoreRecorded
+from schemas.scores import CaseScored
 from schemas.traces import ScoreRequested, TraceCompleted
 from services.evaluator.scoring import score_case
 from services.replay import ReplayFilter, SpecFileError, load_specs, parse_since, score_request
@@ -30,9 +29,8 @@ def _trace_env(**kw):
     return wrap(trace, source="ingest", key=trace.run_item_id, id="trace-event-1")
 
 
-def _scores(envelopes) -> dict[str, tuple]:
-    return {e.event.score_id: (e.event.name, e.event.value, e.event.evaluator_version)
-            for e in envelopes if isinstance(e.event, ScoreRecorded)}
+def _scores(env) -> dict[str, tuple]:
+    return {s.score_id: (s.name, s.value, s.evaluator_version) for s in env.event.scores}
 
 
 def test_a_logged_trace_becomes_a_self_contained_request():
@@ -57,31 +55,28 @@ def test_rescoring_the_same_log_twice_gives_the_same_score_ids_and_values():
     again = score_case(score_request(trace, "q1", LATER, None))
     other = score_case(score_request(trace, "q2", LATER, None))
     # The same request is the same facts, byte for byte.
-    assert [(e.id, e.body()) for e in first] == [(e.id, e.body()) for e in again]
-    # Another replay is another request (new event ids) with the same score ids and values,
+    assert (first.id, first.body()) == (again.id, again.body())
+    # Another replay is another request (a new event id) with the same score ids and values,
     # which are the trace's own.
-    assert _scores(first) == _scores(other) == original
-    assert {e.id for e in first}.isdisjoint(e.id for e in other)
-    assert all(e.event.request_id == "q1" and e.event.observed_at == LATER
-               for e in first if isinstance(e.event, ScoreRecorded))
+    assert _scores(first) == _scores(other) == original and len(original) == 2
+    assert first.id != other.id
+    assert (first.event.request_id, first.event.observed_at) == ("q1", LATER)
 
 
-def test_every_requested_case_reports_its_completion_after_its_scores():
+def test_every_requested_case_reports_its_scores_failures_and_completion_at_once():
     specs = (EvaluatorSpec(type="exact_match"), EvaluatorSpec(type="no_such_type"),
              EvaluatorSpec(type="json_structure"))  # no keys to require: no score
     out = score_case(score_request(_trace_env(evaluators=specs), "q1", LATER, None))
-    assert [type(e.event) for e in out] == [ScoreRecorded, EvaluationFailed, ScoringCompleted]
-    done: ScoringCompleted = out[-1].event
-    assert (done.request_id, done.scored, done.failed, done.run_id) == ("q1", 1, 1, "r1")
-    # on the same key as the case's scores, hence after them on their partition
-    assert done.run_item_id == out[0].event.run_item_id
-    assert {e.key for e in out} == {done.run_item_id}
+    done: CaseScored = out.event
+    assert (done.request_id, len(done.scores), len(done.failures), done.run_id) == (
+        "q1", 1, 1, "r1")
+    assert out.key == done.run_item_id
     # Nothing to score (no expected output) still completes the case.
     blank = score_case(score_request(_trace_env(expected_output=None,
                                                 evaluators=SPECS[:1]), "q1", LATER, None))
-    assert [(e.event.scored, e.event.failed) for e in blank] == [(0, 0)]
-    # A trace is not a request: no completion event.
-    assert not any(isinstance(e.event, ScoringCompleted) for e in score_case(_trace_env()))
+    assert (blank.event.request_id, blank.event.scores, blank.event.failures) == ("q1", (), ())
+    # A trace is not a request.
+    assert score_case(_trace_env()).event.request_id is None
 
 
 def test_filters_must_all_match_and_ids_of_one_kind_are_alternatives():
