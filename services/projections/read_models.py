@@ -222,13 +222,16 @@ def _upsert_scores(rows: str) -> str:
     value it displaces, and every fresh row that is not the winner, go to the history."""
     return f"""
         WITH e AS ({rows}),
+        -- The ledger checks and the read of displaced rows are scalar or LATERAL ... OFFSET 0
+        -- subqueries, which Postgres runs as one index probe per row: as EXISTS / IN it may
+        -- plan a hash join over the whole table (a CaseScored's json_to_recordset is estimated
+        -- at 100 rows per case, so 500 cases looked like 50,000 rows).
         fresh AS (
             SELECT * FROM e
-            WHERE NOT EXISTS (SELECT 1 FROM scores s
-                              WHERE (s.run_item_id, s.name, s.source)
-                                    = (e.run_item_id, e.name, e.source)
-                                AND s.event_id = e.event_id)
-              AND NOT EXISTS (SELECT 1 FROM score_history h WHERE h.event_id = e.event_id)),
+            WHERE e.event_id IS DISTINCT FROM (
+                    SELECT s.event_id FROM scores s
+                    WHERE (s.run_item_id, s.name, s.source) = (e.run_item_id, e.name, e.source))
+              AND (SELECT true FROM score_history h WHERE h.event_id = e.event_id) IS NULL),
         latest AS (
             SELECT DISTINCT ON (run_item_id, name, source) * FROM fresh
             ORDER BY run_item_id, name, source, observed_at DESC, event_id DESC),
@@ -255,8 +258,11 @@ def _upsert_scores(rows: str) -> str:
             -- update, not an insert).
             SELECT p.event_id, p.score_id, p.value, p.string_value, p.comment, p.created_by,
                 p.evaluator, p.evaluator_version, p.spec_hash, p.request_id, p.observed_at
-            FROM scores p WHERE (p.run_item_id, p.name, p.source) IN (
-                SELECT run_item_id, name, source FROM upserted WHERE displaced)
+            FROM upserted d CROSS JOIN LATERAL (
+                SELECT * FROM scores p
+                WHERE (p.run_item_id, p.name, p.source) = (d.run_item_id, d.name, d.source)
+                OFFSET 0) p
+            WHERE d.displaced
             UNION ALL
             SELECT f.event_id, f.score_id, f.value, f.string_value, f.comment, f.created_by,
                 f.evaluator, f.evaluator_version, f.spec_hash, f.request_id, f.observed_at
