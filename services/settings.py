@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Annotated
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -26,6 +26,27 @@ class Topics(BaseModel):
         return [self.catalog, self.traces, self.score_requests, self.scores, self.dead_letter]
 
 
+class LLMJudgeSettings(BaseModel):
+    """The LLM-as-judge evaluator's model endpoint (`EVALSTREAM_LLM_JUDGE__*`): any server that
+    speaks OpenAI's `POST {base_url}/chat/completions`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = Field(
+        None, description="e.g. https://api.openai.com/v1; unset = llm_judge scores fail with "
+                          "a reason saying so.")
+    api_key: SecretStr | None = Field(None, description="Sent as `Authorization: Bearer <key>`.")
+    model: str = Field("gpt-4o-mini", min_length=1,
+                       description="Judge model when a spec names none.")
+    concurrency: int = Field(16, ge=1, description="Most judge calls in flight per process.")
+    timeout_s: float = Field(30.0, gt=0, description="Timeout of one HTTP call.")
+    max_attempts: int = Field(3, ge=1, description="Attempts per call (429, 5xx, network errors "
+                                                   "are retried).")
+    backoff_s: float = Field(0.5, ge=0, description="Wait before the first retry; doubles "
+                                                    "each time.")
+    backoff_max_s: float = Field(8.0, ge=0, description="Longest wait between retries.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EVALSTREAM_", env_nested_delimiter="__",
                                       extra="forbid")
@@ -40,6 +61,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated bearer keys accepted by ingest.")
     topics: Topics = Topics()
+    llm_judge: LLMJudgeSettings = LLMJudgeSettings()
     topic_partitions: int = Field(8, ge=1, description="Partitions of topics evalstream creates.")
     host: str = "127.0.0.1"
     ingest_port: int = 8000

@@ -18,9 +18,11 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from services.devstack import ServiceProcesses, embedded_postgres, free_port, tansu_broker
 from services.settings import Settings
+from tests.fake_judge import FakeJudge, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 RESOURCES = Path(__file__).parent / "resources"
@@ -65,11 +67,22 @@ def database_url(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(kafka_bootstrap: str, database_url: str) -> Settings:
+def fake_judge() -> Iterator[FakeJudge]:
+    """The LLM judge the session's services call (tests/fake_judge.py), on a local port."""
+    fake = FakeJudge()
+    with serving(fake) as url:
+        fake.url = url
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def settings(kafka_bootstrap: str, database_url: str, fake_judge: FakeJudge) -> Settings:
     """Settings whose topics, schemas and consumer groups belong to this test session alone,
     so a shared broker or database (given by URL) is never disturbed."""
     tag = uuid.uuid4().hex[:8]
-    return make_settings(kafka_bootstrap, database_url, tag)
+    return make_settings(kafka_bootstrap, database_url, tag, llm_judge={
+        "base_url": fake_judge.url, "api_key": "judge-key", "timeout_s": 5.0,
+        "backoff_s": 0.01, "backoff_max_s": 0.05})
 
 
 def make_settings(kafka_bootstrap: str, database_url: str, tag: str, **overrides) -> Settings:
@@ -105,6 +118,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
                EVALSTREAM_LOG_LEVEL="WARNING")
     for field in type(settings.topics).model_fields:
         env[f"EVALSTREAM_TOPICS__{field.upper()}"] = getattr(settings.topics, field)
+    for field in type(settings.llm_judge).model_fields:
+        value = getattr(settings.llm_judge, field)
+        if value is not None:
+            value = value.get_secret_value() if isinstance(value, SecretStr) else value
+            env[f"EVALSTREAM_LLM_JUDGE__{field.upper()}"] = str(value)
     return env
 
 

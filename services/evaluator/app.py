@@ -13,7 +13,8 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from services.evaluator.scoring import score_batch
+from services.evaluator.llm_judge import LLMJudge
+from services.evaluator.scoring import score_cases
 from services.messaging import (
     EventPublisher,
     broker_factory,
@@ -26,11 +27,12 @@ from services.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def register(broker: KafkaBroker, settings: Settings, publisher: EventPublisher) -> None:
+def register(broker: KafkaBroker, settings: Settings, publisher: EventPublisher,
+             judge: LLMJudge) -> None:
     async def on_scoring_cases(msg: KafkaMessage) -> None:
         envelopes = await decode_records(msg.raw_message, publisher)
-        scores = score_batch(envelopes)
-        await publisher.publish(settings.topics.scores, scores)
+        scored = await score_cases(envelopes, judge)
+        await publisher.publish(settings.topics.scores, scored)
 
     subscribe_batches(broker, settings, [settings.topics.traces, settings.topics.score_requests],
                       settings.evaluator_group, on_scoring_cases)
@@ -39,7 +41,8 @@ def register(broker: KafkaBroker, settings: Settings, publisher: EventPublisher)
 def application_factory(settings: Settings) -> FastStream:
     broker = broker_factory(settings)
     publisher = EventPublisher(settings, "evaluator")
-    register(broker, settings, publisher)
+    judge = LLMJudge(settings.llm_judge)
+    register(broker, settings, publisher, judge)
     app = FastStream(broker, logger=log)
 
     @app.on_startup
@@ -50,5 +53,6 @@ def application_factory(settings: Settings) -> FastStream:
     @app.after_shutdown
     async def _stop() -> None:
         await publisher.stop()
+        await judge.aclose()
 
     return app

@@ -1,7 +1,8 @@
 """The programmatic evaluators: pure functions from a scoring case and its spec to a score.
 
 `REGISTRY` is the one place an evaluator type is known; a new evaluator is one function plus
-one entry there.
+one entry there. Evaluators marked `batched` (the LLM judge) call out to a model: the service
+scores them asynchronously, many cases at once (services/evaluator/llm_judge.py), not via `fn`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from schemas.common import EvaluatorSpec
 from schemas.traces import ScoringCase
@@ -36,6 +44,9 @@ class Evaluator:
     fn: EvaluatorFn
     options: type[BaseModel]  # the spec's own options; validate_spec checks them against it
     source: Literal["programmatic", "llm_judge"] = "programmatic"
+    # True: scored asynchronously in batches by its own component (the LLM judge:
+    # services/evaluator/llm_judge.py, LLMJudge.judge_many); `fn` then only refuses.
+    batched: bool = False
 
 
 class SpecError(ValueError):
@@ -66,6 +77,27 @@ class ContainsOptions(Options):
 
 class JsonStructureOptions(Options):
     required_keys: list[str] | None = None
+
+
+class LLMJudgeOptions(Options):
+    """Options of `llm_judge`. Defined here rather than in llm_judge.py so that validating specs
+    needs neither the HTTP client nor the retry library; llm_judge.py re-exports it."""
+
+    criteria: str = Field(min_length=1, description="What the judge checks, e.g. "
+                                                    "\"Is the answer factually correct?\"")
+    model: str | None = Field(None, min_length=1,
+                              description="Judge model; default EVALSTREAM_LLM_JUDGE__MODEL.")
+    scale: Literal["boolean", "numeric"] = Field(
+        "boolean", description="boolean: pass/fail (1/0); numeric: a number from 0 to 1.")
+    use_expected: bool = Field(
+        True, description="Show the judge the expected output when the case has one.")
+
+    @field_validator("criteria")
+    @classmethod
+    def _criteria_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("criteria must not be blank")
+        return v
 
 
 def parse_options(model: type[OptionsT], spec: EvaluatorSpec) -> OptionsT:
@@ -201,11 +233,21 @@ def json_structure(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
     return Score(present / len(required), "numeric")
 
 
+def llm_judge(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
+    """Refuses: the LLM judge calls a model over HTTP, so the service scores it asynchronously
+    and in batches with services.evaluator.llm_judge.LLMJudge.judge_many."""
+    parse_options(LLMJudgeOptions, spec)  # a wrong spec says so first
+    raise RuntimeError("llm_judge cannot be evaluated synchronously: it is scored in batches by "
+                       "services.evaluator.llm_judge.LLMJudge.judge_many")
+
+
 REGISTRY: dict[str, Evaluator] = {
     evaluator.type: evaluator
     for evaluator in (
         Evaluator("exact_match", "1", exact_match, ExactMatchOptions),
         Evaluator("contains", "1", contains, ContainsOptions),
         Evaluator("json_structure", "1", json_structure, JsonStructureOptions),
+        Evaluator("llm_judge", "1", llm_judge, LLMJudgeOptions, source="llm_judge",
+                  batched=True),
     )
 }

@@ -7,13 +7,18 @@ request, its completion arrive together, and each trace costs two Kafka records 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from schemas.common import EvaluatorSpec, deterministic_id, score_id
 from schemas.envelope import Envelope, wrap
 from schemas.scores import CaseFailure, CaseScore, CaseScored
 from schemas.traces import ScoreRequested, ScoringCase, TraceCompleted
 from services.evaluator.evaluators import REGISTRY
+
+if TYPE_CHECKING:
+    from services.evaluator.evaluators import Score
+    from services.evaluator.llm_judge import LLMJudge
 
 SOURCE = "evalstream/evaluator"
 
@@ -39,9 +44,15 @@ def _spec_hash(spec: EvaluatorSpec) -> str:
     return found
 
 
-def score_case(env: Envelope) -> Envelope:
+# Verdicts of the batched evaluators (the LLM judge) for a batch, by (case event id, spec index):
+# a Score, None (nothing to score) or the exception that stopped it.
+Judged = Mapping[tuple[str, int], "Score | None | BaseException"]
+
+
+def score_case(env: Envelope, judged: Judged | None = None) -> Envelope:
     """Every evaluator in force on one case, as one `CaseScored` keyed by the run item; a failing
-    evaluator is reported in it and the others carry on."""
+    evaluator is reported in it and the others carry on. Batched evaluators' verdicts come from
+    `judged` (see score_cases); without them, such an evaluator fails with its reason."""
     case: ScoringCase = env.event  # type: ignore[assignment]
     if isinstance(case, ScoreRequested):
         request_id, observed_at = case.request_id, case.requested_at
@@ -50,13 +61,18 @@ def score_case(env: Envelope) -> Envelope:
     run_item_id = case.run_item_id
     scores: list[CaseScore] = []
     failures: list[CaseFailure] = []
-    for spec in case.evaluators:
+    for n, spec in enumerate(case.evaluators):
         evaluator = REGISTRY.get(spec.type)
         name = spec.score_name
         try:
             if evaluator is None:
                 raise LookupError(f"unknown evaluator type {spec.type!r}")
-            score = evaluator.fn(case, spec)
+            if evaluator.batched and judged is not None:
+                score = judged[(env.id, n)]
+                if isinstance(score, BaseException):
+                    raise score
+            else:
+                score = evaluator.fn(case, spec)
         except Exception as e:  # one evaluator's failure must not stop the others
             failures.append(CaseFailure(
                 failure_id=deterministic_id("failure", run_item_id, name), name=name,
@@ -80,5 +96,25 @@ def score_case(env: Envelope) -> Envelope:
 
 
 def score_batch(envelopes: Iterable[Envelope]) -> list[Envelope]:
-    """One `CaseScored` per scorable case, in the cases' order."""
+    """One `CaseScored` per scorable case, in the cases' order, with no judge at hand (a batched
+    evaluator's scores become failures saying why)."""
     return [score_case(env) for env in envelopes if is_scorable(env.event)]
+
+
+async def score_cases(envelopes: Iterable[Envelope], judge: LLMJudge) -> list[Envelope]:
+    """score_batch, with the batched evaluators' cases of the whole batch sent to `judge` at once
+    (concurrently, up to its bound) before any case is assembled. A batch with no such spec costs
+    one registry lookup per spec more than score_batch.
+
+    The judge is a model, not a pure function: a redelivered case keeps the verdict first applied
+    (its CaseScored has the same id), and a replay asks the model again."""
+    cases = [env for env in envelopes if is_scorable(env.event)]
+    pairs, slots = [], []
+    for env in cases:
+        for n, spec in enumerate(env.event.evaluators):  # type: ignore[attr-defined]
+            evaluator = REGISTRY.get(spec.type)
+            if evaluator is not None and evaluator.batched:
+                pairs.append((env.event, spec))
+                slots.append((env.id, n))
+    judged = dict(zip(slots, await judge.judge_many(pairs), strict=True)) if pairs else None
+    return [score_case(env, judged) for env in cases]

@@ -322,3 +322,41 @@ async def test_an_event_the_read_model_refuses_is_dead_lettered_alone(api, migra
     assert (await api.query.get(f"/v1/runs/{too_big.run_id}")).status_code == 404
     reasons = await _dead_letters(settings, {envs[0].id}, 1)
     assert "refused by the read model" in reasons[(envs[0].id, "projections")]
+
+
+async def test_an_llm_judge_scores_beside_the_programmatic_evaluators(api, fake_judge):
+    """A dataset with exact match and two LLM-judge specs, against the session's judge (a real
+    HTTP server speaking OpenAI's chat completions, tests/fake_judge.py): the judge's verdicts and
+    reasons land in the read model as `llm_judge` scores, and a judge that keeps failing becomes
+    an evaluation failure with its reason while the other scores of the case stand."""
+    evaluators = [{"type": "exact_match"},
+                  {"type": "llm_judge", "name": "judged_correct",
+                   "criteria": "Does the answer name the expected city?"},
+                  {"type": "llm_judge", "name": "judged_broken", "model": "broken",
+                   "criteria": "Is it polite?"}]
+    _, run_id, items = await _run(api, evaluators)
+    outputs = ["The capital is Paris.", "Munich", "Rome", "Madrid"]
+    await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
+                            "dataset_item_id": item["id"], "output": out, "status": "succeeded"}
+                           for n, (item, out) in enumerate(zip(items, outputs, strict=True))])
+
+    summary = await api.eventually(
+        f"/v1/runs/{run_id}",
+        lambda s: s["scores"].get("judged_correct", {}).get("count") == 4
+        and s["evaluation_failures"] == 4)
+    # Contains the expected city: Paris (in a sentence), Rome, Madrid; not Munich for Berlin.
+    assert summary["scores"]["judged_correct"]["average"] == pytest.approx(3 / 4)
+    assert summary["scores"]["exact_match"]["average"] == pytest.approx(2 / 4)
+    assert "judged_broken" not in summary["scores"]
+
+    results = (await api.query.get(f"/v1/runs/{run_id}/results")).json()["items"]
+    first = next(r for r in results if r["dataset_item_id"] == items[0]["id"])
+    judged = next(s for s in first["scores"] if s["name"] == "judged_correct")
+    assert (judged["value"], judged["source"], judged["evaluator"]) == (1.0, "llm_judge",
+                                                                        "llm_judge")
+    assert judged["comment"] == "The output contains 'paris'."
+    failure = next(f for f in first["evaluation_failures"] if f["name"] == "judged_broken")
+    assert "500" in failure["reason"] and "JudgeHTTPError" in failure["reason"]
+    asked = [r for r in fake_judge.requests
+             if "Does the answer name" in r["messages"][1]["content"]]
+    assert len(asked) == 4 and all(r["temperature"] == 0 for r in asked)

@@ -301,4 +301,6 @@ def test_registry_entry_is_complete(key: str) -> None:
     assert callable(evaluator.fn)
     assert issubclass(evaluator.options, BaseModel)
     assert evaluator.source in ("programmatic", "llm_judge")
-    validate_spec(EvaluatorSpec(type=key))  # every evaluator works without options
+    # Every evaluator works with its required options only (the judge needs its criteria).
+    required = {"llm_judge": {"criteria": "Is it right?"}}.get(key, {})
+    validate_spec(EvaluatorSpec(type=key, **required))

@@ -1,0 +1,306 @@
+"""The LLM-as-judge evaluator (`{"type": "llm_judge", "criteria": "…"}`, score source
+`llm_judge`): a model is asked whether a case's output meets the spec's criteria.
+
+Unlike the programmatic evaluators it calls out over HTTP, so it is not a synchronous `fn`:
+`LLMJudge.judge_many` scores many (case, spec) pairs at once against any OpenAI-compatible
+`POST {base_url}/chat/completions`, concurrently up to a bound, retrying 429s, 5xx and network
+errors, and never raising for one bad call (its exception takes that pair's place, for the service
+to turn into an EvaluationFailed). Prompt building and reply parsing are pure functions.
+
+Configuration: `EVALSTREAM_LLM_JUDGE__*` (services/settings.py: LLMJudgeSettings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    before_sleep_log,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from schemas.common import EvaluatorSpec
+from schemas.traces import ScoringCase
+from services.evaluator.evaluators import LLMJudgeOptions, Score, parse_options
+from services.settings import LLMJudgeSettings, Settings
+
+__all__ = [
+    "COMMENT_MAX_CHARS",
+    "JudgeHTTPError",
+    "LLMJudge",
+    "LLMJudgeOptions",
+    "NOT_CONFIGURED",
+    "build_messages",
+    "parse_verdict",
+]
+
+log = logging.getLogger(__name__)
+
+COMMENT_MAX_CHARS = 1000
+NOT_CONFIGURED = "llm_judge is not configured: set EVALSTREAM_LLM_JUDGE__BASE_URL"
+
+Scale = Literal["boolean", "numeric"]
+
+_SCORE_FORMAT: dict[str, str] = {
+    "boolean": "true if the output meets the criteria, false if it does not",
+    "numeric": "a number from 0 to 1: how well the output meets the criteria (1 = fully)",
+}
+_REPLY_SHAPE: dict[str, str] = {
+    "boolean": '{"score": true or false, "reason": "<one sentence>"}',
+    "numeric": '{"score": <a number from 0 to 1>, "reason": "<one sentence>"}',
+}
+
+
+def _system_prompt(scale: Scale) -> str:
+    return (
+        "You are an impartial judge of the output of an AI application. You are given, as JSON, "
+        "the criteria to judge by, the input the application was given, its output and, when "
+        "there is one, the expected output. Judge the output against the criteria only.\n"
+        f"Reply with JSON only, no other text: {_REPLY_SHAPE[scale]}\n"
+        f"score: {_SCORE_FORMAT[scale]}. reason: one sentence saying why."
+    )
+
+
+_SYSTEM_PROMPTS: dict[str, str] = {scale: _system_prompt(scale) for scale in _SCORE_FORMAT}
+
+
+def _has_expected(value: Any) -> bool:
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def build_messages(case: ScoringCase, options: LLMJudgeOptions) -> list[dict[str, str]]:
+    """The chat messages asking the judge about one case: a system prompt fixing the reply shape
+    for the scale, and a user message holding criteria, input, output and (when `use_expected`
+    and the case has one) the expected output as one JSON object. A pure function of its
+    arguments: equal cases and options give equal messages (which is how calls are deduplicated).
+    """
+    question: dict[str, Any] = {
+        "criteria": options.criteria,
+        "input": case.input,
+        "output": case.output,
+    }
+    if options.use_expected and _has_expected(case.expected_output):
+        question["expected_output"] = case.expected_output
+    return [
+        {"role": "system", "content": _SYSTEM_PROMPTS[options.scale]},
+        {"role": "user", "content": json.dumps(question, ensure_ascii=False, default=str)},
+    ]
+
+
+_FENCED = re.compile(r"\A```[A-Za-z0-9_-]*[ \t]*\n?(.*?)\n?[ \t]*```\Z", re.DOTALL)
+
+
+def _snippet(text: str, limit: int = 200) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def parse_verdict(text: str, scale: Scale) -> Score:
+    """The judge's reply `{"score": …, "reason": "…"}` (possibly in ``` or ```json fences) as a
+    Score: boolean → 1.0/0.0 (`true`/`false`; also "true"/"false" strings and 0/1), numeric → the
+    number, which must lie in 0..1. The reason becomes the comment, cut to 1000 characters.
+    Raises ValueError saying what is wrong with anything else."""
+    if not isinstance(text, str):
+        raise ValueError(f"judge reply is not text but {type(text).__name__}")
+    body = text.strip()
+    if fenced := _FENCED.match(body):
+        body = fenced.group(1).strip()
+    if not body:
+        raise ValueError("judge reply is empty")
+    try:
+        verdict = json.loads(body)
+    except ValueError:
+        raise ValueError(f"judge reply is not JSON: {_snippet(text)}") from None
+    if not isinstance(verdict, dict):
+        raise ValueError(f"judge reply is not a JSON object: {_snippet(text)}")
+    if "score" not in verdict:
+        raise ValueError(f"judge reply has no \"score\": {_snippet(text)}")
+    raw = verdict["score"]
+
+    if scale == "boolean":
+        if isinstance(raw, bool):
+            passed = raw
+        elif isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+            passed = raw.strip().lower() == "true"
+        elif isinstance(raw, int | float) and raw in (0, 1):
+            passed = raw == 1
+        else:
+            raise ValueError(f"judge score {raw!r} is not a boolean (true or false)")
+        value, data_type = (1.0 if passed else 0.0), "boolean"
+    elif scale == "numeric":
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise ValueError(f"judge score {raw!r} is not a number")
+        value = float(raw)
+        if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"judge score {raw!r} is out of range 0..1")
+        data_type = "numeric"
+    else:
+        raise ValueError(f"unknown scale {scale!r} (boolean or numeric)")
+
+    reason = verdict.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        reason = json.dumps(reason, ensure_ascii=False, default=str)
+    if reason is not None:
+        reason = reason.strip()[:COMMENT_MAX_CHARS] or None
+    return Score(value, data_type, comment=reason)
+
+
+class JudgeHTTPError(RuntimeError):
+    """The judge endpoint answered with an error status (`status_code`; `retry_after`: its
+    Retry-After in seconds, if any), or with a body that is not a chat completion, or could not
+    be reached."""
+
+    def __init__(self, message: str, status_code: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After in seconds (the delta form; an HTTP date is ignored)."""
+    try:
+        seconds = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
+def _retryable(e: BaseException) -> bool:
+    if isinstance(e, JudgeHTTPError):
+        return e.status_code is not None and (e.status_code == 429 or e.status_code >= 500)
+    return isinstance(e, httpx.TransportError)  # connect/read errors and timeouts
+
+
+def _completion_text(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+        message = data["choices"][0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise JudgeHTTPError(
+            "judge endpoint answered with no choices[0].message: "
+            f"{_snippet(response.text)}", response.status_code) from None
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        refusal = message.get("refusal") if isinstance(message, dict) else None
+        raise ValueError("judge reply has no content"
+                         + (f" (refusal: {_snippet(str(refusal))})" if refusal else ""))
+    return content
+
+
+class LLMJudge:
+    """Scores llm_judge specs over HTTP. One instance per process: it holds the connection pool
+    and the bound on calls in flight (`concurrency`), shared by every judge_many call. Close it
+    with `aclose()` (or use it as an async context manager)."""
+
+    def __init__(self, settings: LLMJudgeSettings | None = None, *,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings if settings is not None else Settings().llm_judge
+        self._semaphore = asyncio.Semaphore(self.settings.concurrency)
+        self._client: httpx.AsyncClient | None = None
+        if self.settings.base_url:
+            headers = {"Accept": "application/json"}
+            if self.settings.api_key:
+                headers["Authorization"] = f"Bearer {self.settings.api_key.get_secret_value()}"
+            pool = self.settings.concurrency
+            self._client = httpx.AsyncClient(
+                base_url=self.settings.base_url, headers=headers, transport=transport,
+                timeout=httpx.Timeout(self.settings.timeout_s),
+                limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool))
+
+    @property
+    def configured(self) -> bool:
+        return self._client is not None
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> LLMJudge:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def judge_many(
+        self, pairs: Sequence[tuple[ScoringCase, EvaluatorSpec]]
+    ) -> list[Score | BaseException]:
+        """One result per pair, in order: its Score, or the exception that stopped it (a wrong
+        spec, the endpoint failing after its retries, an unparseable reply). Identical
+        (model, messages) within the call are asked once and share the result. Never raises for
+        one pair's failure."""
+        if self._client is None:
+            return [RuntimeError(NOT_CONFIGURED) for _ in pairs]
+        results: list[Score | BaseException | None] = [None] * len(pairs)
+        calls: dict[str, tuple[str, list[dict[str, str]], Scale]] = {}
+        waiting: dict[str, list[int]] = {}
+        for i, (case, spec) in enumerate(pairs):
+            try:
+                options = parse_options(LLMJudgeOptions, spec)
+                model = options.model or self.settings.model
+                messages = build_messages(case, options)
+            except Exception as e:
+                results[i] = e
+                continue
+            # The scale is in the system prompt, so equal messages mean an equal scale.
+            key = json.dumps([model, messages], ensure_ascii=False, sort_keys=True)
+            calls.setdefault(key, (model, messages, options.scale))
+            waiting.setdefault(key, []).append(i)
+        keys = list(calls)
+        answers = await asyncio.gather(*(self._judge(*calls[key]) for key in keys),
+                                       return_exceptions=True)
+        for key, answer in zip(keys, answers, strict=True):
+            for i in waiting[key]:
+                results[i] = answer
+        return results  # type: ignore[return-value]  # every slot is filled by now
+
+    async def _judge(self, model: str, messages: list[dict[str, str]], scale: Scale) -> Score:
+        return parse_verdict(await self._complete(model, messages), scale)
+
+    async def _complete(self, model: str, messages: list[dict[str, str]]) -> str:
+        """The completion's text, retrying 429, 5xx and network errors with exponential
+        backoff (a 429's Retry-After is honoured up to backoff_max_s)."""
+        assert self._client is not None
+        body = {"model": model, "messages": messages, "temperature": 0,
+                "response_format": {"type": "json_object"}}
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.max_attempts),
+            wait=self._wait, retry=retry_if_exception(_retryable), reraise=True,
+            before_sleep=before_sleep_log(log, logging.WARNING))
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    async with self._semaphore:  # not held while backing off
+                        response = await self._client.post("chat/completions", json=body)
+                    if response.status_code >= 400:
+                        raise JudgeHTTPError(
+                            f"judge endpoint answered {response.status_code} "
+                            f"{response.reason_phrase}: {_snippet(response.text)}",
+                            response.status_code, _retry_after(response))
+                    return _completion_text(response)
+        except (JudgeHTTPError, httpx.TransportError) as e:
+            attempts = retrying.statistics.get("attempt_number", 1)
+            detail = str(e) or type(e).__name__
+            if isinstance(e, httpx.TransportError):
+                detail = f"{type(e).__name__} calling the judge endpoint: {detail}"
+            raise JudgeHTTPError(f"{detail} (after {attempts} attempt"
+                                 f"{'s' if attempts != 1 else ''})",
+                                 getattr(e, "status_code", None)) from e
+        raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    def _wait(self, state: RetryCallState) -> float:
+        ceiling = self.settings.backoff_max_s
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, JudgeHTTPError) and error.retry_after is not None:
+            return min(max(error.retry_after, 0.0), ceiling)
+        return wait_exponential(multiplier=self.settings.backoff_s, max=ceiling)(state)

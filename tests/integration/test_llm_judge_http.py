@@ -1,0 +1,212 @@
+"""LLMJudge.judge_many against a real HTTP server on a local port: a fake judge
+(tests/fake_judge.py) that speaks the OpenAI chat-completions shape and decides each verdict from
+the request it is sent. The fake's behaviour is picked by the requested model name."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from schemas.common import EvaluatorSpec
+from schemas.traces import ScoringCase
+from services.evaluator.evaluators import Score
+from services.evaluator.llm_judge import JudgeHTTPError, LLMJudge
+from services.settings import LLMJudgeSettings
+from tests.fake_judge import FakeJudge, serving
+
+API_KEY = "judge-test-key"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[FakeJudge, str]]:
+    fake = FakeJudge()
+    with serving(fake) as url:
+        yield fake, url
+
+
+@pytest.fixture
+def fake(server: tuple[FakeJudge, str]) -> FakeJudge:
+    server[0].reset()
+    return server[0]
+
+
+@pytest.fixture
+def base_url(server: tuple[FakeJudge, str]) -> str:
+    return server[1]
+
+
+def make_judge(base_url: str, transport: httpx.AsyncBaseTransport | None = None,
+               **overrides: Any) -> LLMJudge:
+    config = {"base_url": base_url, "api_key": API_KEY, "model": "judge-default",
+              "concurrency": 4, "timeout_s": 2.0, "max_attempts": 3, "backoff_s": 0.01,
+              "backoff_max_s": 0.05, **overrides}
+    return LLMJudge(LLMJudgeSettings(**config), transport=transport)
+
+
+def case(output: Any, expected: Any = None, trace_id: str = "t") -> ScoringCase:
+    return ScoringCase(trace_id=trace_id, input="Capital of France?", output=output,
+                       expected_output=expected)
+
+
+def spec(**options: Any) -> EvaluatorSpec:
+    return EvaluatorSpec(type="llm_judge", **{"criteria": "Is the answer correct?", **options})
+
+
+async def test_judges_over_http_with_scores_and_reasons(fake: FakeJudge, base_url: str) -> None:
+    pairs = [(case("It is Paris.", "Paris"), spec()),
+             (case("Munich", "Berlin"), spec(name="correct")),
+             (case("The capital is Paris", "paris france"), spec(scale="numeric", model="m-num")),
+             (case("Paris", "Paris"), spec(use_expected=False))]
+    async with make_judge(base_url) as judge:
+        results = await judge.judge_many(pairs)
+    assert results == [
+        Score(1.0, "boolean", comment="The output contains 'paris'."),
+        Score(0.0, "boolean", comment="The output lacks 'berlin'."),
+        Score(0.5, "numeric", comment="0.50 of the expected words."),
+        Score(0.0, "boolean", comment="No expected output to compare with."),
+    ]
+    # What went over the wire: the OpenAI request shape, the key, the models.
+    assert len(fake.requests) == 4
+    assert sorted(r["model"] for r in fake.requests) == ["judge-default"] * 3 + ["m-num"]
+    for body, headers in zip(fake.requests, fake.headers, strict=True):
+        assert body["temperature"] == 0
+        assert body["response_format"] == {"type": "json_object"}
+        assert [m["role"] for m in body["messages"]] == ["system", "user"]
+        assert headers["authorization"] == f"Bearer {API_KEY}"
+        assert headers["content-type"] == "application/json"
+
+
+async def test_fenced_replies_are_read(fake: FakeJudge, base_url: str) -> None:
+    async with make_judge(base_url) as judge:
+        [result] = await judge.judge_many([(case("Paris", "Paris"), spec(model="fenced"))])
+    assert result == Score(1.0, "boolean", comment="The output contains 'paris'.")
+
+
+async def test_500_twice_then_200_is_retried_and_succeeds(fake: FakeJudge, base_url: str) -> None:
+    async with make_judge(base_url) as judge:
+        [result] = await judge.judge_many([(case("Paris", "Paris"), spec(model="flaky"))])
+    assert result == Score(1.0, "boolean", comment="The output contains 'paris'.")
+    assert fake.count("flaky") == 3
+
+
+async def test_429_is_retried(fake: FakeJudge, base_url: str) -> None:
+    async with make_judge(base_url, backoff_s=5.0, backoff_max_s=5.0) as judge:
+        started = time.monotonic()
+        [result] = await judge.judge_many([(case("Lyon", "Paris"), spec(model="limited"))])
+    assert result == Score(0.0, "boolean", comment="The output lacks 'paris'.")
+    assert fake.count("limited") == 2
+    assert time.monotonic() - started < 2  # Retry-After: 0 wins over the 5 s backoff
+
+
+async def test_a_server_always_answering_500_fails_only_its_pair(fake: FakeJudge,
+                                                                 base_url: str) -> None:
+    pairs = [(case("Paris", "Paris"), spec()),
+             (case("Paris", "Paris"), spec(model="broken")),
+             (case("Rome", "Paris"), spec())]
+    async with make_judge(base_url) as judge:
+        results = await judge.judge_many(pairs)
+    assert results[0] == Score(1.0, "boolean", comment="The output contains 'paris'.")
+    assert results[2] == Score(0.0, "boolean", comment="The output lacks 'paris'.")
+    error = results[1]
+    assert isinstance(error, JudgeHTTPError)
+    assert error.status_code == 500
+    assert "500" in str(error) and "judge overloaded" in str(error)
+    assert "after 3 attempts" in str(error)
+    assert fake.count("broken") == 3  # max_attempts
+
+
+async def test_max_attempts_is_honoured(fake: FakeJudge, base_url: str) -> None:
+    async with make_judge(base_url, max_attempts=1) as judge:
+        [result] = await judge.judge_many([(case("Paris", "Paris"), spec(model="flaky"))])
+    assert isinstance(result, JudgeHTTPError) and "after 1 attempt)" in str(result)
+    assert fake.count("flaky") == 1
+
+
+async def test_an_unreadable_verdict_is_an_error_and_not_retried(fake: FakeJudge,
+                                                                  base_url: str) -> None:
+    async with make_judge(base_url) as judge:
+        [result] = await judge.judge_many([(case("Paris", "Paris"), spec(model="garbage"))])
+    assert isinstance(result, ValueError)
+    assert "not JSON" in str(result) and "Looks good to me!" in str(result)
+    assert fake.count("garbage") == 1
+
+
+async def test_a_client_error_is_not_retried(fake: FakeJudge, base_url: str) -> None:
+    async with make_judge(base_url.removesuffix("/v1") + "/nowhere") as judge:
+        [result] = await judge.judge_many([(case("Paris", "Paris"), spec())])
+    assert isinstance(result, JudgeHTTPError) and result.status_code == 404
+    assert "after 1 attempt)" in str(result)
+
+
+async def test_timeouts_are_retried_then_reported(fake: FakeJudge, base_url: str) -> None:
+    async with make_judge(base_url, timeout_s=0.1, max_attempts=2) as judge:
+        [result] = await judge.judge_many([(case("Paris", "Paris"), spec(model="hang"))])
+    assert isinstance(result, JudgeHTTPError)
+    assert "ReadTimeout" in str(result) and "after 2 attempts" in str(result)
+    assert fake.count("hang") == 2
+
+
+async def test_connection_errors_are_retried_then_reported(base_url: str) -> None:
+    from services.devstack import free_port
+
+    async with make_judge(f"http://127.0.0.1:{free_port()}/v1") as judge:
+        [result] = await judge.judge_many([(case("Paris", "Paris"), spec())])
+    assert isinstance(result, JudgeHTTPError)
+    assert "ConnectError" in str(result) and "after 3 attempts" in str(result)
+
+
+@pytest.mark.parametrize("own_transport", [False, True], ids=["pool", "own-transport"])
+async def test_concurrency_is_bounded(fake: FakeJudge, base_url: str, own_transport: bool) -> None:
+    # With a transport of its own (whose pool allows 100 connections) only the judge's own
+    # bound holds the line.
+    transport = httpx.AsyncHTTPTransport() if own_transport else None
+    pairs = [(case(f"answer {i}", f"answer {i}", trace_id=f"t{i}"), spec(model="slow"))
+             for i in range(12)]
+    async with make_judge(base_url, concurrency=3, transport=transport) as judge:
+        results = await judge.judge_many(pairs)
+    assert results == [Score(1.0, "boolean", comment=f"The output contains 'answer {i}'.")
+                       for i in range(12)]
+    assert fake.count("slow") == 12
+    assert fake.max_in_flight == 3
+
+
+async def test_waiting_for_a_turn_does_not_count_against_the_timeout(fake: FakeJudge,
+                                                                     base_url: str) -> None:
+    # 10 calls of 50 ms one at a time take 500 ms, twice the timeout of one call: only calls
+    # in flight may time out, not those queued behind the concurrency bound.
+    pairs = [(case(f"answer {i}", "answer"), spec(model="slow")) for i in range(10)]
+    async with make_judge(base_url, concurrency=1, timeout_s=0.25, max_attempts=1) as judge:
+        results = await judge.judge_many(pairs)
+    assert results == [Score(1.0, "boolean", comment="The output contains 'answer'.")] * 10
+    assert fake.max_in_flight == 1
+
+
+async def test_the_bound_holds_across_concurrent_calls(fake: FakeJudge, base_url: str) -> None:
+    async with make_judge(base_url, concurrency=2) as judge:
+        batches = await asyncio.gather(*(
+            judge.judge_many([(case(f"a{b}-{i}", "x"), spec(model="slow")) for i in range(3)])
+            for b in range(3)))
+    assert all(isinstance(r, Score) for batch in batches for r in batch)
+    assert fake.count("slow") == 9
+    assert fake.max_in_flight == 2
+
+
+async def test_identical_requests_are_judged_once(fake: FakeJudge, base_url: str) -> None:
+    paris, munich = case("Paris", "Paris"), case("Munich", "Berlin")
+    pairs = [(paris, spec()), (munich, spec()), (paris, spec(name="again")),
+             (case("Paris", "Paris", trace_id="other trace"), spec()), (munich, spec()),
+             (paris, spec(scale="numeric"))]
+    async with make_judge(base_url) as judge:
+        results = await judge.judge_many(pairs)
+    yes = Score(1.0, "boolean", comment="The output contains 'paris'.")
+    no = Score(0.0, "boolean", comment="The output lacks 'berlin'.")
+    assert results == [yes, no, yes, yes, no, Score(1.0, "numeric",
+                                                     comment="1.00 of the expected words.")]
+    # paris/boolean, munich/boolean, paris/numeric: the same messages to the same model once
+    assert len(fake.requests) == 3
+    assert all(n == 1 for n in fake.seen.values())
