@@ -217,21 +217,15 @@ def _upsert_scores(rows: str) -> str:
 
     Every score applied is either its score's current value (`scores.event_id`) or an earlier one
     (`score_history`), never both: so those two tables are the scores' ledger (no applied_events
-    row), and the first value of a score costs one row, not two. A row whose id either table
-    holds is skipped. Of the others, the latest per score (by its time, then id) is upserted; the
-    value it displaces, and every fresh row that is not the winner, go to the history."""
+    row), and the first value of a score costs one row, not two. A row whose id the history holds
+    is skipped. Of the others, the latest per score (by its time, then id) goes to the upsert,
+    which replaces only an older value with another event's; the value it displaces, and every
+    row that did not win, go to the history — except the current value itself, redelivered (a
+    trace posted again yields its scores' ids again, with a later time)."""
     return f"""
         WITH e AS ({rows}),
-        -- The ledger checks and the read of displaced rows are scalar or LATERAL ... OFFSET 0
-        -- subqueries, which Postgres runs as one index probe per row: as EXISTS / IN it may
-        -- plan a hash join over the whole table (a CaseScored's json_to_recordset is estimated
-        -- at 100 rows per case, so 500 cases looked like 50,000 rows).
-        fresh AS (
-            SELECT * FROM e
-            WHERE e.event_id IS DISTINCT FROM (
-                    SELECT s.event_id FROM scores s
-                    WHERE (s.run_item_id, s.name, s.source) = (e.run_item_id, e.name, e.source))
-              AND (SELECT true FROM score_history h WHERE h.event_id = e.event_id) IS NULL),
+        fresh AS (SELECT * FROM e
+                  WHERE (SELECT true FROM score_history h WHERE h.event_id = e.event_id) IS NULL),
         latest AS (
             SELECT DISTINCT ON (run_item_id, name, source) * FROM fresh
             ORDER BY run_item_id, name, source, observed_at DESC, event_id DESC),
@@ -250,12 +244,15 @@ def _upsert_scores(rows: str) -> str:
                 observed_at = excluded.observed_at, event_id = excluded.event_id,
                 trace_id = excluded.trace_id
             WHERE (s.observed_at, s.event_id) < (excluded.observed_at, excluded.event_id)
-            RETURNING run_item_id, name, source, event_id, xmax <> 0 AS displaced),
+              AND s.event_id <> excluded.event_id
+            RETURNING run_item_id, name, source, event_id, observed_at, xmax <> 0 AS displaced),
         earlier AS (
             INSERT INTO score_history (event_id, score_id, value, string_value, comment,
                 created_by, evaluator, evaluator_version, spec_hash, request_id, observed_at)
-            -- The statement's snapshot still shows the rows the upsert replaced (xmax <> 0: an
-            -- update, not an insert).
+            -- Reads of `scores` here see the statement's snapshot: the values before the upsert.
+            -- They are LATERAL ... OFFSET 0 and scalar subqueries, which Postgres runs as one
+            -- index probe per row (as IN / EXISTS it may plan a hash join over the whole table:
+            -- a CaseScored's json_to_recordset is estimated at 100 rows a case).
             SELECT p.event_id, p.score_id, p.value, p.string_value, p.comment, p.created_by,
                 p.evaluator, p.evaluator_version, p.spec_hash, p.request_id, p.observed_at
             FROM upserted d CROSS JOIN LATERAL (
@@ -266,11 +263,17 @@ def _upsert_scores(rows: str) -> str:
             UNION ALL
             SELECT f.event_id, f.score_id, f.value, f.string_value, f.comment, f.created_by,
                 f.evaluator, f.evaluator_version, f.spec_hash, f.request_id, f.observed_at
-            FROM fresh f WHERE f.event_id NOT IN (SELECT event_id FROM upserted)
+            FROM fresh f
+            WHERE f.event_id NOT IN (SELECT event_id FROM upserted)
+              AND f.event_id IS DISTINCT FROM (
+                    SELECT s.event_id FROM scores s
+                    WHERE (s.run_item_id, s.name, s.source) = (f.run_item_id, f.name, f.source))
             ON CONFLICT (event_id) DO NOTHING)
-        -- A score that is newer than a recorded failure of the same evaluator supersedes it; a
-        -- person's verdict of the same name is another score and leaves the failure standing.
-        DELETE FROM evaluation_failures f USING latest e
+        -- A score that becomes current and is newer than a recorded failure of the same
+        -- evaluator supersedes it (a score that does not become current is older than one that
+        -- did, which already had); a person's verdict of the same name is another score and
+        -- leaves the failure standing.
+        DELETE FROM evaluation_failures f USING upserted e
         WHERE f.run_item_id = e.run_item_id AND f.name = e.name AND e.source <> 'manual'
           AND f.observed_at <= e.observed_at
         """
