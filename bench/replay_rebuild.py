@@ -19,12 +19,14 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import psutil
 import typer
 
 from schemas.catalog import DatasetCreated, DatasetItem, DatasetItemsUpserted, RunStarted
 from schemas.common import EvaluatorSpec, utcnow
 from schemas.envelope import wrap
 from schemas.traces import TraceCompleted
+from services.cli import tune_gc
 from services.database import migrate_all
 from services.devstack import embedded_postgres, tansu_broker
 from services.evaluator.scoring import score_batch
@@ -84,7 +86,8 @@ async def write_log(settings: Settings, traces: int, runs: int) -> dict[str, int
                     output=f"answer {item}" if n % 4 else "Paris", expected_output=f"answer {item}",
                     evaluators=SPECS, status="succeeded", latency_ms=float(n % 900),
                     cost=0.001, completed_at=utcnow())
-                batch.append(wrap(trace, source="bench", key=run_id, time=trace.completed_at))
+                batch.append(wrap(trace, source="bench", key=trace.run_item_id,
+                                  time=trace.completed_at))
             counts["traces"] += await publisher.publish(settings.topics.traces, batch)
             counts["scores"] += await publisher.publish(settings.topics.scores,
                                                         score_batch(batch))
@@ -93,7 +96,7 @@ async def write_log(settings: Settings, traces: int, runs: int) -> dict[str, int
     return counts
 
 
-async def bench(traces: int, runs: int) -> None:
+async def bench(traces: int, runs: int, replaying: bool = True) -> None:
     with contextlib.ExitStack() as stack:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(
             tansu_broker())
@@ -111,17 +114,23 @@ async def bench(traces: int, runs: int) -> None:
                   f"{time.perf_counter() - started:.1f} s")
 
             started = time.perf_counter()
-            report = await replay(settings, ReplayFilter(), progress=False)
+            report = await replay(settings, ReplayFilter(), progress=False) if replaying else None
             seconds = time.perf_counter() - started
-            print(f"replay:  {report.log_records:,} traces read, {report.requested:,} rescorings "
-                  f"requested in {seconds:.1f} s = {report.requested / seconds:,.0f} events/s "
-                  f"(scan {report.log_records / report.scan_seconds:,.0f} traces/s, "
-                  f"request {report.requested / report.request_seconds:,.0f} requests/s)")
+            if report is not None:
+                    print(f"replay:  {report.log_records:,} traces read, {report.requested:,} "
+                      f"rescorings requested in {seconds:.1f} s = "
+                      f"{report.requested / seconds:,.0f} events/s (scan "
+                      f"{report.log_records / report.scan_seconds:,.0f} traces/s, request "
+                      f"{report.requested / report.request_seconds:,.0f} requests/s)")
 
+            pg_before, cpu_before = _postgres_cpu(), time.process_time()
             done = await rebuild(settings, progress=False)
+            python_cpu, pg_cpu = time.process_time() - cpu_before, _postgres_cpu() - pg_before
             print(f"rebuild: {done.events:,} events applied into {done.schema} in "
                   f"{done.seconds:.1f} s = {done.rate:,.0f} events/s (switched: "
-                  f"{done.switched_at is not None})")
+                  f"{done.switched_at is not None}); CPU per event: this process "
+                  f"{python_cpu / done.events * 1e6:.0f} µs, Postgres "
+                  f"{pg_cpu / done.events * 1e6:.0f} µs")
         finally:
             conn = await asyncpg.connect(dsn)
             try:  # a given database keeps nothing of this run
@@ -135,11 +144,26 @@ async def bench(traces: int, runs: int) -> None:
                 await conn.close()
 
 
+def _postgres_cpu() -> float:
+    """CPU seconds so far of every process called postgres on the machine (the one measured and
+    any idle other), with the backends that have exited (counted by the server that reaped
+    them)."""
+    total = 0.0
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if proc.info["name"] == "postgres" and times:
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
 @app.command()
 def main(traces: int = typer.Option(100_000, help="Finished traces in the log (each also "
                                                   "brings 2 scores)."),
-         runs: int = typer.Option(10, help="Runs they are spread over.")) -> None:
-    asyncio.run(bench(traces, runs))
+         runs: int = typer.Option(10, help="Runs they are spread over."),
+         replaying: bool = typer.Option(True, "--replay/--no-replay",
+                                        help="Also time the replay.")) -> None:
+    tune_gc()  # as the commands do
+    asyncio.run(bench(traces, runs, replaying))
 
 
 if __name__ == "__main__":

@@ -175,8 +175,81 @@ def projections_rebuild(
                f"= {report.rate:,.0f} events/s")
     typer.echo(f"readers and the live consumer switched from {report.previous_schema} to "
                f"{report.schema} at {report.switched_at:%Y-%m-%d %H:%M:%S} UTC; the previous "
-               f"schema is kept (DROP SCHEMA {report.previous_schema} CASCADE when no longer "
+               "schema is kept (`evalstream projections drop-previous` drops it when no longer "
                "needed)")
+
+
+@projections_app.command("schemas")
+def projections_schemas(
+    as_json: bool = typer.Option(False, "--json", help="Print the schemas as JSON."),
+) -> None:
+    """List the schemas of the read models, newest first: the live one and those earlier
+    rebuilds left behind, with their sizes."""
+    import json
+
+    from services.projections.rebuild import read_model_schemas
+
+    settings = Settings()
+    _logging(settings)
+    schemas = asyncio.run(read_model_schemas(settings))
+    if as_json:
+        typer.echo(json.dumps([info.as_dict() for info in schemas]))
+        return
+    if not schemas:
+        typer.echo(f"no schema of read model {settings.read_model_schema} "
+                   "(`evalstream migrate` creates it)")
+        return
+    width = max([len("schema"), *(len(info.name) for info in schemas)])
+    typer.echo(f"{'schema':<{width}}  live  {'size MB':>10}  built at")
+    for info in schemas:
+        built = f"{info.built_at:%Y-%m-%d %H:%M:%S} UTC" if info.built_at else "-"
+        typer.echo(f"{info.name:<{width}}  {'yes' if info.live else 'no':<4}  "
+                   f"{info.size_bytes / 1e6:>10,.1f}  {built}")
+
+
+@projections_app.command("drop-previous")
+def projections_drop_previous(
+    keep: int = typer.Option(0, "--keep", min=0,
+                             help="Keep this many of the newest schemas that are not live."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Only print what would be dropped."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Drop without asking."),
+) -> None:
+    """Drop the read-model schemas earlier rebuilds left behind (never the live one), except the
+    --keep newest. Refused while a rebuild runs."""
+    from services.projections.rebuild import (
+        DropRefused,
+        drop_previous_schemas,
+        read_model_schemas,
+    )
+
+    settings = Settings()
+    _logging(settings)
+    try:
+        if dry_run or not yes:
+            doomed = asyncio.run(drop_previous_schemas(settings, keep, dry_run=True))
+            if not doomed:
+                typer.echo("no previous schema to drop")
+                return
+            sizes = {info.name: info.size_bytes
+                     for info in asyncio.run(read_model_schemas(settings))}
+            typer.echo("would drop:" if dry_run else "to drop:")
+            for schema in doomed:
+                typer.echo(f"  {schema} ({sizes.get(schema, 0) / 1e6:,.1f} MB)")
+            if dry_run:
+                return
+            typer.confirm(f"drop {len(doomed)} schema(s) and everything in them?", abort=True)
+            # Only what was confirmed, if it is still not live.
+            dropped = asyncio.run(drop_previous_schemas(settings, keep, only=doomed))
+        else:
+            dropped = asyncio.run(drop_previous_schemas(settings, keep))
+    except DropRefused as e:
+        typer.echo(f"drop refused: {e}", err=True)
+        raise typer.Exit(1) from None
+    if not dropped:
+        typer.echo("no previous schema to drop")
+    for schema in dropped:
+        typer.echo(f"dropped {schema}")
 
 
 def _api_key(data_dir: Path) -> str:
