@@ -96,7 +96,7 @@ async def write_log(settings: Settings, traces: int, runs: int) -> dict[str, int
     return counts
 
 
-async def bench(traces: int, runs: int, replaying: bool = True) -> None:
+async def bench(traces: int, runs: int, replaying: bool = True, workers: int = 2) -> None:
     with contextlib.ExitStack() as stack:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(
             tansu_broker())
@@ -123,12 +123,13 @@ async def bench(traces: int, runs: int, replaying: bool = True) -> None:
                       f"{report.log_records / report.scan_seconds:,.0f} traces/s, request "
                       f"{report.requested / report.request_seconds:,.0f} requests/s)")
 
-            pg_before, cpu_before = _postgres_cpu(), time.process_time()
-            done = await rebuild(settings, progress=False)
-            python_cpu, pg_cpu = time.process_time() - cpu_before, _postgres_cpu() - pg_before
+            pg_before, cpu_before = _postgres_cpu(), _own_cpu()
+            done = await rebuild(settings, progress=False, workers=workers)
+            python_cpu, pg_cpu = _own_cpu() - cpu_before, _postgres_cpu() - pg_before
             print(f"rebuild: {done.events:,} events applied into {done.schema} in "
                   f"{done.seconds:.1f} s = {done.rate:,.0f} events/s (switched: "
-                  f"{done.switched_at is not None}); CPU per event: this process "
+                  f"{done.switched_at is not None}; {workers} worker(s)); CPU per event: this "
+                  f"process and its workers "
                   f"{python_cpu / done.events * 1e6:.0f} µs, Postgres "
                   f"{pg_cpu / done.events * 1e6:.0f} µs")
         finally:
@@ -142,6 +143,12 @@ async def bench(traces: int, runs: int, replaying: bool = True) -> None:
                                    settings.read_model_schema)
             finally:
                 await conn.close()
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and of its children that have exited (rebuild workers)."""
+    t = psutil.Process().cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _postgres_cpu() -> float:
@@ -161,9 +168,10 @@ def main(traces: int = typer.Option(100_000, help="Finished traces in the log (e
                                                   "brings 2 scores)."),
          runs: int = typer.Option(10, help="Runs they are spread over."),
          replaying: bool = typer.Option(True, "--replay/--no-replay",
-                                        help="Also time the replay.")) -> None:
+                                        help="Also time the replay."),
+         workers: int = typer.Option(2, help="Rebuild worker processes.")) -> None:
     tune_gc()  # as the commands do
-    asyncio.run(bench(traces, runs, replaying))
+    asyncio.run(bench(traces, runs, replaying, workers))
 
 
 if __name__ == "__main__":

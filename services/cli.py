@@ -151,6 +151,8 @@ def projections_rebuild(
         False, help="Rebuild even if retention has deleted the start of the log."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    workers: int = typer.Option(
+        2, min=1, help="Processes sharing the long pass (decoding events is what limits one)."),
 ) -> None:
     """Rebuild every read model from offset zero into a fresh schema and switch readers and the
     live consumer over to it atomically once caught up. The live system keeps serving."""
@@ -163,7 +165,7 @@ def projections_rebuild(
     tune_gc()
     try:
         report = asyncio.run(rebuild(settings, progress=progress,
-                                     allow_truncated=allow_truncated))
+                                     allow_truncated=allow_truncated, workers=workers))
     except RebuildRefused as e:
         typer.echo(f"rebuild refused: {e}", err=True)
         raise typer.Exit(1) from None

@@ -8,7 +8,7 @@ development broker); a `since` filter goes by the events' own time.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -19,9 +19,11 @@ Offsets = dict[TopicPartition, int]
 
 class LogReader:
     def __init__(self, settings: Settings, topics: list[str], *, client_id: str,
-                 max_records: int = 5000):
+                 max_records: int = 5000, only: Collection[TopicPartition] | None = None):
+        """Reads `topics`, or only the partitions `only` of them."""
         self.settings, self.topics = settings, topics
         self.client_id, self.max_records = client_id, max_records
+        self.only = None if only is None else set(only)
         self.partitions: list[TopicPartition] = []
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -37,7 +39,8 @@ class LogReader:
         if missing:
             raise LookupError(f"topic(s) not found: {', '.join(missing)}")
         self.partitions = [TopicPartition(t, p) for t in self.topics
-                           for p in sorted(self._consumer.partitions_for_topic(t) or ())]
+                           for p in sorted(self._consumer.partitions_for_topic(t) or ())
+                           if self.only is None or TopicPartition(t, p) in self.only]
         self._consumer.assign(self.partitions)
         await self._consumer.seek_to_beginning(*self.partitions)
 
@@ -88,6 +91,11 @@ class LogReader:
 
     async def seek_to_beginning(self) -> None:
         await self._consumer.seek_to_beginning(*self.partitions)
+
+    def seek(self, offsets: Offsets) -> None:
+        """Continue from `offsets` (where another reader of the same partitions stopped)."""
+        for tp, offset in offsets.items():
+            self._consumer.seek(tp, offset)
 
     async def batches(self, until: Offsets) -> AsyncIterator[list[ConsumerRecord]]:
         """Batches of records from the current positions up to (not including) `until`,

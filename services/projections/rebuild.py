@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import queue
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+from aiokafka import TopicPartition
 from tqdm import tqdm
 
 from schemas.common import utcnow
@@ -85,8 +88,15 @@ def new_schema_name(name: str, at: datetime) -> str:
 
 
 async def rebuild(settings: Settings, *, progress: bool = True, batch_size: int = 5000,
-                  allow_truncated: bool = False, switch: bool = True) -> RebuildReport:
-    """Rebuild into a new schema and (with `switch`) make it live; returns what was done."""
+                  allow_truncated: bool = False, switch: bool = True,
+                  workers: int = 1) -> RebuildReport:
+    """Rebuild into a new schema and (with `switch`) make it live; returns what was done.
+
+    With `workers` > 1, the long first pass is shared by that many processes, each reading its
+    share of the partitions with a connection of its own. That is safe because the handlers do
+    not depend on arrival order (docs/adr/0001) and no two partitions write the same row: every
+    read-model row is made by the events of one key, so of one partition. It pays because decoding
+    and validating events in Python, not Postgres, is what limits one process."""
     loop = asyncio.get_running_loop()
     name = settings.read_model_schema
     admin = await asyncpg.connect(settings.dsn)
@@ -120,17 +130,16 @@ async def rebuild(settings: Settings, *, progress: bool = True, batch_size: int 
             async def catch_up(until: Offsets) -> None:
                 bar.total = bar.n + await reader.remaining(until)
                 bar.refresh()
-                # Decoding the next batch overlaps Postgres applying this one.
-                applying: asyncio.Task | None = None
-                async for batch in reader.batches(until):
-                    envelopes = _decode(batch, report)
-                    if applying is not None:
-                        bar.update(await applying)
-                    applying = asyncio.create_task(_apply(pool, envelopes, len(batch), report))
-                if applying is not None:
-                    bar.update(await applying)
+                await _apply_log(reader, pool, until, report, bar.update)
 
-            await catch_up(ends)
+            if workers > 1:
+                # The long pass, over the log as it was at the start, by `workers` processes;
+                # this one goes on from where they stop (and fetches nothing before meanwhile).
+                reader.seek(ends)
+                await _parallel_pass(settings, report.schema, ends, workers, batch_size, report,
+                                     bar.update)
+            else:
+                await catch_up(ends)
             # What arrived during the long pass, so the switch below has little left to do.
             await catch_up(await reader.end_offsets())
             if switch:
@@ -171,10 +180,107 @@ def _decode(records: list, report: RebuildReport) -> list:
 
 async def _apply(pool: asyncpg.Pool, envelopes: list, records: int,
                  report: RebuildReport) -> int:
-    async with pool.acquire() as conn, conn.transaction():
-        report.applied += await apply_batch(conn, envelopes)
+    for attempt in range(1, 6):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                applied = await apply_batch(conn, envelopes)
+            break
+        except asyncpg.DeadlockDetectedError:
+            # Parallel workers only meet on rows of the same key (a repeated event id in
+            # applied_events, say); Postgres undid one transaction, which is simply retried.
+            if attempt == 5:
+                raise
+            await asyncio.sleep(0.05 * attempt)
+    report.applied += applied
     report.events += records
     return records
+
+
+async def _apply_log(reader: LogReader, pool: asyncpg.Pool, until: Offsets,
+                     report: RebuildReport, on_batch: Callable[[int], object]) -> None:
+    """Everything from the reader's positions up to `until`, into the pool's schema; decoding the
+    next batch overlaps Postgres applying this one."""
+    applying: asyncio.Task | None = None
+    async for batch in reader.batches(until):
+        envelopes = _decode(batch, report)
+        if applying is not None:
+            on_batch(await applying)
+        applying = asyncio.create_task(_apply(pool, envelopes, len(batch), report))
+    if applying is not None:
+        on_batch(await applying)
+
+
+def _shares(partitions: Collection[TopicPartition], workers: int) -> list[list[TopicPartition]]:
+    """Partitions dealt out in turn, topic by topic, so each worker gets a part of each topic."""
+    ordered = sorted(partitions)
+    return [share for share in (ordered[i::workers] for i in range(workers)) if share]
+
+
+async def _parallel_pass(settings: Settings, schema: str, until: Offsets, workers: int,
+                         batch_size: int, report: RebuildReport,
+                         on_batch: Callable[[int], object]) -> None:
+    """Up to `until` into `schema` by worker processes; adds their counts to `report`."""
+    context = multiprocessing.get_context("spawn")  # no inherited event loop or connections
+    messages = context.Queue()
+    processes = [context.Process(
+        target=_worker_main, name=f"evalstream-rebuild-{n}", daemon=True,
+        args=(settings, schema, {tp: until[tp] for tp in share}, batch_size, messages))
+        for n, share in enumerate(_shares(until, workers))]
+    for process in processes:
+        process.start()
+    finished = 0
+    try:
+        while finished < len(processes):
+            try:
+                kind, *values = messages.get_nowait()
+            except queue.Empty:
+                if any(p.exitcode not in (None, 0) for p in processes):
+                    raise RuntimeError("a rebuild worker exited; see its log above") from None
+                await asyncio.sleep(0.05)
+                continue
+            if kind == "batch":
+                on_batch(values[0])
+            elif kind == "done":
+                finished += 1
+                report.events += values[0]
+                report.applied += values[1]
+                report.undecodable += values[2]
+            else:
+                raise RuntimeError(f"a rebuild worker failed: {values[0]}")
+    finally:
+        for process in processes:
+            if process.is_alive() and finished < len(processes):
+                process.terminate()
+            process.join()
+
+
+def _worker_main(settings: Settings, schema: str, until: Offsets, batch_size: int,
+                 messages: multiprocessing.Queue) -> None:
+    from services.cli import tune_gc
+
+    tune_gc()
+    try:
+        counts = asyncio.run(_worker(settings, schema, until, batch_size, messages))
+    except BaseException as e:
+        messages.put(("error", f"{type(e).__name__}: {e}"))
+        raise
+    messages.put(("done", counts.events, counts.applied, counts.undecodable))
+
+
+async def _worker(settings: Settings, schema: str, until: Offsets, batch_size: int,
+                  messages: multiprocessing.Queue) -> RebuildReport:
+    counts = RebuildReport(name=settings.read_model_schema, previous_schema="", schema=schema)
+    reader = LogReader(settings, sorted({tp.topic for tp in until}), max_records=batch_size,
+                       client_id="evalstream-rebuild-worker", only=until)
+    pool = await create_pool(settings.dsn, schema, max_size=1)
+    try:
+        await reader.start()
+        await _apply_log(reader, pool, until, counts,
+                         lambda n: messages.put(("batch", n)))
+    finally:
+        await reader.stop()
+        await pool.close()
+    return counts
 
 
 # --- The schemas rebuilds leave behind ---------------------------------------------------------
