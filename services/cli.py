@@ -18,7 +18,7 @@ from pathlib import Path
 
 import typer
 
-from services.settings import Settings
+from services.settings import NotConfigured, Settings
 
 app = typer.Typer(help="evalstream: event-sourced scoring of LLM application outputs.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -312,5 +312,15 @@ Ctrl-C stops everything.
             procs.stop_all()
 
 
+def main() -> None:
+    """The `evalstream` command: a missing URL is a one-line error, not a traceback."""
+    try:
+        app()
+    except NotConfigured as e:
+        typer.echo(f"evalstream: {e}; `make up` prints the URLs of the broker and database it "
+                   "started (export KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL)", err=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

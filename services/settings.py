@@ -13,6 +13,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, fiel
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+class NotConfigured(RuntimeError):
+    """A setting the operation needs has no value (the message names it)."""
+
+
 class Topics(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -102,12 +106,12 @@ class Settings(BaseSettings):
     @cached_property
     def bootstrap(self) -> str:
         if not self.kafka_bootstrap_servers:
-            raise RuntimeError("KAFKA_BOOTSTRAP_SERVERS is not set")
+            raise NotConfigured("KAFKA_BOOTSTRAP_SERVERS is not set")
         return self.kafka_bootstrap_servers
 
     @cached_property
     def dsn(self) -> str:
         if not self.database_url:
-            raise RuntimeError("DATABASE_URL is not set")
+            raise NotConfigured("DATABASE_URL is not set")
         # SQLAlchemy-style driver suffixes are accepted so one URL serves both asyncpg and alembic.
         return self.database_url.replace("postgresql+asyncpg://", "postgresql://")
