@@ -49,6 +49,12 @@ class LLMJudgeSettings(BaseModel):
     backoff_s: float = Field(0.5, ge=0, description="Wait before the first retry; doubles "
                                                     "each time.")
     backoff_max_s: float = Field(8.0, ge=0, description="Longest wait between retries.")
+    batch_deadline_s: float = Field(
+        120.0, gt=0, description="Longest the evaluator waits for a batch's judge calls; those "
+                                 "still unanswered become evaluation failures (rescore them "
+                                 "later). Keeps a batch well inside the consumer's 300 s poll "
+                                 "interval, past which the group would take its partitions "
+                                 "away and deliver the batch again.")
 
 
 class Settings(BaseSettings):

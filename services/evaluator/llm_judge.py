@@ -5,7 +5,8 @@ Unlike the programmatic evaluators it calls out over HTTP, so it is not a synchr
 `LLMJudge.judge_many` scores many (case, spec) pairs at once against any OpenAI-compatible
 `POST {base_url}/chat/completions`, concurrently up to a bound, retrying 429s, 5xx and network
 errors, and never raising for one bad call (its exception takes that pair's place, for the service
-to turn into an EvaluationFailed). Prompt building and reply parsing are pure functions.
+to report as a failure in the case's CaseScored). Prompt building and reply parsing are pure
+functions.
 
 Configuration: `EVALSTREAM_LLM_JUDGE__*` (services/settings.py: LLMJudgeSettings).
 """
@@ -257,12 +258,30 @@ class LLMJudge:
             calls.setdefault(key, (model, messages, options.scale))
             waiting.setdefault(key, []).append(i)
         keys = list(calls)
-        answers = await asyncio.gather(*(self._judge(*calls[key]) for key in keys),
-                                       return_exceptions=True)
+        answers = await self._within_deadline([self._judge(*calls[key]) for key in keys])
         for key, answer in zip(keys, answers, strict=True):
             for i in waiting[key]:
                 results[i] = answer
         return results  # type: ignore[return-value]  # every slot is filled by now
+
+    async def _within_deadline(self, calls: list) -> list[Score | BaseException]:
+        """Every call's result or exception; a call still running at the batch deadline is
+        cancelled and answered with a TimeoutError saying so."""
+        if not calls:
+            return []
+        tasks = [asyncio.ensure_future(call) for call in calls]
+        deadline = self.settings.batch_deadline_s
+        _, late = await asyncio.wait(tasks, timeout=deadline)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+            log.warning("%d judge call(s) unanswered after the batch deadline of %s s",
+                        len(late), deadline)
+        return [TimeoutError(f"the judge did not answer within the batch deadline of "
+                             f"{deadline:g} s (EVALSTREAM_LLM_JUDGE__BATCH_DEADLINE_S); "
+                             "rescore to ask again") if task in late
+                else task.exception() or task.result() for task in tasks]
 
     async def _judge(self, model: str, messages: list[dict[str, str]], scale: Scale) -> Score:
         return parse_verdict(await self._complete(model, messages), scale)

@@ -151,6 +151,18 @@ async def test_timeouts_are_retried_then_reported(fake: FakeJudge, base_url: str
     assert fake.count("hang") == 2
 
 
+async def test_calls_past_the_batch_deadline_fail_and_the_others_stand(fake: FakeJudge,
+                                                                        base_url: str) -> None:
+    async with make_judge(base_url, timeout_s=5.0, batch_deadline_s=0.3) as judge:
+        started = time.monotonic()
+        results = await judge.judge_many([(case("Paris", "Paris"), spec(model="hang")),
+                                          (case("Paris", "Paris"), spec())])
+        took = time.monotonic() - started
+    assert isinstance(results[0], TimeoutError) and "batch deadline of 0.3 s" in str(results[0])
+    assert results[1] == Score(1.0, "boolean", comment="The output contains 'paris'.")
+    assert took < 0.9  # not the hanging call's full second
+
+
 async def test_connection_errors_are_retried_then_reported(base_url: str) -> None:
     from services.devstack import free_port
 
