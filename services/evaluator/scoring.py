@@ -73,18 +73,17 @@ def score_case(env: Envelope, judged: Judged | None = None) -> Envelope:
                     raise score
             else:
                 score = evaluator.fn(case, spec)
+            if score is not None:  # a score the contract refuses is that evaluator's failure too
+                scores.append(CaseScore(
+                    score_id=score_id(run_item_id, name, evaluator.source), name=name,
+                    value=score.value, data_type=score.data_type, string_value=score.string_value,
+                    source=evaluator.source, comment=score.comment, evaluator=spec.type,
+                    evaluator_version=evaluator.version, spec_hash=_spec_hash(spec)))
         except Exception as e:  # one evaluator's failure must not stop the others
             failures.append(CaseFailure(
                 failure_id=deterministic_id("failure", run_item_id, name), name=name,
                 evaluator=spec.type, evaluator_version=evaluator.version if evaluator else None,
                 spec_hash=_spec_hash(spec), reason=f"{type(e).__name__}: {e}"))
-            continue
-        if score is not None:
-            scores.append(CaseScore(
-                score_id=score_id(run_item_id, name, evaluator.source), name=name,
-                value=score.value, data_type=score.data_type, string_value=score.string_value,
-                source=evaluator.source, comment=score.comment, evaluator=spec.type,
-                evaluator_version=evaluator.version, spec_hash=_spec_hash(spec)))
     scored = CaseScored(
         run_item_id=run_item_id, run_id=case.run_id, dataset_item_id=case.dataset_item_id,
         trace_id=case.trace_id, request_id=request_id, observed_at=observed_at,

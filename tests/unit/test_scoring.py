@@ -79,3 +79,16 @@ def test_trace_outside_a_run_is_keyed_by_its_own_run_item():
                           id="e1"))
     outside = _trace(run_id=None, dataset_item_id=None).run_item_id
     assert out.key == outside != _trace().run_item_id
+
+
+def test_an_evaluator_returning_what_the_contract_refuses_is_a_failure(monkeypatch):
+    from services.evaluator import evaluators
+
+    broken = evaluators.Evaluator("broken", "1", lambda case, spec: evaluators.Score(
+        0.5, "percent"), evaluators.ExactMatchOptions)  # type: ignore[arg-type]
+    monkeypatch.setitem(evaluators.REGISTRY, "broken", broken)
+    specs = (EvaluatorSpec(type="broken"), EvaluatorSpec(type="exact_match"))
+    case = score_case(wrap(_trace(evaluators=specs), source="t", key="r1", id="e1")).event
+    assert [s.name for s in case.scores] == ["exact_match"]
+    assert [f.name for f in case.failures] == ["broken"]
+    assert "ValidationError" in case.failures[0].reason and "data_type" in case.failures[0].reason
