@@ -351,8 +351,9 @@ def main(
     items: int = typer.Option(100_000, "--items", min=1, help="Dataset items = traces posted."),
     concurrency: int = typer.Option(4, min=1, help="POST /v1/traces requests in flight."),
     batch: int = typer.Option(1000, min=1, max=1000, help="Traces per POST."),
-    runs: int = typer.Option(1, min=1, help="Runs the traces are spread over (1 = one "
-                                            "partition, as every run's events share a key)."),
+    runs: int = typer.Option(1, min=1, help="Runs the traces are spread over (one run's "
+                                            "traces already reach every partition: they are "
+                                            "keyed by run item)."),
     latency_seconds: float = typer.Option(15.0, help="Duration of the paced latency phase."),
     latency_batch: int = typer.Option(50, min=1, max=1000, help="Traces per paced POST."),
     latency_rate: float = typer.Option(0.0, help="Offered traces/s; 0 = half the throughput."),
