@@ -63,16 +63,19 @@ def broker_factory(settings: Settings) -> KafkaBroker:
 
 
 def subscribe_batches(broker: KafkaBroker, settings: Settings, topics: Sequence[str],
-                      group_id: str, handler: Callable[[KafkaMessage], Awaitable[None]]) -> None:
+                      group_id: str, handler: Callable[[KafkaMessage], Awaitable[None]],
+                      max_records: int | None = None) -> None:
     """Register `handler` for batches of `topics` in consumer group `group_id`, as
     `settings.consumers` consumers of this process (each with its own partitions: one works
     while another waits on the broker or Postgres, docs/adr/0007). A batch's offsets are
     committed after the handler returns; a raising handler gets the batch again. The handler
-    reads `msg.raw_message` (see records_as_consumed)."""
+    reads `msg.raw_message` (see records_as_consumed). Batches hold at most `max_records`
+    records (default: settings.batch_max_records)."""
     for _ in range(settings.consumers):
         broker.subscriber(
             *topics, batch=True, group_id=group_id, auto_offset_reset="earliest",
-            max_records=settings.batch_max_records, batch_timeout_ms=settings.batch_timeout_ms,
+            max_records=max_records or settings.batch_max_records,
+            batch_timeout_ms=settings.batch_timeout_ms,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
             ack_policy=AckPolicy.NACK_ON_ERROR, decoder=records_as_consumed)(handler)
 

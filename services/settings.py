@@ -42,7 +42,12 @@ class LLMJudgeSettings(BaseModel):
     api_key: SecretStr | None = Field(None, description="Sent as `Authorization: Bearer <key>`.")
     model: str = Field("gpt-4o-mini", min_length=1,
                        description="Judge model when a spec names none.")
-    concurrency: int = Field(16, ge=1, description="Most judge calls in flight per process.")
+    concurrency: int = Field(32, ge=1, description="Most judge calls in flight per process.")
+    max_batch: int = Field(
+        256, ge=1, description="With a judge configured, the evaluator takes at most this many "
+                               "records at once, so that a batch's judge calls end well within "
+                               "`batch_deadline_s` (256 calls at 32 in flight and ~1 s each: "
+                               "~8 s).")
     timeout_s: float = Field(30.0, gt=0, description="Timeout of one HTTP call.")
     max_attempts: int = Field(3, ge=1, description="Attempts per call (429, 5xx, network errors "
                                                    "are retried).")

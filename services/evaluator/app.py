@@ -34,8 +34,13 @@ def register(broker: KafkaBroker, settings: Settings, publisher: EventPublisher,
         scored = await score_cases(envelopes, judge)
         await publisher.publish(settings.topics.scores, scored)
 
+    # A judge's calls take the batch's time: with one configured, batches are smaller, so that
+    # they end well within the judge's batch deadline even when every case asks for it.
+    judging = judge.configured
     subscribe_batches(broker, settings, [settings.topics.traces, settings.topics.score_requests],
-                      settings.evaluator_group, on_scoring_cases)
+                      settings.evaluator_group, on_scoring_cases,
+                      max_records=min(settings.batch_max_records, settings.llm_judge.max_batch)
+                      if judging else None)
 
 
 def application_factory(settings: Settings) -> FastStream:

@@ -226,7 +226,8 @@ def test_settings_read_the_llm_judge_group_from_the_environment(monkeypatch) -> 
 def test_llm_judge_settings_defaults() -> None:
     config = LLMJudgeSettings()
     assert (config.base_url, config.api_key, config.model, config.concurrency, config.timeout_s,
-            config.max_attempts) == (None, None, "gpt-4o-mini", 16, 30.0, 3)
+            config.max_attempts, config.max_batch, config.batch_deadline_s) == (
+        None, None, "gpt-4o-mini", 32, 30.0, 3, 256, 120.0)
 
 
 async def test_unconfigured_judge_fails_every_pair_with_a_clear_reason() -> None:
@@ -265,3 +266,18 @@ async def test_a_wrong_spec_fails_only_its_own_pair(monkeypatch) -> None:
     assert isinstance(results[0], SpecError) and results[0].field == "criteria"
     assert results[1] == results[2] == Score(1.0, "boolean", comment="fine")
     assert sorted(asked) == ["m0", "m2"]  # the spec's model, else the settings' default
+
+
+@pytest.mark.parametrize(("judge", "records"), [({}, 2000),
+                                                ({"base_url": "http://judge/v1"}, 256)])
+def test_the_evaluator_takes_smaller_batches_when_a_judge_is_configured(monkeypatch, judge,
+                                                                        records) -> None:
+    import os
+
+    from services.evaluator.app import application_factory
+
+    for name in [n for n in os.environ if n.startswith("EVALSTREAM_")]:
+        monkeypatch.delenv(name)
+
+    app = application_factory(Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", llm_judge=judge))
+    assert [s.max_records for s in app.broker.subscribers] == [records]
