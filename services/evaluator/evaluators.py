@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from string import Template
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -91,6 +92,11 @@ class LLMJudgeOptions(Options):
         "boolean", description="boolean: pass/fail (1/0); numeric: a number from 0 to 1.")
     use_expected: bool = Field(
         True, description="Show the judge the expected output when the case has one.")
+    prompt: str | None = Field(
+        None, min_length=1, max_length=20_000,
+        description="Your own question to the judge, with `$criteria`, `$input`, `$output` and "
+                    "`$expected_output` (each as JSON) where they belong; default: those four "
+                    "as one JSON object. The reply format is always asked for apart.")
 
     @field_validator("criteria")
     @classmethod
@@ -98,6 +104,24 @@ class LLMJudgeOptions(Options):
         if not v.strip():
             raise ValueError("criteria must not be blank")
         return v
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_names_known_fields(cls, v: str | None) -> str | None:
+        if v is not None:
+            template = Template(v)
+            if not template.is_valid():
+                raise ValueError("is not a valid template: write $$ for a literal $")
+            unknown = sorted(set(template.get_identifiers()) - PROMPT_FIELDS)
+            if unknown:
+                raise ValueError(f"names unknown field(s) {unknown}; known: "
+                                 f"{sorted(PROMPT_FIELDS)}")
+            if "output" not in template.get_identifiers():
+                raise ValueError("must show the judge the $output")
+        return v
+
+
+PROMPT_FIELDS = frozenset({"criteria", "input", "output", "expected_output"})
 
 
 def parse_options(model: type[OptionsT], spec: EvaluatorSpec) -> OptionsT:

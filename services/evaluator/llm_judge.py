@@ -19,6 +19,7 @@ import logging
 import math
 import re
 from collections.abc import Sequence
+from string import Template
 from typing import Any, Literal
 
 import httpx
@@ -33,7 +34,7 @@ from tenacity import (
 
 from schemas.common import EvaluatorSpec
 from schemas.traces import ScoringCase
-from services.evaluator.evaluators import LLMJudgeOptions, Score, parse_options
+from services.evaluator.evaluators import PROMPT_FIELDS, LLMJudgeOptions, Score, parse_options
 from services.settings import LLMJudgeSettings, Settings
 
 __all__ = [
@@ -93,9 +94,15 @@ def build_messages(case: ScoringCase, options: LLMJudgeOptions) -> list[dict[str
     }
     if options.use_expected and _has_expected(case.expected_output):
         question["expected_output"] = case.expected_output
+    if options.prompt is None:
+        content = json.dumps(question, ensure_ascii=False, default=str)
+    else:  # the spec's own wording; a field left out above reads as null
+        content = Template(options.prompt).substitute({
+            name: json.dumps(question.get(name), ensure_ascii=False, default=str)
+            for name in PROMPT_FIELDS})
     return [
         {"role": "system", "content": _SYSTEM_PROMPTS[options.scale]},
-        {"role": "user", "content": json.dumps(question, ensure_ascii=False, default=str)},
+        {"role": "user", "content": content},
     ]
 
 

@@ -75,6 +75,19 @@ def test_build_messages_leaves_out_the_expected_output_when_told_to() -> None:
                        "output": "Paris"}
 
 
+def test_a_prompt_of_the_spec_puts_each_field_where_it_says_as_json() -> None:
+    prompt = ("Question: $input\nAnswer given: $output\nReference: $expected_output\n"
+              "Judge by: $criteria. Costs $$0.")
+    messages = build_messages(case(output={"city": "Paris"}), options(prompt=prompt))
+    assert messages[1]["content"] == (
+        'Question: "Capital of France?"\nAnswer given: {"city": "Paris"}\n'
+        'Reference: "Paris"\nJudge by: "Is the answer correct?". Costs $0.')
+    assert messages[0] == build_messages(case(), options())[0]  # the reply format, as always
+    # Left out (no expected output, or use_expected false), a field reads as null.
+    bare = build_messages(case(expected=None), options(prompt="$output vs $expected_output"))
+    assert bare[1]["content"] == '"Paris" vs null'
+
+
 def test_build_messages_is_deterministic_and_keeps_unicode() -> None:
     a = build_messages(case(output="Zürich ✓"), options())
     assert a == build_messages(case(output="Zürich ✓"), options())
@@ -182,7 +195,10 @@ def test_validate_spec_accepts_llm_judge_specs(spec: EvaluatorSpec) -> None:
      ({"criteria": 3}, "criteria", "valid string"),
      ({"criteria": "ok?", "scale": "stars"}, "scale", "'boolean' or 'numeric'"),
      ({"criteria": "ok?", "model": ""}, "model", "at least 1 character"),
-     ({"criteria": "ok?", "temperature": 0.2}, "temperature", "unknown option")],
+     ({"criteria": "ok?", "temperature": 0.2}, "temperature", "unknown option"),
+     ({"criteria": "ok?", "prompt": "Rate $answer"}, "prompt", "unknown field(s) ['answer']"),
+     ({"criteria": "ok?", "prompt": "Costs $5: $output"}, "prompt", "write $$ for a literal $"),
+     ({"criteria": "ok?", "prompt": "Is $input answered?"}, "prompt", "the $output")],
     ids=repr,
 )
 def test_validate_spec_rejects_wrong_llm_judge_specs(options: dict, field: str,
