@@ -141,6 +141,29 @@ def replay(
         raise typer.Exit(130)
 
 
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
+    """Is scoring keeping up? Each consumer group's lag (records of its topics it has not
+    committed past yet) and the number of dead letters."""
+    import json
+
+    from services.status import pipeline_status
+
+    settings = Settings()
+    report = asyncio.run(pipeline_status(settings))
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+        return
+    typer.echo(f"{'service':<12} {'group':<28} {'topic':<32} {'records':>10} {'lag':>10}")
+    for group in report.groups:
+        for topic in group.topics:
+            typer.echo(f"{group.service:<12} {group.group:<28} {topic.topic:<32} "
+                       f"{topic.end:>10,} {topic.lag:>10,}")
+    behind = ", ".join(f"{g.service} {g.lag:,}" for g in report.groups)
+    typer.echo(f"lag: {behind}; dead letters: {report.dead_letters:,} "
+               f"(topic {settings.topics.dead_letter})")
+
+
 projections_app = typer.Typer(help="Operate the read models.", no_args_is_help=True)
 app.add_typer(projections_app, name="projections")
 

@@ -1,0 +1,64 @@
+"""`evalstream status` against the running services: lag and dead letters as Kafka has them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.conftest import ROOT, settings_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
+
+
+async def _status(settings) -> dict:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "status", "--json", env=settings_env(settings),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+async def test_status_shows_the_groups_catching_up_and_counts_dead_letters(api, migrated):
+    before = await _status(migrated)
+    assert [g["service"] for g in before["groups"]] == ["evaluator", "projections"]
+    evaluator_topics = [t["topic"] for t in before["groups"][0]["topics"]]
+    assert evaluator_topics == [migrated.topics.traces, migrated.topics.score_requests]
+
+    # Traces posted: once they are scored, both groups have committed past all of them.
+    dataset_id = await api.dataset_with_items([{"id": "s1", "expected_output": "Paris"}])
+    run_id = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "r"}))["id"]
+    await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
+                            "dataset_item_id": "s1", "output": "Paris",
+                            "status": "succeeded"} for n in range(3)])
+    # ... and a record no consumer can decode, which both dead-letter.
+    producer = AIOKafkaProducer(bootstrap_servers=migrated.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(migrated.topics.traces, b"not an event",
+                                     key=uuid.uuid4().hex.encode())
+    finally:
+        await producer.stop()
+
+    deadline = time.monotonic() + 30
+    while True:
+        now = await _status(migrated)
+        traces = {g["service"]: next(t for t in g["topics"]
+                                     if t["topic"] == migrated.topics.traces)
+                  for g in now["groups"]}
+        caught_up = all(t["lag"] == 0 for t in traces.values())
+        if caught_up and now["dead_letters"] >= before["dead_letters"] + 2:
+            break
+        assert time.monotonic() < deadline, f"never caught up: {now}"
+        await asyncio.sleep(0.5)
+    before_traces = next(t for t in before["groups"][0]["topics"]
+                         if t["topic"] == migrated.topics.traces)
+    assert traces["evaluator"]["end"] == before_traces["end"] + 4  # 3 traces, 1 undecodable
+    assert traces["evaluator"]["committed"] == traces["evaluator"]["end"]
+    assert now["dead_letters"] == before["dead_letters"] + 2  # once per consumer group
