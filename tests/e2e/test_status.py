@@ -16,13 +16,15 @@ from tests.conftest import ROOT, settings_env
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
 
 
-async def _status(settings) -> dict:
+async def _status(settings, as_json: bool = True):
+    """`evalstream status`: its JSON report, or (as_json=False) the table it prints."""
+    args = ["--json"] if as_json else []
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "status", "--json", env=settings_env(settings),
+        sys.executable, "-m", "services.cli", "status", *args, env=settings_env(settings),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()[-3000:]
-    return json.loads(out.decode().strip().splitlines()[-1])
+    return json.loads(out.decode().strip().splitlines()[-1]) if as_json else out.decode()
 
 
 async def test_status_shows_the_groups_catching_up_and_counts_dead_letters(api, migrated):
@@ -62,3 +64,11 @@ async def test_status_shows_the_groups_catching_up_and_counts_dead_letters(api, 
     assert traces["evaluator"]["end"] == before_traces["end"] + 4  # 3 traces, 1 undecodable
     assert traces["evaluator"]["committed"] == traces["evaluator"]["end"]
     assert now["dead_letters"] == before["dead_letters"] + 2  # once per consumer group
+
+    table = (await _status(migrated, as_json=False)).splitlines()
+    assert table[0].split() == ["service", "group", "topic", "records", "lag"]
+    row = next(line.split() for line in table
+               if line.startswith("projections") and migrated.topics.traces in line)
+    assert row[3:] == [f"{traces['projections']['end']:,}", "0"]
+    assert table[-1].startswith("lag: evaluator ") and (
+        f"dead letters: {now['dead_letters']:,}" in table[-1])
