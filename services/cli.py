@@ -212,7 +212,7 @@ def projections_schemas(
     rebuilds left behind, with their sizes."""
     import json
 
-    from services.projections.rebuild import read_model_schemas
+    from services.projections.previous_schemas import read_model_schemas
 
     settings = Settings()
     _logging(settings)
@@ -242,7 +242,7 @@ def projections_drop_previous(
 ) -> None:
     """Drop the read-model schemas earlier rebuilds left behind (never the live one), except the
     --keep newest. Refused while a rebuild runs."""
-    from services.projections.rebuild import (
+    from services.projections.previous_schemas import (
         DropRefused,
         drop_previous_schemas,
         read_model_schemas,

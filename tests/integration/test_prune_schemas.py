@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 from services.cli import app
 from services.database import POINTER_TABLE, ensure_read_model_pointer, migrate
 from services.projections.live_schema import lock_pointer, switch_live_schema
-from services.projections.rebuild import (
-    _REBUILD_LOCK,
+from services.projections.previous_schemas import (
     DropRefused,
     drop_previous_schemas,
     read_model_schemas,
 )
+from services.projections.rebuild import _REBUILD_LOCK
 from services.settings import Settings
 
 pytestmark = pytest.mark.postgres
