@@ -8,11 +8,12 @@ from schemas.catalog import (
     RunStarted,
 )
 from schemas.common import DEFAULT_EVALUATORS, EvaluatorSpec, run_item_key, score_id
-from schemas.scores import EvaluationFailed, ScoreRecorded
+from schemas.scores import CaseFailure, CaseScore, CaseScored, EvaluationFailed, ScoreRecorded
 from schemas.traces import ScoreRequested, ScoringCase, TraceCompleted, Usage
 
 __all__ = [
-    "DEFAULT_EVALUATORS", "DatasetCreated", "DatasetItem", "DatasetItemsUpserted",
+    "DEFAULT_EVALUATORS", "CaseFailure", "CaseScore", "CaseScored", "DatasetCreated",
+    "DatasetItem", "DatasetItemsUpserted",
     "EvaluationFailed", "EvaluatorSpec", "EvaluatorsConfigured", "RunStarted", "ScoreRecorded",
     "ScoreRequested", "ScoringCase", "TraceCompleted", "Usage", "run_item_key", "score_id",
 ]
