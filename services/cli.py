@@ -164,6 +164,35 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
                f"(topic {settings.topics.dead_letter})")
 
 
+@app.command("dead-letters")
+def dead_letters_command(
+    as_json: bool = typer.Option(False, "--json", help="Print every dead letter as JSON."),
+    limit: int = typer.Option(20, min=0, help="Latest dead letters listed after the summary."),
+) -> None:
+    """The records consumers could not take (undecodable, or refused by the read model): how
+    many of each kind, and the latest with where they came from and why."""
+    import json
+    from collections import Counter
+    from dataclasses import asdict
+
+    from services.status import dead_letters
+
+    settings = Settings()
+    letters = asyncio.run(dead_letters(settings))
+    if as_json:
+        typer.echo(json.dumps([asdict(d) for d in letters]))
+        return
+    typer.echo(f"{len(letters):,} dead letter(s) in {settings.topics.dead_letter}")
+    # The reason up to its first colon names the kind ("invalid TraceCompleted: …").
+    kinds = Counter((d.consumer, d.reason.split(":", 1)[0]) for d in letters)
+    for (consumer, kind), count in kinds.most_common():
+        typer.echo(f"  {count:>8,}  {consumer:<12} {kind}")
+    latest = sorted(letters, key=lambda d: d.dead_lettered_at)[-limit:] if limit else []
+    for d in latest:
+        typer.echo(f"{d.dead_lettered_at} {d.topic}[{d.partition}]@{d.offset} "
+                   f"{d.ce_type or '-'} {d.ce_id or '-'} ({d.consumer}): {d.reason}")
+
+
 projections_app = typer.Typer(help="Operate the read models.", no_args_is_help=True)
 app.add_typer(projections_app, name="projections")
 

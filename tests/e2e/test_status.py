@@ -18,9 +18,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
 
 async def _status(settings, as_json: bool = True):
     """`evalstream status`: its JSON report, or (as_json=False) the table it prints."""
-    args = ["--json"] if as_json else []
+    return await _cli(settings, "status", as_json=as_json)
+
+
+async def _cli(settings, *args: str, as_json: bool = True):
+    """An `evalstream` command: its JSON output, or (as_json=False) what it prints."""
+    args = (*args, "--json") if as_json else args
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "status", *args, env=settings_env(settings),
+        sys.executable, "-m", "services.cli", *args, env=settings_env(settings),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()[-3000:]
@@ -43,8 +48,8 @@ async def test_status_shows_the_groups_catching_up_and_counts_dead_letters(api, 
     producer = AIOKafkaProducer(bootstrap_servers=migrated.bootstrap)
     await producer.start()
     try:
-        await producer.send_and_wait(migrated.topics.traces, b"not an event",
-                                     key=uuid.uuid4().hex.encode())
+        sent = await producer.send_and_wait(migrated.topics.traces, b"not an event",
+                                            key=uuid.uuid4().hex.encode())
     finally:
         await producer.stop()
 
@@ -72,3 +77,15 @@ async def test_status_shows_the_groups_catching_up_and_counts_dead_letters(api, 
     assert row[3:] == [f"{traces['projections']['end']:,}", "0"]
     assert table[-1].startswith("lag: evaluator ") and (
         f"dead letters: {now['dead_letters']:,}" in table[-1])
+
+    # The two dead letters of that record, with where it came from and why.
+    letters = [d for d in await _cli(migrated, "dead-letters")
+               if (d["topic"], d["partition"], d["offset"])
+               == (migrated.topics.traces, sent.partition, sent.offset)]
+    assert sorted(d["consumer"] for d in letters) == ["evaluator", "projections"]
+    assert all(d["reason"].startswith("missing CloudEvents header(s)") and d["ce_id"] is None
+               for d in letters)
+    summary = await _cli(migrated, "dead-letters", "--limit", "1", as_json=False)
+    assert summary.splitlines()[0] == f"{now['dead_letters']:,} dead letter(s) in " \
+                                      f"{migrated.topics.dead_letter}"
+    assert "evaluator    missing CloudEvents header(s)" in summary
