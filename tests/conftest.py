@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -124,6 +125,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value() if isinstance(value, SecretStr) else value
             env[f"EVALSTREAM_LLM_JUDGE__{field.upper()}"] = str(value)
     return env
+
+
+async def evalstream_command(env: dict[str, str], *args: str,
+                             timeout: float = 120) -> str:  # noqa: ASYNC109
+    """Run `evalstream <args>` as a user does, in a process of its own with `env`; returns what
+    it printed, and fails the test (with the end of its stderr) if it exits non-zero."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", *args, env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    return out.decode()
 
 
 @pytest.fixture(scope="session")

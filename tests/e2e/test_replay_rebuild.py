@@ -22,7 +22,14 @@ from services.database import create_pool
 from services.devstack import ServiceProcesses
 from services.log_reader import LogReader
 from services.settings import Settings
-from tests.conftest import ROOT, Api, make_settings, running_services, settings_env
+from tests.conftest import (
+    ROOT,
+    Api,
+    evalstream_command,
+    make_settings,
+    running_services,
+    settings_env,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
 
@@ -58,12 +65,8 @@ async def api(own_services: ServiceProcesses, own_settings: Settings) -> AsyncIt
 
 async def _cli(env: dict, *args: str, timeout: float = 120) -> dict:  # noqa: ASYNC109
     """An `evalstream ... --json` command as a user runs it; returns its JSON report."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", *args, "--json", "--no-progress", env=env,
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode == 0, err.decode()[-3000:]
-    return json.loads(out.decode().strip().splitlines()[-1])
+    out = await evalstream_command(env, *args, "--json", "--no-progress", timeout=timeout)
+    return json.loads(out.strip().splitlines()[-1])
 
 
 async def _run(api: Api, dataset_id: str, items: list[str], outputs: list) -> str:

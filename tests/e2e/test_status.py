@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 import uuid
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.conftest import ROOT, settings_env
+from tests.conftest import evalstream_command, settings_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
 
@@ -23,13 +22,9 @@ async def _status(settings, as_json: bool = True):
 
 async def _cli(settings, *args: str, as_json: bool = True):
     """An `evalstream` command: its JSON output, or (as_json=False) what it prints."""
-    args = (*args, "--json") if as_json else args
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", *args, env=settings_env(settings),
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()[-3000:]
-    return json.loads(out.decode().strip().splitlines()[-1]) if as_json else out.decode()
+    out = await evalstream_command(settings_env(settings), *args, *(["--json"] if as_json else []),
+                                   timeout=60)
+    return json.loads(out.strip().splitlines()[-1]) if as_json else out
 
 
 async def test_status_shows_the_groups_catching_up_and_counts_dead_letters(api, migrated):
