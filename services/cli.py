@@ -164,18 +164,26 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
                f"(topic {settings.topics.dead_letter})")
 
 
-@app.command("dead-letters")
+dead_letters_app = typer.Typer(
+    help="The records consumers could not take (undecodable, or refused by the read model).",
+    invoke_without_command=True)
+app.add_typer(dead_letters_app, name="dead-letters")
+
+
+@dead_letters_app.callback()
 def dead_letters_command(
+    ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print every dead letter as JSON."),
     limit: int = typer.Option(20, min=0, help="Latest dead letters listed after the summary."),
 ) -> None:
-    """The records consumers could not take (undecodable, or refused by the read model): how
-    many of each kind, and the latest with where they came from and why."""
+    """How many dead letters of each kind, and the latest with where they came from and why;
+    `redrive` sends them back once the cause is fixed."""
+    if ctx.invoked_subcommand is not None:
+        return
     import json
-    from collections import Counter
     from dataclasses import asdict
 
-    from services.status import dead_letters
+    from services.dead_letters import dead_letters, kinds
 
     settings = Settings()
     letters = asyncio.run(dead_letters(settings))
@@ -183,14 +191,37 @@ def dead_letters_command(
         typer.echo(json.dumps([asdict(d) for d in letters]))
         return
     typer.echo(f"{len(letters):,} dead letter(s) in {settings.topics.dead_letter}")
-    # The reason up to its first colon names the kind ("invalid TraceCompleted: …").
-    kinds = Counter((d.consumer, d.reason.split(":", 1)[0]) for d in letters)
-    for (consumer, kind), count in kinds.most_common():
+    for (consumer, kind), count in kinds(letters).most_common():
         typer.echo(f"  {count:>8,}  {consumer:<12} {kind}")
     latest = sorted(letters, key=lambda d: d.dead_lettered_at)[-limit:] if limit else []
     for d in latest:
         typer.echo(f"{d.dead_lettered_at} {d.topic}[{d.partition}]@{d.offset} "
                    f"{d.ce_type or '-'} {d.ce_id or '-'} ({d.consumer}): {d.reason}")
+
+
+@dead_letters_app.command("redrive")
+def dead_letters_redrive(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be sent; send nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Send the dead letters since the last redrive back to the topics they came from, once
+    each, after the consumer that refused them is fixed. Consumers skip what they had applied;
+    what is still refused comes back as a new dead letter."""
+    import json
+
+    from services.dead_letters import redrive
+
+    report = asyncio.run(redrive(Settings(), dry_run=dry_run))
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+        return
+    sent = sum(report.redriven.values())
+    verb = "would send" if dry_run else "sent"
+    typer.echo(f"{report.read:,} dead letter(s) since the last redrive; {verb} {sent:,} "
+               f"record(s) back ({report.duplicates:,} dead-lettered twice, "
+               f"{report.unroutable:,} with no topic to go back to)")
+    for topic, count in sorted(report.redriven.items()):
+        typer.echo(f"  {count:>8,}  {topic}")
 
 
 projections_app = typer.Typer(help="Operate the read models.", no_args_is_help=True)

@@ -1,9 +1,12 @@
 """Reads topics back from offset zero, without a consumer group, up to end offsets captured when
 asked: what `evalstream replay` and `evalstream projections rebuild` share.
 
-A plain aiokafka consumer assigns itself every partition, so nothing is committed and no running
-consumer group is disturbed. Offsets are never looked up by timestamp (unreliable on the
-development broker); a `since` filter goes by the events' own time.
+A plain aiokafka consumer assigns itself every partition, so no running consumer group is
+disturbed; nothing is committed, unless a reader given a `group_id` is asked to (it never joins
+that group: it only keeps its offsets there, as `evalstream dead-letters redrive` does).
+
+Offsets are never looked up by timestamp (unreliable on the development broker); a `since` filter
+goes by the events' own time.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ Offsets = dict[TopicPartition, int]
 
 class LogReader:
     def __init__(self, settings: Settings, topics: list[str], *, client_id: str,
-                 max_records: int = 5000, only: Collection[TopicPartition] | None = None):
-        """Reads `topics`, or only the partitions `only` of them."""
-        self.settings, self.topics = settings, topics
+                 max_records: int = 5000, only: Collection[TopicPartition] | None = None,
+                 group_id: str | None = None):
+        """Reads `topics`, or only the partitions `only` of them; `group_id` is where
+        `committed` and `commit` keep offsets."""
+        self.settings, self.topics, self.group_id = settings, topics, group_id
         self.client_id, self.max_records = client_id, max_records
         self.only = None if only is None else set(only)
         self.partitions: list[TopicPartition] = []
@@ -29,8 +34,8 @@ class LogReader:
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap, client_id=self.client_id, group_id=None,
-            enable_auto_commit=False, auto_offset_reset="earliest",
+            bootstrap_servers=self.settings.bootstrap, client_id=self.client_id,
+            group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
             fetch_max_wait_ms=50)
         await self._consumer.start()
@@ -81,6 +86,20 @@ class LogReader:
             return {tp: max(listed[tp], probe.highwater(tp) or 0) for tp in self.partitions}
         finally:
             await probe.stop()
+
+    async def committed(self) -> Offsets:
+        """Where the reader's group left off, partition by partition (the beginning where it
+        never committed)."""
+        begins = await self.beginning_offsets()
+        out = {}
+        for tp in self.partitions:
+            offset = await self._consumer.committed(tp)
+            out[tp] = begins[tp] if offset is None or offset < begins[tp] else offset
+        return out
+
+    async def commit(self, offsets: Offsets) -> None:
+        """Record `offsets` as where the reader's group left off."""
+        await self._consumer.commit(offsets)
 
     async def remaining(self, until: Offsets) -> int:
         """Records between the current positions and `until`."""

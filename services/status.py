@@ -1,12 +1,11 @@
 """`evalstream status`: is scoring keeping up? For each consumer group, how far its committed
 offsets are behind the end of the topics it reads (its lag), and how many records the
-dead-letter topic holds; `evalstream dead-letters`: which records, and why. Read from Kafka
-alone, as any operator's tool would."""
+dead-letter topic holds (which ones, and why: services/dead_letters.py). Read from Kafka alone,
+as any operator's tool would."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -83,36 +82,3 @@ async def pipeline_status(settings: Settings) -> PipelineStatus:
     finally:
         await admin.close()
         await reader.stop()
-
-
-@dataclass
-class DeadLetter:
-    topic: str  # where the record was consumed from
-    partition: int
-    offset: int
-    consumer: str  # the service that gave up on it
-    reason: str
-    ce_type: str | None
-    ce_id: str | None
-    dead_lettered_at: str  # when it reached the dead-letter topic (the record's timestamp)
-
-    @classmethod
-    def of(cls, record) -> DeadLetter:
-        h = {k: v.decode(errors="replace") for k, v in record.headers or ()}
-        return cls(topic=h.get("dlq_topic", "?"), partition=int(h.get("dlq_partition", -1)),
-                   offset=int(h.get("dlq_offset", -1)), consumer=h.get("dlq_consumer", "?"),
-                   reason=h.get("dlq_reason", "?"), ce_type=h.get("ce_type"),
-                   ce_id=h.get("ce_id"),
-                   dead_lettered_at=datetime.fromtimestamp(record.timestamp / 1000,
-                                                           UTC).isoformat())
-
-
-async def dead_letters(settings: Settings) -> list[DeadLetter]:
-    """Every record of the dead-letter topic so far, oldest first per partition, with why it is
-    there (the `dlq_*` headers the consumers added)."""
-    out: list[DeadLetter] = []
-    async with LogReader(settings, [settings.topics.dead_letter],
-                         client_id="evalstream-dead-letters") as reader:
-        async for batch in reader.batches(await reader.end_offsets()):
-            out.extend(DeadLetter.of(record) for record in batch)
-    return out
