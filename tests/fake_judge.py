@@ -72,13 +72,19 @@ class FakeJudge:
                 content = f"```json\n{content}\n```"
             return JSONResponse({
                 "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion",
-                "created": int(time.time()), "model": model,
+                "created": int(time.time()), "model": self.answering(model),
                 "choices": [{"index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": content}}],
                 "usage": {"prompt_tokens": 50, "completion_tokens": 12, "total_tokens": 62}})
         finally:
             if model == "slow":
                 self.in_flight -= 1
+
+    @staticmethod
+    def answering(model: str) -> str:
+        """The model named in a reply: a dated snapshot of the one asked for, as OpenAI names
+        the model behind an alias."""
+        return f"{model}-2026-11-01"
 
     @staticmethod
     def verdict(messages: list[dict[str, str]]) -> str:

@@ -32,6 +32,9 @@ class Score:
     data_type: Literal["numeric", "boolean", "categorical"]
     string_value: str | None = None
     comment: str | None = None
+    # The model that gave the score (the LLM judge's, as the endpoint named it): the score's
+    # evaluator version is then "<evaluator version>+<model>", so scores of two models differ.
+    model: str | None = None
 
 
 # None means "no score for this case" (e.g. nothing to compare against), not a zero.

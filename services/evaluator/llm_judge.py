@@ -5,8 +5,9 @@ Unlike the programmatic evaluators it calls out over HTTP, so it is not a synchr
 `LLMJudge.judge_many` scores many (case, spec) pairs at once against any OpenAI-compatible
 `POST {base_url}/chat/completions`, concurrently up to a bound, retrying 429s, 5xx and network
 errors, and never raising for one bad call (its exception takes that pair's place, for the service
-to report as a failure in the case's CaseScored). Prompt building and reply parsing are pure
-functions.
+to report as a failure in the case's CaseScored). A score names the model that gave it, as the
+endpoint answered (its version is "1+<model>"), so a change of model shows in the scores. Prompt
+building and reply parsing are pure functions.
 
 Configuration: `EVALSTREAM_LLM_JUDGE__*` (services/settings.py: LLMJudgeSettings).
 """
@@ -18,6 +19,7 @@ import json
 import logging
 import math
 import re
+from dataclasses import replace
 from collections.abc import Sequence
 from string import Template
 from typing import Any, Literal
@@ -190,7 +192,9 @@ def _retryable(e: BaseException) -> bool:
     return isinstance(e, httpx.TransportError)  # connect/read errors and timeouts
 
 
-def _completion_text(response: httpx.Response) -> str:
+def _completion_text(response: httpx.Response) -> tuple[str, str | None]:
+    """The reply's text, and the model the endpoint says answered (it may name a dated snapshot
+    of the model asked for)."""
     try:
         data = response.json()
         message = data["choices"][0]["message"]
@@ -203,7 +207,8 @@ def _completion_text(response: httpx.Response) -> str:
         refusal = message.get("refusal") if isinstance(message, dict) else None
         raise ValueError("judge reply has no content"
                          + (f" (refusal: {_snippet(str(refusal))})" if refusal else ""))
-    return content
+    model = data.get("model") if isinstance(data, dict) else None
+    return content, model.strip()[:200] if isinstance(model, str) and model.strip() else None
 
 
 class LLMJudge:
@@ -291,10 +296,12 @@ class LLMJudge:
                 else task.exception() or task.result() for task in tasks]
 
     async def _judge(self, model: str, messages: list[dict[str, str]], scale: Scale) -> Score:
-        return parse_verdict(await self._complete(model, messages), scale)
+        text, answered_by = await self._complete(model, messages)
+        return replace(parse_verdict(text, scale), model=answered_by or model)
 
-    async def _complete(self, model: str, messages: list[dict[str, str]]) -> str:
-        """The completion's text, retrying 429, 5xx and network errors with exponential
+    async def _complete(self, model: str,
+                        messages: list[dict[str, str]]) -> tuple[str, str | None]:
+        """The completion's text and the model that answered, retrying 429, 5xx and network errors with exponential
         backoff (a 429's Retry-After is honoured up to backoff_max_s)."""
         assert self._client is not None
         body = {"model": model, "messages": messages, "temperature": 0,

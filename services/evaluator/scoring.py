@@ -78,7 +78,8 @@ def score_case(env: Envelope, judged: Judged | None = None) -> Envelope:
                     score_id=score_id(run_item_id, name, evaluator.source), name=name,
                     value=score.value, data_type=score.data_type, string_value=score.string_value,
                     source=evaluator.source, comment=score.comment, evaluator=spec.type,
-                    evaluator_version=evaluator.version, spec_hash=_spec_hash(spec)))
+                    evaluator_version=evaluator.version if score.model is None
+                    else f"{evaluator.version}+{score.model}", spec_hash=_spec_hash(spec)))
         except Exception as e:  # one evaluator's failure must not stop the others
             failures.append(CaseFailure(
                 failure_id=deterministic_id("failure", run_item_id, name), name=name,

@@ -355,6 +355,8 @@ async def test_an_llm_judge_scores_beside_the_programmatic_evaluators(api, fake_
     assert (judged["value"], judged["source"], judged["evaluator"]) == (1.0, "llm_judge",
                                                                         "llm_judge")
     assert judged["comment"] == "The output contains 'paris'."
+    # The settings' default model, as the judge named it in its reply.
+    assert judged["evaluator_version"] == f"1+{fake_judge.answering('gpt-4o-mini')}"
     failure = next(f for f in first["evaluation_failures"] if f["name"] == "judged_broken")
     assert "500" in failure["reason"] and "JudgeHTTPError" in failure["reason"]
     asked = [r for r in fake_judge.requests

@@ -269,9 +269,10 @@ async def test_judge_many_of_nothing_is_nothing() -> None:
 async def test_a_wrong_spec_fails_only_its_own_pair(monkeypatch) -> None:
     asked: list[str] = []
 
-    async def complete(self, model: str, messages: list[dict[str, str]]) -> str:
+    async def complete(self, model: str,
+                       messages: list[dict[str, str]]) -> tuple[str, str | None]:
         asked.append(model)
-        return '{"score": true, "reason": "fine"}'
+        return '{"score": true, "reason": "fine"}', None  # a reply naming no model
 
     monkeypatch.setattr(judge_module.LLMJudge, "_complete", complete)
     async with LLMJudge(LLMJudgeSettings(base_url="http://127.0.0.1:9/v1", model="m0")) as judge:
@@ -280,8 +281,10 @@ async def test_a_wrong_spec_fails_only_its_own_pair(monkeypatch) -> None:
             (case(), EvaluatorSpec(type="llm_judge", criteria="ok?", model="m2")),
             (case(), EvaluatorSpec(type="llm_judge", criteria="ok?"))])
     assert isinstance(results[0], SpecError) and results[0].field == "criteria"
-    assert results[1] == results[2] == Score(1.0, "boolean", comment="fine")
-    assert sorted(asked) == ["m0", "m2"]  # the spec's model, else the settings' default
+    # The spec's model, else the settings' default; a reply naming none: the model asked.
+    assert results[1] == Score(1.0, "boolean", comment="fine", model="m2")
+    assert results[2] == Score(1.0, "boolean", comment="fine", model="m0")
+    assert sorted(asked) == ["m0", "m2"]
 
 
 @pytest.mark.parametrize(("judge", "records"), [({}, 2000),

@@ -92,3 +92,16 @@ def test_an_evaluator_returning_what_the_contract_refuses_is_a_failure(monkeypat
     assert [s.name for s in case.scores] == ["exact_match"]
     assert [f.name for f in case.failures] == ["broken"]
     assert "ValidationError" in case.failures[0].reason and "data_type" in case.failures[0].reason
+
+
+def test_a_judged_score_names_its_model_in_its_version():
+    from services.evaluator.evaluators import Score
+
+    specs = (EvaluatorSpec(type="exact_match"),
+             EvaluatorSpec(type="llm_judge", name="judged", criteria="Right city?"))
+    env = wrap(_trace(evaluators=specs), source="t", key="r1", id="e1")
+    judged = {("e1", 1): Score(1.0, "boolean", comment="Paris.", model="m-2026-11-01")}
+    scores = {s.name: s for s in score_case(env, judged).event.scores}
+    assert (scores["judged"].evaluator, scores["judged"].evaluator_version,
+            scores["judged"].source) == ("llm_judge", "1+m-2026-11-01", "llm_judge")
+    assert scores["exact_match"].evaluator_version == "1"
