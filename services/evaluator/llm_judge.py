@@ -19,8 +19,8 @@ import json
 import logging
 import math
 import re
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from string import Template
 from typing import Any, Literal
 
@@ -301,8 +301,9 @@ class LLMJudge:
 
     async def _complete(self, model: str,
                         messages: list[dict[str, str]]) -> tuple[str, str | None]:
-        """The completion's text and the model that answered, retrying 429, 5xx and network errors with exponential
-        backoff (a 429's Retry-After is honoured up to backoff_max_s)."""
+        """The completion's text and the model that answered, retrying 429, 5xx and network
+        errors with exponential backoff (a 429's Retry-After is honoured up to
+        backoff_max_s)."""
         assert self._client is not None
         body = {"model": model, "messages": messages, "temperature": 0,
                 "response_format": {"type": "json_object"}}
