@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -20,11 +21,13 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from murmurhash2 import murmurhash2
+from tenacity import AsyncRetrying, RetryCallState, stop_after_delay, wait_exponential
 
 from schemas.envelope import Envelope, UndecodableEvent, unwrap
-from services.settings import Settings
+from services.settings import RetrySettings, Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def records_as_consumed(msg: object) -> None:
@@ -196,3 +199,33 @@ async def decode_records(records: Sequence, publisher: EventPublisher) -> list[E
     if dead:
         await publisher.dead_letter(dead)
     return envelopes
+
+
+async def until_done(step: Callable[[], Awaitable[T]], what: str, policy: RetrySettings) -> T:
+    """Run a batch's `step` until it succeeds: a failure (Postgres or the broker unreachable,
+    say) is retried with exponential backoff, the batch kept as it is, so it is neither decoded
+    nor dead-lettered again. Past `policy.window_s` the last error is raised and the consumer
+    gives the batch back, to be delivered again.
+
+    Without this a consumer whose database is down took the batch again at once, endlessly: a
+    core busy and thousands of tracebacks a second. Now: one warning per attempt, the first
+    with its traceback."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning("%s failed (attempt %d): %s: %s; retrying in %.1f s", what,
+                    state.attempt_number, type(error).__name__, error, wait,
+                    exc_info=error if state.attempt_number == 1 else None)
+
+    retrying = AsyncRetrying(
+        wait=wait_exponential(multiplier=policy.backoff_s, max=policy.backoff_max_s),
+        stop=stop_after_delay(policy.window_s), before_sleep=before_sleep, reraise=True)
+    async def attempt() -> T:  # a coroutine function: tenacity would not await a lambda's result
+        return await step()
+
+    result = await retrying(attempt)
+    attempts = retrying.statistics.get("attempt_number", 1)
+    if attempts > 1:
+        log.warning("%s succeeded at attempt %d", what, attempts)
+    return result

@@ -62,6 +62,22 @@ class LLMJudgeSettings(BaseModel):
                                  "away and deliver the batch again.")
 
 
+class RetrySettings(BaseModel):
+    """How a consumer retries a batch whose work failed (Postgres or the broker down, say):
+    `EVALSTREAM_RETRY__*`. The batch is kept and its failed step retried with exponential
+    backoff; past `window_s` it is given back, to be delivered again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backoff_s: float = Field(0.5, ge=0, description="Wait before the first retry; doubles each "
+                                                    "time.")
+    backoff_max_s: float = Field(30.0, ge=0, description="Longest wait between retries.")
+    window_s: float = Field(
+        120.0, gt=0, description="Longest a batch is retried before it is given back and "
+                                 "delivered again; well inside the consumer's 300 s poll "
+                                 "interval, past which the group would take its partitions away.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EVALSTREAM_", env_nested_delimiter="__",
                                       extra="forbid")
@@ -77,6 +93,7 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated bearer keys accepted by ingest.")
     topics: Topics = Topics()
     llm_judge: LLMJudgeSettings = LLMJudgeSettings()
+    retry: RetrySettings = RetrySettings()
     topic_partitions: int = Field(8, ge=1, description="Partitions of topics evalstream creates.")
     host: str = "127.0.0.1"
     ingest_port: int = 8000

@@ -119,11 +119,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
                EVALSTREAM_LOG_LEVEL="WARNING")
     for field in type(settings.topics).model_fields:
         env[f"EVALSTREAM_TOPICS__{field.upper()}"] = getattr(settings.topics, field)
-    for field in type(settings.llm_judge).model_fields:
-        value = getattr(settings.llm_judge, field)
-        if value is not None:
-            value = value.get_secret_value() if isinstance(value, SecretStr) else value
-            env[f"EVALSTREAM_LLM_JUDGE__{field.upper()}"] = str(value)
+    for nested in ("llm_judge", "retry"):
+        group = getattr(settings, nested)
+        for field in type(group).model_fields:
+            value = getattr(group, field)
+            if value is not None:
+                value = value.get_secret_value() if isinstance(value, SecretStr) else value
+                env[f"EVALSTREAM_{nested.upper()}__{field.upper()}"] = str(value)
     return env
 
 

@@ -1,7 +1,8 @@
 """The evaluator service: a stateless FastStream consumer group over traces and score requests.
 
 Each batch is decoded (undecodable records go to the dead-letter topic), scored, and its score
-events published with acks=all before the batch's offsets are committed: at-least-once, and the
+events published with acks=all (retried with backoff while the broker is unreachable) before the
+batch's offsets are committed: at-least-once, and the
 deterministic event ids make a redelivered batch harmless downstream.
 """
 
@@ -21,6 +22,7 @@ from services.messaging import (
     decode_records,
     ensure_topics,
     subscribe_batches,
+    until_done,
 )
 from services.settings import Settings
 
@@ -32,7 +34,10 @@ def register(broker: KafkaBroker, settings: Settings, publisher: EventPublisher,
     async def on_scoring_cases(msg: KafkaMessage) -> None:
         envelopes = await decode_records(msg.raw_message, publisher)
         scored = await score_cases(envelopes, judge)
-        await publisher.publish(settings.topics.scores, scored)
+        # The broker unreachable: the scored batch (and its judge verdicts) is kept and its
+        # publication retried with backoff (services/messaging.py).
+        await until_done(lambda: publisher.publish(settings.topics.scores, scored),
+                         "publishing a batch's scores", settings.retry)
 
     # A judge's calls take the batch's time: with one configured, batches are smaller, so that
     # they end well within the judge's batch deadline even when every case asks for it.

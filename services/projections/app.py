@@ -24,6 +24,7 @@ from services.messaging import (
     decode_records,
     ensure_topics,
     subscribe_batches,
+    until_done,
 )
 from services.projections.api import router
 from services.projections.live_schema import LiveReadModelPool, enter_live_schema
@@ -42,6 +43,11 @@ def projected_topics(settings: Settings) -> list[str]:
 def register(broker: KafkaBroker, settings: Settings, state: dict) -> None:
     async def on_events(msg: KafkaMessage) -> None:
         envelopes = await decode_records(msg.raw_message, state["publisher"])
+        # Postgres unreachable: the decoded batch is retried with backoff (services/messaging.py).
+        await until_done(lambda: apply(msg.raw_message, envelopes), "applying a batch",
+                         settings.retry)
+
+    async def apply(records: Sequence, envelopes: list[Envelope]) -> None:
         try:
             async with state["consumer_pool"].acquire() as conn, conn.transaction():
                 # Into whichever schema is live (a rebuild may have switched it), docs/adr/0006.
@@ -49,7 +55,7 @@ def register(broker: KafkaBroker, settings: Settings, state: dict) -> None:
                 await apply_batch(conn, envelopes)
         except asyncpg.DataError as e:
             log.warning("a batch Postgres refuses (%s); applying its events one by one", e)
-            await apply_one_by_one(msg.raw_message, envelopes)
+            await apply_one_by_one(records, envelopes)
 
     async def apply_one_by_one(records: Sequence, envelopes: list[Envelope]) -> None:
         """A valid event that Postgres cannot store (a NUL in a string, say) must not stall its
