@@ -1,11 +1,15 @@
 """What both HTTP APIs share: bearer-key auth, request size limits and error bodies that name the
-field at fault (FastAPI's own `{"detail": [{"loc", "msg", "type"}]}` shape throughout)."""
+field at fault (FastAPI's own `{"detail": [{"loc", "msg", "type"}]}` shape throughout), and a 503
+naming Postgres or the broker when one of them cannot be reached."""
 
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Annotated, Any
 
+import asyncpg
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -26,6 +30,7 @@ class FieldError(Exception):
                  "msg": self.msg, "type": self.type}]
 
 
+log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -82,3 +87,52 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FieldError)
     async def _field_error(_: Request, exc: FieldError) -> JSONResponse:
         return JSONResponse(status_code=exc.status, content={"detail": exc.detail()})
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.CannotConnectNowError)
+    @app.exception_handler(asyncpg.TooManyConnectionsError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(KafkaError)
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, MessageSizeTooLargeError):
+            return JSONResponse(status_code=413, content={"detail": [{
+                "loc": ["body"], "msg": f"an event is larger than the broker takes: {exc}",
+                "type": "too_large"}]})
+        dependency = _dependency(exc)
+        log.warning("%s %s: 503, %s is unreachable: %s: %s", request.method, request.url.path,
+                    dependency, type(exc).__name__, exc)
+        return unavailable(dependency, exc)
+
+
+# Seconds a client is asked to wait before trying again while a dependency is unreachable.
+RETRY_AFTER_S = 5
+
+
+def _dependency(exc: BaseException) -> str:
+    """Which dependency an error came from: by its type, else by the modules its traceback
+    passed through (a refused connection is an OSError whoever made it)."""
+    if isinstance(exc, KafkaError):
+        return "the broker"
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return "Postgres"
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.startswith("asyncpg"):
+            return "Postgres"
+        if module.startswith("aiokafka"):
+            return "the broker"
+        tb = tb.tb_next
+    return "a service evalstream depends on"
+
+
+def unavailable(dependency: str, exc: BaseException) -> JSONResponse:
+    """503: the request was not completed because `dependency` could not be reached. Sending it
+    again is safe: nothing was stored, and traces published before the failure have the same
+    ids when sent again, which consumers skip."""
+    detail = str(exc) or type(exc).__name__
+    return JSONResponse(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}, content={
+        "detail": [{"loc": [], "msg": f"{dependency} is unreachable ({type(exc).__name__}: "
+                                      f"{detail}); the request was not completed, send it again",
+                    "type": "unavailable"}]})

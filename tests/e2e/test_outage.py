@@ -154,6 +154,11 @@ async def test_projections_back_off_while_postgres_is_down_and_catch_up(
         attempts = log.count("applying a batch failed (attempt ")
         assert 1 <= attempts < 40, log[-3000:]
 
+        # The query API reads through the proxy too: a 503 naming Postgres, not a bare 500.
+        r = await api.query.get(f"/v1/runs/{run_id}")
+        assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+        assert r.json()["detail"][0]["msg"].startswith("Postgres is unreachable")
+
         proxy.restore()
         summary = await api.eventually(
             f"/v1/runs/{run_id}", lambda s: s["scores"].get("exact_match", {}).get("count") == 4)
@@ -164,3 +169,30 @@ async def test_projections_back_off_while_postgres_is_down_and_catch_up(
         await api.close()
         proxied.stop_all()
         direct.stop_all()
+
+
+async def test_ingest_answers_503_naming_postgres_while_it_is_down(own_settings, proxy, tmp_path):
+    procs = ServiceProcesses({**settings_env(own_settings), "DATABASE_URL": proxy.url()},
+                             tmp_path, ports={"ingest": own_settings.ingest_port})
+    api = Api(own_settings)
+    try:
+        procs.start("ingest")
+        dataset_id = await api.dataset_with_items([{"id": "i0", "expected_output": "Paris"}])
+        run_id = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "r"}))["id"]
+        proxy.cut()
+        for path, body in [("/v1/datasets", {"name": "d"}),
+                           ("/v1/traces", {"traces": [{
+                               "trace_id": "t0", "run_id": run_id, "dataset_item_id": "i0",
+                               "output": "Paris", "status": "succeeded"}]})]:
+            r = await api.ingest.post(path, json=body)
+            assert r.status_code == 503, (path, r.text)
+            assert r.headers["retry-after"] == "5"
+            [detail] = r.json()["detail"]
+            assert detail["type"] == "unavailable"
+            assert detail["msg"].startswith("Postgres is unreachable (")
+        proxy.restore()
+        await api.create("/v1/datasets", {"name": "d"})  # the same request, once it is back
+        assert "503, Postgres is unreachable" in (tmp_path / "ingest.log").read_text()
+    finally:
+        await api.close()
+        procs.stop_all()
