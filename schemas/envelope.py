@@ -105,14 +105,18 @@ def wrap(event: Event, *, source: str, key: str | None, id: str | None = None,
 
 def unwrap(headers: list[tuple[str, bytes]] | tuple, value: bytes | None) -> Envelope:
     """Decode one Kafka record; raises UndecodableEvent with a reason fit for a dead letter."""
-    attrs = {k: v for k, v in headers or () if k.startswith("ce_")}
-    missing = [a for a in _REQUIRED if a not in attrs]
-    if missing:
-        raise UndecodableEvent(f"missing CloudEvents header(s): {', '.join(missing)}")
+    attr = {}
     try:
-        attr = {k: v.decode() for k, v in attrs.items()}
+        for k, v in headers or ():
+            if k.startswith("ce_"):
+                attr[k] = v.decode()
     except UnicodeDecodeError as e:
         raise UndecodableEvent(f"header is not UTF-8: {e}") from None
+    except AttributeError:  # a header without a value (None)
+        raise UndecodableEvent(f"header {k} has no value") from None
+    missing = [a for a in _REQUIRED if a not in attr]
+    if missing:
+        raise UndecodableEvent(f"missing CloudEvents header(s): {', '.join(missing)}")
     if attr["ce_specversion"] != SPEC_VERSION:
         raise UndecodableEvent(f"unsupported ce_specversion {attr['ce_specversion']!r}")
     model = MODEL_BY_TYPE.get(attr["ce_type"])

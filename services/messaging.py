@@ -195,6 +195,11 @@ async def decode_records(records: Sequence, publisher: EventPublisher) -> list[E
         except UndecodableEvent as e:
             dead.append((record, e.reason))
             continue
+        except Exception as e:  # a record unwrap did not foresee must not stall its partition
+            log.exception("unexpected error decoding %s[%s]@%s", record.topic, record.partition,
+                          record.offset)
+            dead.append((record, f"undecodable: {type(e).__name__}: {e}"))
+            continue
         envelopes.append(env)
     if dead:
         await publisher.dead_letter(dead)

@@ -78,6 +78,12 @@ def test_a_plain_json_client_can_produce_an_event():
       ("ce_specversion", b"1.0")], b'{"trace_id": "t"}', "status"),
     ([("ce_id", b"1"), ("ce_type", b"evalstream.TraceCompleted.v1"), ("ce_source", b"s"),
       ("ce_specversion", b"1.0")], None, "empty body"),
+    # Kafka headers may have no value: once an AttributeError that failed the whole batch again
+    # and again.
+    ([("ce_id", None), ("ce_type", b"evalstream.TraceCompleted.v1"), ("ce_source", b"s"),
+      ("ce_specversion", b"1.0")], b"{}", "header ce_id has no value"),
+    ([("ce_id", b"\xff"), ("ce_type", b"evalstream.TraceCompleted.v1"), ("ce_source", b"s"),
+      ("ce_specversion", b"1.0")], b"{}", "header is not UTF-8"),
 ])
 def test_undecodable_records_carry_a_reason(headers, body, reason):
     with pytest.raises(UndecodableEvent) as e:

@@ -47,3 +47,38 @@ async def test_a_batch_subscriber_with_the_decoder_sees_the_records_as_sent():
     async with TestKafkaBroker(broker) as test_broker:
         await test_broker.publish_batch(b"not json", b'{"a": 1}', topic="events")
     assert seen == [[b"not json", b'{"a": 1}'], None]
+
+
+async def test_a_record_decoding_fails_on_unforeseen_is_dead_lettered_not_retried(monkeypatch):
+    """Any error decoding one record sends that record to the dead-letter topic with its reason;
+    raised, it would fail the batch again and again, and its partition would stall."""
+    from types import SimpleNamespace
+
+    import services.messaging as messaging
+    from schemas.common import utcnow
+    from schemas.envelope import wrap
+    from schemas.traces import TraceCompleted
+
+    good = wrap(TraceCompleted(trace_id="t", output="x", status="succeeded",
+                               completed_at=utcnow()), source="t", key="k")
+    records = [SimpleNamespace(topic="traces", partition=0, offset=n, key=b"k",
+                               headers=good.headers(), value=value)
+               for n, value in enumerate([good.body(), b"boom", good.body()])]
+    real_unwrap = messaging.unwrap
+
+    def unwrap(headers, value):
+        if value == b"boom":
+            raise RecursionError("nested too deep")
+        return real_unwrap(headers, value)
+
+    dead: list = []
+
+    class Publisher:
+        async def dead_letter(self, letters):
+            dead.extend(letters)
+
+    monkeypatch.setattr(messaging, "unwrap", unwrap)
+    envelopes = await messaging.decode_records(records, Publisher())
+    assert [e.id for e in envelopes] == [good.id, good.id]
+    assert [(r.offset, reason) for r, reason in dead] == [
+        (1, "undecodable: RecursionError: nested too deep")]
