@@ -35,6 +35,12 @@ from services.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# Errors about an event's data rather than about Postgres being there: the batch is applied
+# event by event, and the events refused go to the dead-letter topic (anything else is retried).
+REFUSALS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
+            asyncpg.ProgramLimitExceededError)
+
+
 def projected_topics(settings: Settings) -> list[str]:
     """The topics the read models are built from (live here, from offset zero by a rebuild)."""
     return [settings.topics.catalog, settings.topics.traces, settings.topics.scores]
@@ -53,7 +59,7 @@ def register(broker: KafkaBroker, settings: Settings, state: dict) -> None:
                 # Into whichever schema is live (a rebuild may have switched it), docs/adr/0006.
                 await enter_live_schema(conn, settings.read_model_schema)
                 await apply_batch(conn, envelopes)
-        except asyncpg.DataError as e:
+        except REFUSALS as e:
             log.warning("a batch Postgres refuses (%s); applying its events one by one", e)
             await apply_one_by_one(records, envelopes)
 
@@ -71,7 +77,7 @@ def register(broker: KafkaBroker, settings: Settings, state: dict) -> None:
                 try:
                     async with conn.transaction():  # a savepoint per event
                         await apply_batch(conn, [env])
-                except asyncpg.DataError as e:
+                except REFUSALS as e:
                     refused.append((record, f"refused by the read model: {e}"))
         if refused:
             await state["publisher"].dead_letter(refused)
