@@ -78,9 +78,10 @@ CROSS JOIN LATERAL (
            count(*) FILTER (WHERE s.value = b.value) AS unchanged
     FROM (SELECT dataset_item_id, name, avg(value) AS value FROM scores
           WHERE run_id = o.run_id AND dataset_item_id IS NOT NULL
+            AND data_type <> 'categorical'
           GROUP BY dataset_item_id, name) s
     JOIN (SELECT dataset_item_id, name, avg(value) AS value FROM scores
-          WHERE run_id = $2 AND dataset_item_id IS NOT NULL
+          WHERE run_id = $2 AND dataset_item_id IS NOT NULL AND data_type <> 'categorical'
           GROUP BY dataset_item_id, name) b
       ON b.dataset_item_id = s.dataset_item_id AND b.name = s.name
     GROUP BY s.name
@@ -126,6 +127,8 @@ def score_comparison(run_ids: Sequence[str], baseline: str,
                      "average": own["average"] if own else None,
                      "pass_rate": own["pass_rate"] if own else None,
                      "count": own["count"] if own else 0}
+            if own and own.get("labels"):
+                entry["labels"] = own["labels"]
             if run_id == baseline:
                 entry |= {"delta_average": None, "delta_pass_rate": None,
                           "improvements": None, "regressions": None, "unchanged": None}
@@ -166,9 +169,11 @@ def _matching_items_sql(item_filter: ItemFilter | None, score: str | None, basel
             SELECT s.dataset_item_id AS id
             FROM (SELECT dataset_item_id, name, avg(value) AS value FROM scores
                   WHERE run_id = o.run_id AND dataset_item_id IS NOT NULL{of_name}
+                    AND data_type <> 'categorical'
                   GROUP BY dataset_item_id, name) s
             JOIN (SELECT dataset_item_id, name, avg(value) AS value FROM scores
                   WHERE run_id = {base} AND dataset_item_id IS NOT NULL{of_name}
+                    AND data_type <> 'categorical'
                   GROUP BY dataset_item_id, name) b
               ON b.dataset_item_id = s.dataset_item_id AND b.name = s.name
             WHERE s.value {worse_or_better} b.value
@@ -199,8 +204,8 @@ LEFT JOIN (page p
     LEFT JOIN run_items ri ON ri.dataset_item_id = p.id AND ri.run_id = ANY($2::text[])
     LEFT JOIN LATERAL (
         SELECT jsonb_object_agg(name, value) AS scores
-        FROM (SELECT name, avg(value) AS value FROM scores WHERE run_item_id = ri.run_item_id
-              GROUP BY name) n
+        FROM (SELECT name, {views.ITEM_SCORE_JSON} AS value FROM scores
+              WHERE run_item_id = ri.run_item_id GROUP BY name) n
     ) sc ON true
 ) ON true
 ORDER BY d.id
@@ -208,8 +213,13 @@ ORDER BY d.id
 
 
 def _changed(scores: dict, base: dict, better: bool) -> list[str]:
+    """Names whose value is higher (`better`) or lower than the baseline's; a label (of a
+    categorical score) is neither."""
+    def number(v: object) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
     return sorted(n for n, v in scores.items()
-                  if n in base and (v > base[n] if better else v < base[n]))
+                  if number(v) and number(base.get(n)) and (v > base[n] if better else v < base[n]))
 
 
 async def item_comparison(conn: asyncpg.Connection, dataset_id: str, run_ids: Sequence[str],

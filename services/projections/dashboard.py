@@ -14,6 +14,7 @@ import asyncpg
 
 from services.database import checked_schema
 from services.projections.views import (
+    ITEM_SCORE_JSON,
     RUN_SUMMARY_TEMPLATE,
     SCORE_SUMMARY_TEMPLATE,
     sql_template,
@@ -28,7 +29,7 @@ SELECT r.id AS run_id, r.name AS run_name, r.dataset_id, d.id AS dataset_item_id
        coalesce(ri.status, 'missing') AS status, ri.trace_id, d.input, d.expected_output,
        ri.output, ri.error, ri.latency_ms, ri.input_tokens, ri.output_tokens, ri.cost,
        (SELECT jsonb_object_agg(name, value)
-        FROM (SELECT name, avg(value) AS value FROM {rm}scores s
+        FROM (SELECT name, """ + ITEM_SCORE_JSON + """ AS value FROM {rm}scores s
               WHERE s.run_item_id = ri.run_item_id GROUP BY name) n) AS scores
 FROM {rm}runs r
 JOIN {rm}dataset_items d ON d.dataset_id = r.dataset_id
@@ -57,10 +58,11 @@ CROSS JOIN LATERAL (
     SELECT coalesce(x.dataset_item_id, y.dataset_item_id) AS dataset_item_id,
            coalesce(x.name, y.name) AS score_name, x.value AS baseline_value, y.value AS value
     FROM (SELECT dataset_item_id, name, avg(value) AS value FROM {rm}scores
-          WHERE run_id = b.id AND dataset_item_id IS NOT NULL
+          WHERE run_id = b.id AND dataset_item_id IS NOT NULL AND data_type <> 'categorical'
           GROUP BY dataset_item_id, name) x
     FULL JOIN (SELECT dataset_item_id, name, avg(value) AS value FROM {rm}scores
                WHERE run_id = r.id AND dataset_item_id IS NOT NULL
+                 AND data_type <> 'categorical'
                GROUP BY dataset_item_id, name) y
       ON y.dataset_item_id = x.dataset_item_id AND y.name = x.name
 ) c
@@ -82,26 +84,30 @@ VIEWS: dict[str, tuple[str, str, dict[str, str]]] = {
         "latency_p50_ms": "Median trace latency (percentile_cont, traces reporting one).",
         "latency_p95_ms": "95th percentile trace latency (percentile_cont).",
         "items_with_scores": "Run items with at least one score.",
-        "pass_rate": "Share of all the run's scores with value >= 0.5.",
+        "pass_rate": "Share of the run's boolean and numeric scores with value >= 0.5.",
         "evaluation_failures": "Evaluators that failed on an item of the run.",
     }),
     "score_summary": (SCORE_SUMMARY_TEMPLATE, (
         "One row per run and score name: average, pass rate (value >= 0.5) and count of the "
-        "scores; the per-score figures of the run summary and of GET /v1/compare."), {
+        "scores, and the count per label of categorical ones; the per-score figures of the run "
+        "summary and of GET /v1/compare."), {
         "score_name": "Score name, e.g. exact_match.",
-        "average": "Mean value of the run's scores of that name.",
+        "average": "Mean value of the run's boolean and numeric scores of that name.",
         "pass_rate": "Share of those scores with value >= 0.5.",
-        "count": "Number of those scores.",
+        "count": "Number of the run's scores of that name, categorical ones included.",
+        "labels": "Label -> count of the categorical scores of that name (NULL if none).",
     }),
     "item_results": (ITEM_RESULTS_TEMPLATE, (
         "One row per run and item of its dataset: status (succeeded, failed, or missing when "
         "the run has no trace for the item), output and scores."), {
         "status": "succeeded, failed, or missing (no trace of the run for this item).",
-        "scores": "Score name -> the item's value (mean over sources, normally one).",
+        "scores": "Score name -> the item's value (mean over sources, normally one), or the "
+                  "label of a categorical score.",
     }),
     "item_comparison": (ITEM_COMPARISON_TEMPLATE, (
-        "One row per baseline run, compared run (same dataset), item and score name either "
-        "has: both values, delta and change; filter on baseline_run_id and run_id."), {
+        "One row per baseline run, compared run (same dataset), item and boolean or numeric "
+        "score name either has: both values, delta and change; filter on baseline_run_id and "
+        "run_id."), {
         "baseline_value": "The baseline run's value for the item and score name.",
         "value": "The compared run's value for the item and score name.",
         "delta": "value - baseline_value.",

@@ -12,6 +12,12 @@ import asyncpg
 
 PASS_THRESHOLD = 0.5
 
+# Categorical scores are counted per label; only boolean and numeric scores have a value that
+# averages, passes or fails, and compares. {rm}-free SQL of an item's scores of one name, as
+# JSON: the mean value, or (a name with categorical scores only) the label.
+ITEM_SCORE_JSON = ("coalesce(to_jsonb(avg(value) FILTER (WHERE data_type <> 'categorical')), "
+                   "to_jsonb(min(string_value)))")
+
 # {rm} is the read-model schema prefix: "" (the search_path decides) for the API, a quoted
 # schema name plus "." for the dashboard views. {pass} is PASS_THRESHOLD as a literal, since a
 # view cannot take parameters. Per-run figures are LATERAL subqueries so that a filter on the
@@ -37,7 +43,8 @@ CROSS JOIN LATERAL (
 ) i
 CROSS JOIN LATERAL (
     SELECT count(*) AS items_with_scores, sum(passed)::float8 / nullif(sum(n), 0) AS pass_rate
-    FROM (SELECT count(*) AS n, count(*) FILTER (WHERE value >= {pass}) AS passed
+    FROM (SELECT count(*) FILTER (WHERE data_type <> 'categorical') AS n,
+                 count(*) FILTER (WHERE value >= {pass} AND data_type <> 'categorical') AS passed
           FROM {rm}scores WHERE run_id = r.id GROUP BY run_item_id) per_item
 ) s
 CROSS JOIN LATERAL (
@@ -51,14 +58,28 @@ CROSS JOIN LATERAL (
 ) m
 """
 
+# Per name, from one pass over the run's scores grouped by (name, label of a categorical score):
+# average and pass rate of the boolean and numeric ones, count of all, and {label: count} of the
+# categorical ones (NULL when there are none).
 SCORE_SUMMARY_TEMPLATE = """
 SELECT r.id AS run_id, r.dataset_id, r.name AS run_name, s.score_name, s.average, s.pass_rate,
-       s.count
+       s.count, s.labels
 FROM {rm}runs r
 CROSS JOIN LATERAL (
-    SELECT name AS score_name, avg(value) AS average,
-           avg((value >= {pass})::int)::float8 AS pass_rate, count(*) AS count
-    FROM {rm}scores WHERE run_id = r.id GROUP BY name
+    SELECT name AS score_name,
+           sum(total) FILTER (WHERE NOT categorical)
+               / nullif(sum(n) FILTER (WHERE NOT categorical), 0) AS average,
+           sum(passed) FILTER (WHERE NOT categorical)::float8
+               / nullif(sum(n) FILTER (WHERE NOT categorical), 0) AS pass_rate,
+           sum(n)::bigint AS count,
+           jsonb_object_agg(label, n) FILTER (WHERE categorical AND label IS NOT NULL) AS labels
+    FROM (SELECT name, data_type = 'categorical' AS categorical,
+                 CASE WHEN data_type = 'categorical' THEN string_value END AS label,
+                 count(*) AS n, sum(value) AS total,
+                 count(*) FILTER (WHERE value >= {pass}) AS passed
+          FROM {rm}scores WHERE run_id = r.id
+          GROUP BY 1, 2, 3) g
+    GROUP BY name
 ) s
 """
 
@@ -70,7 +91,9 @@ def sql_template(template: str, read_model_prefix: str = "") -> str:
 _RUN_SUMMARIES_SQL = f"""
 SELECT s.*, r.metadata, r.evaluators,
        coalesce((SELECT jsonb_object_agg(score_name, jsonb_build_object(
-                    'average', average, 'pass_rate', pass_rate, 'count', count))
+                    'average', average, 'pass_rate', pass_rate, 'count', count)
+                    || CASE WHEN labels IS NULL THEN '{{}}'::jsonb
+                            ELSE jsonb_build_object('labels', labels) END)
                  FROM ({sql_template(SCORE_SUMMARY_TEMPLATE)}) n WHERE n.run_id = r.id),
                 '{{}}'::jsonb) AS scores
 FROM ({sql_template(RUN_SUMMARY_TEMPLATE)}) s
@@ -129,28 +152,35 @@ def _results_sql(sort: str, descending: bool, outcome: Outcome | None, score: st
     if outcome is not None:
         of_name = f" AND x.name = {param(score)}" if score is not None else ""
         # passed: scored, and every score (of that name) passes; failed: one of them does not.
+        # Categorical scores neither pass nor fail.
         failing = (f"EXISTS (SELECT 1 FROM scores x WHERE x.run_item_id = r.run_item_id"
-                   f"{of_name} AND x.value < $2)")
+                   f"{of_name} AND x.value < $2 AND x.data_type <> 'categorical')")
         if outcome == "failed":
             where.append(failing)
         else:
             where.append(f"EXISTS (SELECT 1 FROM scores x WHERE x.run_item_id = r.run_item_id"
-                         f"{of_name}) AND NOT {failing}")
+                         f"{of_name} AND x.data_type <> 'categorical') AND NOT {failing}")
     sort_join = ""
     if sort.startswith("score:"):
-        sort_join = (f"LEFT JOIN (SELECT run_item_id, avg(value) AS value FROM scores"
+        # By value; a categorical score by its label.
+        sort_join = (f"LEFT JOIN (SELECT run_item_id,"
+                     f" avg(value) FILTER (WHERE data_type <> 'categorical') AS value,"
+                     f" min(string_value) AS label FROM scores"
                      f" WHERE run_id = $1 AND name = {param(sort[6:])} GROUP BY run_item_id) k"
                      f" ON k.run_item_id = r.run_item_id")
         key = "k.value"
+        label_key = "k.label"
     else:
-        key = RESULT_SORTS[sort]
-    order = (f"sort_key {'DESC' if descending else 'ASC'} NULLS LAST,"
+        key, label_key = RESULT_SORTS[sort], "NULL::text"
+    direction = "DESC" if descending else "ASC"
+    order = (f"sort_key {direction} NULLS LAST, sort_label {direction} NULLS LAST,"
              " dataset_item_id NULLS LAST, trace_id, run_item_id")
     # Only ids and sort keys are ranked and counted, never inputs and outputs; the count comes
     # from a one-row side so that a page past the end still says how many items match.
     return f"""
 WITH matching AS (
-    SELECT r.run_item_id, r.dataset_item_id, r.trace_id, {key} AS sort_key
+    SELECT r.run_item_id, r.dataset_item_id, r.trace_id, {key} AS sort_key,
+           {label_key} AS sort_label
     FROM run_items r {sort_join}
     WHERE {" AND ".join(where)}
 ), ranked AS (
@@ -168,7 +198,8 @@ LEFT JOIN LATERAL (
     SELECT jsonb_agg(jsonb_build_object(
         'name', name, 'value', value, 'data_type', data_type, 'source', source,
         'string_value', string_value, 'comment', comment, 'created_by', created_by,
-        'passed', value >= $2, 'evaluator', evaluator, 'evaluator_version', evaluator_version,
+        'passed', CASE WHEN data_type <> 'categorical' THEN value >= $2 END,
+        'evaluator', evaluator, 'evaluator_version', evaluator_version,
         'spec_hash', spec_hash, 'observed_at', observed_at) ORDER BY name, source) AS scores
     FROM scores WHERE run_item_id = r.run_item_id
 ) s ON true
