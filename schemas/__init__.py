@@ -5,6 +5,7 @@ from schemas.catalog import (
     DatasetItem,
     DatasetItemsUpserted,
     EvaluatorsConfigured,
+    RunDeleted,
     RunStarted,
 )
 from schemas.common import DEFAULT_EVALUATORS, EvaluatorSpec, run_item_key, score_id
@@ -14,6 +15,7 @@ from schemas.traces import ScoreRequested, ScoringCase, TraceCompleted, Usage
 __all__ = [
     "DEFAULT_EVALUATORS", "CaseFailure", "CaseScore", "CaseScored", "DatasetCreated",
     "DatasetItem", "DatasetItemsUpserted",
-    "EvaluationFailed", "EvaluatorSpec", "EvaluatorsConfigured", "RunStarted", "ScoreRecorded",
+    "EvaluationFailed", "EvaluatorSpec", "EvaluatorsConfigured", "RunDeleted", "RunStarted",
+    "ScoreRecorded",
     "ScoreRequested", "ScoringCase", "TraceCompleted", "Usage", "run_item_key", "score_id",
 ]

@@ -55,3 +55,13 @@ class RunStarted(Event):
     metadata: dict[str, JSONValue] | None = Field(None, description="Free-form metadata.")
     total_items: int = Field(ge=0, description="Items in the dataset when the run started.")
     started_at: datetime = Field(description="When the run started (UTC).")
+
+
+class RunDeleted(Event):
+    """A run was deleted: its summary, items, scores and history leave the read models, and its
+    later events (traces or scores still in flight) are not applied. The events themselves stay
+    in the log until its retention removes them."""
+
+    run_id: Id = Field(description="Id of the deleted run.")
+    dataset_id: Id = Field(description="Dataset of the run (the catalog events' key).")
+    deleted_at: datetime = Field(description="When the run was deleted (UTC).")

@@ -14,7 +14,13 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from schemas.catalog import DatasetCreated, DatasetItemsUpserted, EvaluatorsConfigured, RunStarted
+from schemas.catalog import (
+    DatasetCreated,
+    DatasetItemsUpserted,
+    EvaluatorsConfigured,
+    RunDeleted,
+    RunStarted,
+)
 from schemas.common import Event, utcnow
 from schemas.rescoring import ScoreRequestsIssued, ScoringCompleted
 from schemas.scores import CaseScored, EvaluationFailed, ScoreRecorded
@@ -26,7 +32,7 @@ CONTENT_TYPE = "application/json"
 EVENT_MODELS: tuple[type[Event], ...] = (
     TraceCompleted, ScoreRequested, ScoreRecorded, EvaluationFailed,
     DatasetCreated, DatasetItemsUpserted, EvaluatorsConfigured, RunStarted,
-    ScoreRequestsIssued, ScoringCompleted, CaseScored,
+    ScoreRequestsIssued, ScoringCompleted, CaseScored, RunDeleted,
 )
 TYPE_BY_MODEL: dict[type[Event], str] = {m: f"evalstream.{m.__name__}.v1" for m in EVENT_MODELS}
 MODEL_BY_TYPE: dict[str, type[Event]] = {t: m for m, t in TYPE_BY_MODEL.items()}

@@ -66,6 +66,15 @@ async def start_run(cmd: StartRun, catalog: CatalogDep) -> dict:
             "evaluators": [s.model_dump(exclude_none=True) for s in event.evaluators]}
 
 
+@router.delete("/runs/{run_id}", status_code=status.HTTP_202_ACCEPTED)
+async def delete_run(run_id: str, catalog: CatalogDep) -> dict:
+    """Delete a run: its summary, results, scores and history leave the read models (and the
+    dashboards) shortly after; its traces, verdicts and rescorings are refused from now on.
+    The log keeps its events until its retention removes them. Deleting again is harmless."""
+    event = await catalog.delete_run(run_id)
+    return {"run_id": run_id, "dataset_id": event.dataset_id, "deleted_at": event.deleted_at}
+
+
 class _TracesRequest(Request):
     """A request whose body, when it is a valid PostTraces, is parsed and validated in one step
     by pydantic's JSON parser rather than by json.loads and then validate_python. FastAPI takes

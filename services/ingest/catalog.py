@@ -14,6 +14,7 @@ from schemas.catalog import (
     DatasetItem,
     DatasetItemsUpserted,
     EvaluatorsConfigured,
+    RunDeleted,
     RunStarted,
 )
 from schemas.common import (
@@ -45,6 +46,14 @@ def _specs(specs: Sequence[EvaluatorSpec] | None) -> tuple[EvaluatorSpec, ...]:
 
 def _specs_json(specs: Sequence[EvaluatorSpec]) -> list[dict]:
     return [s.model_dump(mode="json", exclude_none=True) for s in specs]
+
+
+class RunGone(LookupError):
+    """The run was deleted."""
+
+    def __init__(self, run_id: str):
+        super().__init__(f"run {run_id!r} was deleted")
+        self.run_id = run_id
 
 
 class Catalog:
@@ -138,14 +147,44 @@ class Catalog:
         self._runs[event.run_id] = (event.dataset_id, event.evaluators)
         return event
 
+    async def delete_run(self, run_id: str) -> RunDeleted:
+        """Mark the run deleted, drop its run items, and publish RunDeleted (through the outbox,
+        keyed by dataset like the run's other catalog events). Deleting a deleted run again
+        answers as the first time and publishes nothing."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            run = await conn.fetchrow(
+                "SELECT dataset_id, deleted_at FROM runs WHERE id = $1 FOR UPDATE", run_id)
+            if run is None:
+                raise FieldError(("path", "run_id"), f"run {run_id} not found", 404, "not_found")
+            if run["deleted_at"] is not None:
+                return RunDeleted(run_id=run_id, dataset_id=run["dataset_id"],
+                                  deleted_at=run["deleted_at"])
+            event = RunDeleted(run_id=run_id, dataset_id=run["dataset_id"], deleted_at=utcnow())
+            await conn.execute("UPDATE runs SET deleted_at = $2 WHERE id = $1", run_id,
+                               event.deleted_at)
+            await conn.execute("DELETE FROM run_items WHERE run_id = $1", run_id)
+            await self._append_outbox(conn, [self._envelope(event, event.dataset_id)])
+        self._runs.pop(run_id, None)
+        return event
+
     async def _runs_by_id(self, conn: asyncpg.Connection,
                           run_ids: set[str]) -> dict[str, tuple[str, tuple[EvaluatorSpec, ...]]]:
+        """The runs' datasets and specs (cached: they never change); a deleted run is refused.
+        Which runs are deleted is read every time, since any ingest instance may delete one."""
+        if not run_ids:
+            return {}
         missing = [r for r in run_ids if r not in self._runs]
-        if missing:
-            for row in await conn.fetch(
-                    "SELECT id, dataset_id, evaluators FROM runs WHERE id = ANY($1)", missing):
-                self._runs[row["id"]] = (row["dataset_id"], tuple(
-                    EvaluatorSpec.model_validate(s) for s in row["evaluators"]))
+        rows = await conn.fetch(
+            "SELECT id, deleted_at, CASE WHEN id = ANY($2) THEN dataset_id END AS dataset_id,"
+            " CASE WHEN id = ANY($2) THEN evaluators END AS evaluators"
+            " FROM runs WHERE id = ANY($1) AND (deleted_at IS NOT NULL OR id = ANY($2))",
+            list(run_ids), missing)
+        for row in rows:
+            if row["deleted_at"] is not None:
+                self._runs.pop(row["id"], None)
+                raise RunGone(row["id"])
+            self._runs[row["id"]] = (row["dataset_id"], tuple(
+                EvaluatorSpec.model_validate(s) for s in row["evaluators"]))
         return {r: self._runs[r] for r in run_ids if r in self._runs}
 
     async def complete_traces(self, traces: list[TraceIn]) -> list[Envelope]:
@@ -155,7 +194,12 @@ class Catalog:
         # Item ids are unique within a dataset, not across datasets: key by (dataset, item).
         items: dict[str, dict[str, asyncpg.Record]] = {}
         async with self.pool.acquire() as conn:
-            runs = await self._runs_by_id(conn, run_ids)
+            try:
+                runs = await self._runs_by_id(conn, run_ids)
+            except RunGone as gone:
+                n = next(n for n, t in enumerate(traces) if t.run_id == gone.run_id)
+                raise FieldError(("traces", n, "run_id"),
+                                 f"run {gone.run_id!r} was deleted") from None
             if item_ids:
                 # Only a trace without a run takes its dataset's evaluators; traces of runs (the
                 # common case) need not have them read and decoded from jsonb for every item.

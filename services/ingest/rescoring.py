@@ -111,9 +111,11 @@ async def evaluate_run(pool: asyncpg.Pool, settings: Settings, run_id: str,
     requested_at = utcnow()
     # One snapshot for the count and the rows, whatever traces arrive meanwhile.
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-        run = await conn.fetchrow("SELECT evaluators FROM runs WHERE id = $1", run_id)
+        run = await conn.fetchrow("SELECT evaluators, deleted_at FROM runs WHERE id = $1", run_id)
         if run is None:
             raise FieldError(("path", "run_id"), f"run {run_id} not found", 404, "not_found")
+        if run["deleted_at"] is not None:
+            raise FieldError(("path", "run_id"), f"run {run_id} was deleted", 404, "not_found")
         specs = tuple(given) if given else tuple(
             EvaluatorSpec.model_validate(s) for s in run["evaluators"])
         specs_json = [s.model_dump(mode="json", exclude_none=True) for s in specs]
@@ -160,8 +162,11 @@ async def manual_score(pool: asyncpg.Pool, cmd: RecordScore) -> Envelope:
     if cmd.dataset_item_id is None and cmd.trace_id is None:
         raise FieldError(("dataset_item_id",), "give `dataset_item_id` or `trace_id`")
     async with pool.acquire() as conn:
-        if await conn.fetchval("SELECT 1 FROM runs WHERE id = $1", cmd.run_id) is None:
+        run = await conn.fetchrow("SELECT deleted_at FROM runs WHERE id = $1", cmd.run_id)
+        if run is None:
             raise FieldError(("run_id",), f"unknown run {cmd.run_id!r}")
+        if run["deleted_at"] is not None:
+            raise FieldError(("run_id",), f"run {cmd.run_id!r} was deleted")
         if cmd.dataset_item_id is not None:
             item = await conn.fetchrow(
                 "SELECT run_item_id, dataset_item_id, trace_id FROM run_items"

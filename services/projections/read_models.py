@@ -4,7 +4,9 @@ The outcome does not depend on arrival order or repetition, which is what lets a
 log come out identical to the live models:
 - every event id is recorded in `applied_events` (or, for scores, as the current value or in
   `score_history`) in the same transaction; a seen id is skipped;
-- "latest wins" compares the event's own time (then its id), never the order of arrival.
+- "latest wins" compares the event's own time (then its id), never the order of arrival;
+- a deleted run's rows go when its RunDeleted is applied, and every statement that writes rows
+  of a run skips the runs in `deleted_runs`, so its events arriving later leave nothing.
 Each event type has one handler, and each handler is one set-based statement per batch.
 """
 
@@ -16,7 +18,13 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
-from schemas.catalog import DatasetCreated, DatasetItemsUpserted, EvaluatorsConfigured, RunStarted
+from schemas.catalog import (
+    DatasetCreated,
+    DatasetItemsUpserted,
+    EvaluatorsConfigured,
+    RunDeleted,
+    RunStarted,
+)
 from schemas.common import Event
 from schemas.envelope import Envelope
 from schemas.rescoring import ScoreRequestsIssued, ScoringCompleted
@@ -121,6 +129,7 @@ async def apply_run_started(conn: asyncpg.Connection, batch: Sequence[Envelope])
         FROM jsonb_to_recordset($1::jsonb) AS e(run_id text, dataset_id text, name text,
                                                  evaluators jsonb, metadata jsonb,
                                                  total_items integer, started_at timestamptz)
+        WHERE NOT EXISTS (SELECT 1 FROM deleted_runs d WHERE d.run_id = e.run_id)
         ON CONFLICT (id) DO NOTHING
         """, [_dump(e.event) for e in batch])
 
@@ -157,6 +166,7 @@ async def apply_traces(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> N
             trace_id text, status text, input jsonb, output jsonb, expected_output jsonb,
             error text, latency_ms double precision, usage json, cost double precision,
             metadata jsonb)
+        WHERE NOT EXISTS (SELECT 1 FROM deleted_runs d WHERE d.run_id = e.run_id)
         ON CONFLICT (run_item_id) DO UPDATE SET run_id = excluded.run_id,
             dataset_item_id = excluded.dataset_item_id, trace_id = excluded.trace_id,
             status = excluded.status, input = excluded.input, output = excluded.output,
@@ -225,7 +235,8 @@ def _upsert_scores(rows: str) -> str:
     return f"""
         WITH e AS ({rows}),
         fresh AS (SELECT * FROM e
-                  WHERE (SELECT true FROM score_history h WHERE h.event_id = e.event_id) IS NULL),
+                  WHERE (SELECT true FROM score_history h WHERE h.event_id = e.event_id) IS NULL
+                    AND (SELECT true FROM deleted_runs d WHERE d.run_id = e.run_id) IS NULL),
         latest AS (
             SELECT DISTINCT ON (run_item_id, name, source) * FROM fresh
             ORDER BY run_item_id, name, source, observed_at DESC, event_id DESC),
@@ -293,6 +304,7 @@ def _upsert_failures(rows: str) -> str:
         WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE s.run_item_id = e.run_item_id
                           AND s.name = e.name AND s.source <> 'manual'
                           AND s.observed_at >= e.observed_at)
+          AND NOT EXISTS (SELECT 1 FROM deleted_runs d WHERE d.run_id = e.run_id)
         ORDER BY e.failure_id, e.observed_at DESC, e.event_id DESC
         ON CONFLICT (failure_id) DO UPDATE SET reason = excluded.reason,
             evaluator_version = excluded.evaluator_version, spec_hash = excluded.spec_hash,
@@ -325,6 +337,7 @@ _UPSERT_REQUEST_CASES = """
             e.trace_id, e.scored, e.failed, e.observed_at, e.event_id
         FROM ({rows}) AS e
         WHERE e.request_id IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM deleted_runs d WHERE d.run_id = e.run_id)
         ORDER BY e.request_id, e.run_item_id, e.observed_at DESC, e.event_id DESC
         ON CONFLICT (request_id, run_item_id) DO UPDATE SET run_id = excluded.run_id,
             trace_id = excluded.trace_id, scored = excluded.scored, failed = excluded.failed,
@@ -363,6 +376,7 @@ async def apply_score_requests_issued(conn: asyncpg.Connection,
         SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(request_id text, origin text,
             run_id text, requested integer, runs jsonb, evaluators jsonb, filters jsonb,
             interrupted boolean, requested_at timestamptz, event_id text)
+        WHERE NOT EXISTS (SELECT 1 FROM deleted_runs d WHERE d.run_id = e.run_id)
         ON CONFLICT (request_id) DO UPDATE SET origin = excluded.origin, run_id = excluded.run_id,
             requested = excluded.requested, runs = excluded.runs,
             evaluators = excluded.evaluators, filters = excluded.filters,
@@ -374,6 +388,30 @@ async def apply_score_requests_issued(conn: asyncpg.Connection,
 
 async def apply_scoring_completed(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
     await _on_bodies(conn, _APPLY_SCORING_COMPLETED, batch, _observed_at(batch))
+
+
+async def apply_runs_deleted(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    """Remember the deleted runs, then remove their rows from every read model: the run, its
+    items, scores with their history, failures and the progress of score requests about it."""
+    rows = [_dump(e.event, event_id=e.id) for e in batch]
+    run_ids = await conn.fetchval("""
+        WITH tombstones AS (
+            INSERT INTO deleted_runs (run_id, deleted_at, event_id)
+            SELECT run_id, deleted_at, event_id FROM jsonb_to_recordset($1::jsonb)
+                AS e(run_id text, deleted_at timestamptz, event_id text)
+            ON CONFLICT (run_id) DO UPDATE SET deleted_at = least(deleted_runs.deleted_at,
+                                                                   excluded.deleted_at)
+            RETURNING run_id)
+        SELECT array_agg(run_id) FROM tombstones
+        """, rows)
+    await conn.execute("""
+        DELETE FROM score_history h USING scores s
+        WHERE s.run_id = ANY($1::text[]) AND h.score_id = s.score_id;
+        """, run_ids)
+    for table in ("scores", "evaluation_failures", "score_request_cases", "score_requests",
+                  "run_items"):
+        await conn.execute(f"DELETE FROM {table} WHERE run_id = ANY($1::text[])", run_ids)
+    await conn.execute("DELETE FROM runs WHERE id = ANY($1::text[])", run_ids)
 
 
 async def _ignore(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
@@ -402,6 +440,8 @@ HANDLERS: dict[type[Event], Callable[[asyncpg.Connection, Sequence[Envelope]], A
     ScoreRequested: _ignore,
     ScoreRequestsIssued: apply_score_requests_issued,
     ScoringCompleted: apply_scoring_completed,
+    # Last: a batch's other events about a deleted run are applied, then removed with it.
+    RunDeleted: apply_runs_deleted,
 }
 
 

@@ -288,6 +288,13 @@ async def test_rebuild_answers_exactly_as_the_live_read_models(api, own_settings
         r = await api.ingest.put(f"/v1/datasets/{dataset_id}/evaluators",
                                  json=[{"type": "exact_match"}])
         assert r.status_code == 200, r.text
+        # ... and a deleted run, whose trace and scores the rebuild meets before its deletion.
+        other = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "doomed"}))["id"]
+        await api.post_traces([{"trace_id": f"{other}-0", "run_id": other,
+                                "dataset_item_id": item, "output": "Lyon",
+                                "status": "succeeded"}])
+        await api.eventually(f"/v1/runs/{other}", lambda s: s["items_with_scores"] == 1)
+        assert (await api.ingest.delete(f"/v1/runs/{other}")).status_code == 202
         await _quiet(settings)
 
         pool = await create_pool(settings.dsn, live, max_size=1)
@@ -296,6 +303,8 @@ async def test_rebuild_answers_exactly_as_the_live_read_models(api, own_settings
         await pool.close()
         tables_before = await _tables(settings.dsn, live)
         assert len(tables_before["score_history"]) > len(tables_before["scores"])
+        assert len(tables_before["deleted_runs"]) == 1 and other in tables_before["deleted_runs"][0]
+        assert not any(other in row for row in tables_before["runs"])
 
         # The rebuild runs while the query API keeps answering.
         rebuild = asyncio.create_task(

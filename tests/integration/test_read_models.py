@@ -125,3 +125,40 @@ async def test_arrival_order_and_repetition_do_not_matter(migrated, any_log, arr
     else:
         batches = [log[i:i + 3] for i in range(0, len(log), 3)] + [log[:4]]
     assert await _project(migrated.dsn, batches) == expected
+
+
+def _deleted(log: list) -> list:
+    """The log with run r1 deleted at its end."""
+    from datetime import timedelta
+
+    from schemas.catalog import RunDeleted, RunStarted
+    from schemas.envelope import wrap
+
+    started = next(e.event for e in log if isinstance(e.event, RunStarted))
+    deleted = RunDeleted(run_id=started.run_id, dataset_id=started.dataset_id,
+                         deleted_at=started.started_at + timedelta(days=1))
+    return [*log, wrap(deleted, source="evalstream/ingest", key=started.dataset_id)]
+
+
+@pytest.mark.parametrize("arrangement", ["in_order", "reversed", "shuffled_with_duplicates",
+                                         "batches_of_3"])
+async def test_a_deleted_run_leaves_no_rows_whatever_the_order(migrated, any_log, arrangement):
+    """Whether the run's traces and scores arrive before its RunDeleted or after it (in flight,
+    or in a rebuild's order), nothing of the run remains; its dataset does."""
+    log = _deleted(any_log)
+    if arrangement == "reversed":
+        batches = [list(reversed(log))]
+    elif arrangement == "shuffled_with_duplicates":
+        rng = random.Random(11)
+        events = log + rng.sample(log, len(log) // 2)
+        rng.shuffle(events)
+        batches = [events[i:i + 5] for i in range(0, len(events), 5)]
+    elif arrangement == "batches_of_3":
+        batches = [log[i:i + 3] for i in range(0, len(log), 3)]
+    else:
+        batches = [[e] for e in log]
+    tables, answers = await _project(migrated.dsn, batches)
+    assert answers == {"summary": None, "results": []}
+    assert {t: len(rows) for t, rows in tables.items()} == {
+        "datasets": 1, "dataset_items": 3, "runs": 0, "run_items": 0, "scores": 0,
+        "score_history": 0, "evaluation_failures": 0}
