@@ -133,6 +133,8 @@ def replay(
                    f"scan {report.scan_seconds:.1f} s, requests {report.request_seconds:.1f} s)")
         for run_id, count in sorted(report.by_run.items()):
             typer.echo(f"  {run_id or '(no run)':<40} {count:>8}")
+        if report.deleted:
+            typer.echo(f"{report.deleted} trace(s) of deleted runs left out")
         typer.echo(f"progress: GET /v1/score-requests/{report.request_id}")
         if report.interrupted:
             typer.echo("run the same command again to request the rest (items already "

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from tqdm import tqdm
 
+from schemas.catalog import RunDeleted
 from schemas.common import EvaluatorSpec, utcnow
 from schemas.envelope import TYPE_BY_MODEL, Envelope, UndecodableEvent, unwrap, wrap
 from schemas.rescoring import ScoreRequestsIssued, issued_event_id, score_request_event_id
@@ -32,6 +33,7 @@ from services.settings import Settings
 
 SOURCE = "evalstream/replay"
 TRACE_TYPE = TYPE_BY_MODEL[TraceCompleted].encode()
+RUN_DELETED_TYPE = TYPE_BY_MODEL[RunDeleted].encode()
 IN_FLIGHT = 3  # batches of score requests awaiting the broker's acks at once
 
 
@@ -124,6 +126,7 @@ class ReplayReport:
     requested: int = 0
     by_run: Counter = field(default_factory=Counter)
     undecodable: int = 0
+    deleted: int = 0  # traces matched but of deleted runs, which are not rescored
     interrupted: bool = False
     scan_seconds: float = 0.0
     request_seconds: float = 0.0
@@ -132,7 +135,8 @@ class ReplayReport:
         return {"request_id": self.request_id, "requested_at": self.requested_at.isoformat(),
                 "log_records": self.log_records, "matched": self.matched,
                 "requested": self.requested, "runs": dict(sorted(self.by_run.items())),
-                "undecodable": self.undecodable, "interrupted": self.interrupted,
+                "undecodable": self.undecodable, "deleted": self.deleted,
+                "interrupted": self.interrupted,
                 "scan_seconds": round(self.scan_seconds, 3),
                 "request_seconds": round(self.request_seconds, 3)}
 
@@ -152,7 +156,27 @@ class _TraceRef(BaseModel):
 
 
 def _is_trace(record) -> bool:
-    return any(k == "ce_type" and v == TRACE_TYPE for k, v in record.headers or ())
+    return _is_type(record, TRACE_TYPE)
+
+
+def _is_type(record, ce_type: bytes) -> bool:
+    return any(k == "ce_type" and v == ce_type for k, v in record.headers or ())
+
+
+async def deleted_runs(settings: Settings) -> set[str]:
+    """The runs deleted so far, from their RunDeleted events on the (small) catalog topic: their
+    traces are not rescored, since the read models would skip the results (docs/adr/0009)."""
+    out: set[str] = set()
+    async with LogReader(settings, [settings.topics.catalog],
+                         client_id="evalstream-replay-catalog") as reader:
+        async for batch in reader.batches(await reader.end_offsets()):
+            for record in batch:
+                if _is_type(record, RUN_DELETED_TYPE):
+                    try:
+                        out.add(RunDeleted.model_validate_json(record.value or b"").run_id)
+                    except ValidationError:
+                        continue  # dead-lettered by the consumers
+    return out
 
 
 def _event_id(record) -> str:
@@ -182,6 +206,7 @@ async def replay(settings: Settings, selection: ReplayFilter,
 
     try:
         try:
+            deleted = await deleted_runs(settings)
             ends = await reader.end_offsets()
             report.log_records = await reader.remaining(ends)
 
@@ -200,6 +225,9 @@ async def replay(settings: Settings, selection: ReplayFilter,
                             report.undecodable += 1  # the consumers dead-lettered it already
                             continue
                         if not selection.matches(trace):
+                            continue
+                        if trace.run_id in deleted:
+                            report.deleted += 1
                             continue
                         report.matched += 1
                         # The run item, as run_item_key identifies it (without hashing).

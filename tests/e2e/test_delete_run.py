@@ -4,10 +4,13 @@ what names it afterwards is refused with a reason, and deleting again is harmles
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import asyncpg
 import pytest
+
+from tests.conftest import evalstream_command, settings_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
 
@@ -72,4 +75,9 @@ async def test_a_deleted_run_leaves_the_read_side_and_is_refused_after(api, migr
     again = await api.ingest.delete(f"/v1/runs/{gone}")
     assert again.status_code == 202 and again.json() == deleted.json()
     assert (await api.ingest.delete(f"/v1/runs/{uuid.uuid4()}")).status_code == 404
+    # A replay leaves the deleted run out (its results would be skipped anyway).
+    replayed = json.loads((await evalstream_command(
+        settings_env(migrated), "replay", "--run", gone, "--run", kept, "--json",
+        "--no-progress")).strip().splitlines()[-1])
+    assert (replayed["deleted"], replayed["requested"], replayed["runs"]) == (2, 2, {kept: 2})
     assert (await api.query.get(f"/v1/runs/{kept}")).json()["scores"]["exact_match"]["count"] == 2
