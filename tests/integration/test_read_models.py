@@ -111,20 +111,26 @@ async def test_a_log_of_case_scored_events_projects_as_one_of_score_events(migra
     assert len(before[0]["score_history"]) == 3
 
 
-@pytest.mark.parametrize("arrangement", ["reversed", "shuffled_with_duplicates", "batches_of_3"])
-async def test_arrival_order_and_repetition_do_not_matter(migrated, any_log, arrangement):
-    log = any_log
-    expected = await _project(migrated.dsn, [log])
+def _arranged(log: list, arrangement: str, seed: int = 7) -> list[list]:
+    """The log as batches in another arrival order: one event at a time, reversed, shuffled
+    with half of it delivered twice in batches of 5, or in batches of 3 with its start again."""
+    if arrangement == "one_at_a_time":
+        return [[e] for e in log]
     if arrangement == "reversed":
-        batches = [list(reversed(log))]
-    elif arrangement == "shuffled_with_duplicates":
-        rng = random.Random(7)
+        return [list(reversed(log))]
+    if arrangement == "shuffled_with_duplicates":
+        rng = random.Random(seed)
         events = log + rng.sample(log, len(log) // 2)
         rng.shuffle(events)
-        batches = [events[i:i + 5] for i in range(0, len(events), 5)]
-    else:
-        batches = [log[i:i + 3] for i in range(0, len(log), 3)] + [log[:4]]
-    assert await _project(migrated.dsn, batches) == expected
+        return [events[i:i + 5] for i in range(0, len(events), 5)]
+    assert arrangement == "batches_of_3"
+    return [log[i:i + 3] for i in range(0, len(log), 3)] + [log[:4]]
+
+
+@pytest.mark.parametrize("arrangement", ["reversed", "shuffled_with_duplicates", "batches_of_3"])
+async def test_arrival_order_and_repetition_do_not_matter(migrated, any_log, arrangement):
+    expected = await _project(migrated.dsn, [any_log])
+    assert await _project(migrated.dsn, _arranged(any_log, arrangement)) == expected
 
 
 def _deleted(log: list) -> list:
@@ -140,24 +146,13 @@ def _deleted(log: list) -> list:
     return [*log, wrap(deleted, source="evalstream/ingest", key=started.dataset_id)]
 
 
-@pytest.mark.parametrize("arrangement", ["in_order", "reversed", "shuffled_with_duplicates",
-                                         "batches_of_3"])
+@pytest.mark.parametrize("arrangement", ["one_at_a_time", "reversed",
+                                         "shuffled_with_duplicates", "batches_of_3"])
 async def test_a_deleted_run_leaves_no_rows_whatever_the_order(migrated, any_log, arrangement):
     """Whether the run's traces and scores arrive before its RunDeleted or after it (in flight,
     or in a rebuild's order), nothing of the run remains; its dataset does."""
-    log = _deleted(any_log)
-    if arrangement == "reversed":
-        batches = [list(reversed(log))]
-    elif arrangement == "shuffled_with_duplicates":
-        rng = random.Random(11)
-        events = log + rng.sample(log, len(log) // 2)
-        rng.shuffle(events)
-        batches = [events[i:i + 5] for i in range(0, len(events), 5)]
-    elif arrangement == "batches_of_3":
-        batches = [log[i:i + 3] for i in range(0, len(log), 3)]
-    else:
-        batches = [[e] for e in log]
-    tables, answers = await _project(migrated.dsn, batches)
+    tables, answers = await _project(migrated.dsn,
+                                     _arranged(_deleted(any_log), arrangement, seed=11))
     assert answers == {"summary": None, "results": []}
     assert {t: len(rows) for t, rows in tables.items()} == {
         "datasets": 1, "dataset_items": 3, "runs": 0, "run_items": 0, "scores": 0,
