@@ -24,7 +24,8 @@ class FakeJudge:
     the output. Models: `slow` answers after 50 ms, `flaky` answers 500 twice per distinct
     request then 200, `limited` answers 429 (Retry-After: 0) once per request then 200, `broken`
     always 500, `garbage` replies prose, `fenced` wraps its JSON in ```json fences, `hang` answers
-    after a second; any other model answers at once."""
+    after a second, `wait-<ms>` after that many milliseconds (the model latency of
+    bench/judge.py); any other model answers at once."""
 
     url: str = ""  # set by whoever serves it
 
@@ -60,6 +61,8 @@ class FakeJudge:
                 await asyncio.sleep(0.05)
             if model == "hang":
                 await asyncio.sleep(1.0)
+            if model.startswith("wait-"):
+                await asyncio.sleep(int(model[5:]) / 1000)
             if model == "broken" or (model == "flaky" and self.seen[key] <= 2):
                 return JSONResponse({"error": {"message": "judge overloaded"}}, status_code=500)
             if model == "limited" and self.seen[key] == 1:
