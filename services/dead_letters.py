@@ -41,7 +41,7 @@ class DeadLetter:
 
     @classmethod
     def of(cls, record) -> DeadLetter:
-        h = {k: v.decode(errors="replace") for k, v in record.headers or ()}
+        h = {k: (v or b"").decode(errors="replace") for k, v in record.headers or ()}
         return cls(topic=h.get("dlq_topic", "?"), partition=int(h.get("dlq_partition", -1)),
                    offset=int(h.get("dlq_offset", -1)), consumer=h.get("dlq_consumer", "?"),
                    reason=h.get("dlq_reason", "?"), ce_type=h.get("ce_type"),

@@ -226,6 +226,7 @@ async def until_done(step: Callable[[], Awaitable[T]], what: str, policy: RetryS
     retrying = AsyncRetrying(
         wait=wait_exponential(multiplier=policy.backoff_s, max=policy.backoff_max_s),
         stop=stop_after_delay(policy.window_s), before_sleep=before_sleep, reraise=True)
+
     async def attempt() -> T:  # a coroutine function: tenacity would not await a lambda's result
         return await step()
 

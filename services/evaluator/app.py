@@ -2,8 +2,8 @@
 
 Each batch is decoded (undecodable records go to the dead-letter topic), scored, and its score
 events published with acks=all (retried with backoff while the broker is unreachable) before the
-batch's offsets are committed: at-least-once, and the
-deterministic event ids make a redelivered batch harmless downstream.
+batch's offsets are committed: at-least-once, and the deterministic event ids make a redelivered
+batch harmless downstream.
 """
 
 from __future__ import annotations
