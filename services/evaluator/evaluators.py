@@ -7,12 +7,14 @@ scores them asynchronously, many cases at once (services/evaluator/llm_judge.py)
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from string import Template
 from typing import Annotated, Any, Literal, TypeVar
 
+import re2
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,6 +23,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from rapidfuzz import fuzz
 
 from schemas.common import EvaluatorSpec
 from schemas.traces import ScoringCase
@@ -83,6 +86,41 @@ class JsonStructureOptions(Options):
     required_keys: list[str] | None = None
 
 
+@functools.lru_cache(maxsize=1024)
+def _regex(pattern: str, ignore_case: bool) -> re2._Regexp:
+    """The compiled pattern (RE2: linear time whatever the pattern and the output, so no spec can
+    stall an evaluator), compiled once per process."""
+    options = re2.Options()
+    options.log_errors = False  # a wrong pattern is the spec's 422, not a line on stderr
+    return re2.compile(f"(?i){pattern}" if ignore_case else pattern, options)
+
+
+class RegexOptions(Options):
+    pattern: str = Field(min_length=1, max_length=2000,
+                         description="RE2 syntax (as Python's re, without backreferences and "
+                                     "lookaround), searched for in the output as text.")
+    ignore_case: bool = False
+    full_match: bool = Field(False, description="The whole output (trimmed) must match.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            _regex(v, False)
+        except re2.error as e:
+            reason = e.args[0] if e.args else e
+            if isinstance(reason, bytes):
+                reason = reason.decode(errors="replace")
+            raise ValueError(f"is not a valid RE2 pattern: {reason}") from None
+        return v
+
+
+class SimilarityOptions(Options):
+    ignore_case: bool = True
+    partial: bool = Field(False, description="Compare the expected output with the part of the "
+                                             "output that resembles it most.")
+
+
 class LLMJudgeOptions(Options):
     """Options of `llm_judge`. Defined here rather than in llm_judge.py so that validating specs
     needs neither the HTTP client nor the retry library; llm_judge.py re-exports it."""
@@ -140,6 +178,8 @@ def parse_options(model: type[OptionsT], spec: EvaluatorSpec) -> OptionsT:
         if error["type"] == "extra_forbidden":
             allowed = ", ".join(model.model_fields) or "none"
             message = f"unknown option for evaluator {spec.type!r} (allowed: {allowed})"
+        elif error["type"] == "value_error" and "error" in error.get("ctx", {}):
+            message = str(error["ctx"]["error"])  # the validator's words, without "Value error, "
         else:
             message = error["msg"]
         raise SpecError(field, message) from None
@@ -260,6 +300,32 @@ def json_structure(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
     return Score(present / len(required), "numeric")
 
 
+def regex(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
+    """1.0 when the pattern is found in the output as text (the whole of it with
+    `full_match`)."""
+    options = parse_options(RegexOptions, spec)
+    compiled = _regex(options.pattern, options.ignore_case)
+    output = _as_text(case.output)
+    found = (compiled.fullmatch(output.strip()) if options.full_match
+             else compiled.search(output))
+    return Score(1.0 if found else 0.0, "boolean")
+
+
+def similarity(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
+    """How close the output is to the expected output as text, from 0 to 1: 1 - the share of
+    characters to insert or delete to turn one into the other (rapidfuzz's normalized Indel
+    similarity), trimmed, ignoring case unless `ignore_case` is false; with `partial`, against
+    the part of the output most like the expected output."""
+    options = parse_options(SimilarityOptions, spec)
+    if _is_blank(case.expected_output):
+        return None
+    output, expected = _as_text(case.output).strip(), _as_text(case.expected_output).strip()
+    if options.ignore_case:
+        output, expected = output.casefold(), expected.casefold()
+    measure = fuzz.partial_ratio if options.partial else fuzz.ratio
+    return Score(round(measure(output, expected) / 100, 6), "numeric")
+
+
 def llm_judge(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
     """Refuses: the LLM judge calls a model over HTTP, so the service scores it asynchronously
     and in batches with services.evaluator.llm_judge.LLMJudge.judge_many."""
@@ -274,6 +340,8 @@ REGISTRY: dict[str, Evaluator] = {
         Evaluator("exact_match", "1", exact_match, ExactMatchOptions),
         Evaluator("contains", "1", contains, ContainsOptions),
         Evaluator("json_structure", "1", json_structure, JsonStructureOptions),
+        Evaluator("regex", "1", regex, RegexOptions),
+        Evaluator("similarity", "1", similarity, SimilarityOptions),
         Evaluator("llm_judge", "1", llm_judge, LLMJudgeOptions, source="llm_judge",
                   batched=True),
     )

@@ -151,6 +151,10 @@ async def test_bad_requests_name_the_field_and_publish_nothing(api):
     r = await api.ingest.post("/v1/datasets", json={"name": "d",
                                                     "evaluators": [{"type": "nope"}]})
     assert r.status_code == 422 and "type" in json.dumps(r.json()["detail"])
+    r = await api.ingest.post("/v1/runs", json={"dataset_id": "x", "name": "r", "evaluators": [
+        {"type": "regex", "pattern": "(?<=no)lookbehind"}]})
+    assert r.status_code == 422
+    assert "pattern: is not a valid RE2 pattern" in r.json()["detail"][0]["msg"]
     r = await api.ingest.post("/v1/traces", content=b"x" * (17 * 1024 * 1024),
                               headers={"content-type": "application/json"})
     assert r.status_code == 413
@@ -362,3 +366,23 @@ async def test_an_llm_judge_scores_beside_the_programmatic_evaluators(api, fake_
     asked = [r for r in fake_judge.requests
              if "Does the answer name" in r["messages"][1]["content"]]
     assert len(asked) == 4 and all(r["temperature"] == 0 for r in asked)
+
+
+async def test_regex_and_similarity_scores(api):
+    evaluators = [{"type": "regex", "name": "names_a_city", "pattern": r"\b(paris|berlin)\b",
+                   "ignore_case": True},
+                  {"type": "similarity"}, {"type": "similarity", "name": "found", "partial": True}]
+    _, run_id, items = await _run(api, evaluators)
+    outputs = ["Paris", "It is Berlin.", "Milano", "Madrid"]
+    await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
+                            "dataset_item_id": item["id"], "output": out, "status": "succeeded"}
+                           for n, (item, out) in enumerate(zip(items, outputs, strict=True))])
+    summary = await api.eventually(
+        f"/v1/runs/{run_id}", lambda s: s["scores"].get("found", {}).get("count") == 4)
+    assert summary["scores"]["names_a_city"]["average"] == 0.5
+    results = (await api.query.get(f"/v1/runs/{run_id}/results")).json()["items"]
+    by_output = {r["output"]: {s["name"]: s["value"] for s in r["scores"]} for r in results}
+    assert by_output["Paris"] == {"names_a_city": 1.0, "similarity": 1.0, "found": 1.0}
+    assert by_output["It is Berlin."]["found"] == 1.0
+    assert 0 < by_output["It is Berlin."]["similarity"] < 1
+    assert by_output["Milano"]["names_a_city"] == 0.0

@@ -16,6 +16,8 @@ from services.evaluator.evaluators import (
     contains,
     exact_match,
     json_structure,
+    regex,
+    similarity,
     validate_spec,
 )
 
@@ -228,6 +230,64 @@ def test_json_structure_gives_no_score_with_empty_required_keys_option() -> None
     assert json_structure(case({"a": 1}, {"a": 0}), spec) is None
 
 
+# --- regex -------------------------------------------------------------------------------------
+
+
+def _regex(output: Any, pattern: str, **options: Any) -> float:
+    score = regex(case(output), EvaluatorSpec(type="regex", pattern=pattern, **options))
+    assert score is not None and score.data_type == "boolean"
+    return score.value
+
+
+def test_regex_searches_the_output_as_text() -> None:
+    assert _regex("The capital is Paris.", r"\bParis\b") == 1.0
+    assert _regex("The capital is Parisian.", r"\bParis\b") == 0.0
+    assert _regex({"answer": "Paris"}, r'"answer":\s*"Paris"') == 1.0  # JSON as text
+    assert _regex(None, r"^$") == 1.0  # no output is the empty text
+
+
+def test_regex_options() -> None:
+    assert _regex("PARIS", "paris") == 0.0
+    assert _regex("PARIS", "paris", ignore_case=True) == 1.0
+    assert _regex("  42 \n", r"\d+", full_match=True) == 1.0  # trimmed
+    assert _regex("answer: 42", r"\d+", full_match=True) == 0.0
+
+
+def test_regex_is_linear_where_backtracking_would_not_end() -> None:
+    # (a+)+$ on "aaaa…b" takes Python's re minutes; RE2 answers at once.
+    assert _regex("a" * 50_000 + "b", r"(a+)+$") == 0.0
+
+
+@pytest.mark.parametrize(("pattern", "message"), [
+    (r"(a)\1", "invalid escape sequence"), (r"(?<=a)b", "invalid perl operator"),
+    ("(", "missing )"), ("", "at least 1 character")], ids=repr)
+def test_regex_spec_with_a_pattern_re2_refuses_names_it(pattern: str, message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec(EvaluatorSpec(type="regex", pattern=pattern))
+    assert info.value.field == "pattern" and message in info.value.message
+
+
+# --- similarity --------------------------------------------------------------------------------
+
+
+def test_similarity_is_one_minus_the_share_of_edits() -> None:
+    spec = EvaluatorSpec(type="similarity")
+    assert similarity(case(" Paris ", "paris"), spec) == Score(1.0, "numeric")
+    # "kitten" / "sitting": 13 characters, 8 of them in common (Indel distance 5): 8/13
+    assert similarity(case("kitten", "sitting"), spec).value == pytest.approx(8 / 13, abs=1e-6)
+    assert similarity(case("", "Paris"), spec).value == 0.0
+    assert similarity(case("Paris", None), spec) is None  # nothing to compare with
+    assert similarity(case({"a": 1}, {"a": 1}), spec).value == 1.0  # JSON as text
+
+
+def test_similarity_options() -> None:
+    assert similarity(case("PARIS", "paris"),
+                      EvaluatorSpec(type="similarity", ignore_case=False)).value == 0.0
+    long = case("The capital of France is Paris.", "Paris")
+    assert similarity(long, EvaluatorSpec(type="similarity")).value < 0.5
+    assert similarity(long, EvaluatorSpec(type="similarity", partial=True)).value == 1.0
+
+
 # --- validate_spec -----------------------------------------------------------------------------
 
 
@@ -290,7 +350,8 @@ def test_evaluators_reject_invalid_options_they_are_given() -> None:
 
 
 def test_registry_holds_the_built_in_evaluators() -> None:
-    assert set(REGISTRY) >= {"exact_match", "contains", "json_structure"}
+    assert set(REGISTRY) >= {"exact_match", "contains", "json_structure", "regex", "similarity",
+                             "llm_judge"}
 
 
 @pytest.mark.parametrize("key", sorted(REGISTRY))
@@ -302,5 +363,5 @@ def test_registry_entry_is_complete(key: str) -> None:
     assert issubclass(evaluator.options, BaseModel)
     assert evaluator.source in ("programmatic", "llm_judge")
     # Every evaluator works with its required options only (the judge needs its criteria).
-    required = {"llm_judge": {"criteria": "Is it right?"}}.get(key, {})
+    required = {"llm_judge": {"criteria": "Is it right?"}, "regex": {"pattern": "x"}}.get(key, {})
     validate_spec(EvaluatorSpec(type=key, **required))
