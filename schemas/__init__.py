@@ -2,6 +2,7 @@
 
 from schemas.catalog import (
     DatasetCreated,
+    DatasetDeleted,
     DatasetItem,
     DatasetItemsUpserted,
     EvaluatorsConfigured,
@@ -14,6 +15,7 @@ from schemas.traces import ScoreRequested, ScoringCase, TraceCompleted, Usage
 
 __all__ = [
     "DEFAULT_EVALUATORS", "CaseFailure", "CaseScore", "CaseScored", "DatasetCreated",
+    "DatasetDeleted",
     "DatasetItem", "DatasetItemsUpserted",
     "EvaluationFailed", "EvaluatorSpec", "EvaluatorsConfigured", "RunDeleted", "RunStarted",
     "ScoreRecorded",

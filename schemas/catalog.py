@@ -65,3 +65,11 @@ class RunDeleted(Event):
     run_id: Id = Field(description="Id of the deleted run.")
     dataset_id: Id = Field(description="Dataset of the run (the catalog events' key).")
     deleted_at: datetime = Field(description="When the run was deleted (UTC).")
+
+
+class DatasetDeleted(Event):
+    """A dataset was deleted, with its items; each of its runs is deleted by its own RunDeleted,
+    published before this event. Later events about the dataset are not applied."""
+
+    dataset_id: Id = Field(description="Id of the deleted dataset.")
+    deleted_at: datetime = Field(description="When the dataset was deleted (UTC).")

@@ -66,6 +66,15 @@ async def start_run(cmd: StartRun, catalog: CatalogDep) -> dict:
             "evaluators": [s.model_dump(exclude_none=True) for s in event.evaluators]}
 
 
+@router.delete("/datasets/{dataset_id}", status_code=status.HTTP_202_ACCEPTED)
+async def delete_dataset(dataset_id: str, catalog: CatalogDep) -> dict:
+    """Delete a dataset with its items and every run of it (as `DELETE /v1/runs/{id}` does);
+    items, evaluators, runs and traces naming it are refused from now on. Deleting again is
+    harmless."""
+    event, runs = await catalog.delete_dataset(dataset_id)
+    return {"dataset_id": dataset_id, "deleted_at": event.deleted_at, "runs_deleted": runs}
+
+
 @router.delete("/runs/{run_id}", status_code=status.HTTP_202_ACCEPTED)
 async def delete_run(run_id: str, catalog: CatalogDep) -> dict:
     """Delete a run: its summary, results, scores and history leave the read models (and the

@@ -11,6 +11,7 @@ import asyncpg
 
 from schemas.catalog import (
     DatasetCreated,
+    DatasetDeleted,
     DatasetItem,
     DatasetItemsUpserted,
     EvaluatorsConfigured,
@@ -90,8 +91,9 @@ class Catalog:
         event = EvaluatorsConfigured(dataset_id=dataset_id, evaluators=_specs(specs),
                                      configured_at=utcnow())
         async with self.pool.acquire() as conn, conn.transaction():
-            found = await conn.execute("UPDATE datasets SET evaluators = $2 WHERE id = $1",
-                                       dataset_id, _specs_json(event.evaluators))
+            found = await conn.execute(
+                "UPDATE datasets SET evaluators = $2 WHERE id = $1 AND deleted_at IS NULL",
+                dataset_id, _specs_json(event.evaluators))
             if found == "UPDATE 0":
                 raise FieldError(("path", "dataset_id"), f"dataset {dataset_id} not found", 404,
                                  "not_found")
@@ -108,8 +110,8 @@ class Catalog:
             raise FieldError(("items", dup, "id"), f"item id {ids[dup]!r} appears twice")
         event = DatasetItemsUpserted(dataset_id=dataset_id, items=items, upserted_at=utcnow())
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT 1 FROM datasets WHERE id = $1 FOR SHARE",
-                                       dataset_id):
+            if not await conn.fetchval("SELECT 1 FROM datasets WHERE id = $1"
+                                       " AND deleted_at IS NULL FOR SHARE", dataset_id):
                 raise FieldError(("path", "dataset_id"), f"dataset {dataset_id} not found", 404,
                                  "not_found")
             await conn.execute(
@@ -128,9 +130,12 @@ class Catalog:
     async def start_run(self, cmd: StartRun) -> RunStarted:
         async with self.pool.acquire() as conn, conn.transaction():
             dataset = await conn.fetchrow(
-                "SELECT evaluators FROM datasets WHERE id = $1 FOR SHARE", cmd.dataset_id)
+                "SELECT evaluators, deleted_at FROM datasets WHERE id = $1 FOR SHARE",
+                cmd.dataset_id)
             if dataset is None:
                 raise FieldError(("dataset_id",), f"dataset {cmd.dataset_id} not found")
+            if dataset["deleted_at"] is not None:
+                raise FieldError(("dataset_id",), f"dataset {cmd.dataset_id} was deleted")
             total = await conn.fetchval(
                 "SELECT count(*) FROM dataset_items WHERE dataset_id = $1", cmd.dataset_id)
             specs = cmd.evaluators or [EvaluatorSpec.model_validate(s)
@@ -166,6 +171,40 @@ class Catalog:
             await self._append_outbox(conn, [self._envelope(event, event.dataset_id)])
         self._runs.pop(run_id, None)
         return event
+
+    async def delete_dataset(self, dataset_id: str) -> tuple[DatasetDeleted, list[str]]:
+        """Delete a dataset: its items, and each of its runs not deleted yet as `delete_run`
+        does (a RunDeleted each), then DatasetDeleted, all through the outbox in one
+        transaction. Returns the event and every run of the dataset (all deleted now); deleting
+        again answers as the first time."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            # FOR UPDATE: a run being started or items being added (FOR SHARE) finish first.
+            dataset = await conn.fetchrow(
+                "SELECT deleted_at FROM datasets WHERE id = $1 FOR UPDATE", dataset_id)
+            if dataset is None:
+                raise FieldError(("path", "dataset_id"), f"dataset {dataset_id} not found", 404,
+                                 "not_found")
+            every_run = [r["id"] for r in await conn.fetch(
+                "SELECT id FROM runs WHERE dataset_id = $1 ORDER BY id", dataset_id)]
+            if dataset["deleted_at"] is not None:
+                return DatasetDeleted(dataset_id=dataset_id,
+                                      deleted_at=dataset["deleted_at"]), every_run
+            now = utcnow()
+            runs = [r["id"] for r in await conn.fetch(
+                "UPDATE runs SET deleted_at = $2 WHERE dataset_id = $1 AND deleted_at IS NULL"
+                " RETURNING id", dataset_id, now)]
+            await conn.execute("DELETE FROM run_items WHERE run_id = ANY($1::text[])", runs)
+            await conn.execute("DELETE FROM dataset_items WHERE dataset_id = $1", dataset_id)
+            await conn.execute("UPDATE datasets SET deleted_at = $2 WHERE id = $1", dataset_id,
+                               now)
+            event = DatasetDeleted(dataset_id=dataset_id, deleted_at=now)
+            await self._append_outbox(conn, [
+                *(self._envelope(RunDeleted(run_id=r, dataset_id=dataset_id, deleted_at=now),
+                                 dataset_id) for r in sorted(runs)),
+                self._envelope(event, dataset_id)])
+        for run_id in runs:
+            self._runs.pop(run_id, None)
+        return event, every_run
 
     async def _runs_by_id(self, conn: asyncpg.Connection,
                           run_ids: set[str]) -> dict[str, tuple[str, tuple[EvaluatorSpec, ...]]]:

@@ -6,7 +6,8 @@ log come out identical to the live models:
   `score_history`) in the same transaction; a seen id is skipped;
 - "latest wins" compares the event's own time (then its id), never the order of arrival;
 - a deleted run's rows go when its RunDeleted is applied, and every statement that writes rows
-  of a run skips the runs in `deleted_runs`, so its events arriving later leave nothing.
+  of a run skips the runs in `deleted_runs`, so its events arriving later leave nothing (the
+  same for a dataset and `deleted_datasets`).
 Each event type has one handler, and each handler is one set-based statement per batch.
 """
 
@@ -20,6 +21,7 @@ import asyncpg
 
 from schemas.catalog import (
     DatasetCreated,
+    DatasetDeleted,
     DatasetItemsUpserted,
     EvaluatorsConfigured,
     RunDeleted,
@@ -71,6 +73,7 @@ async def apply_dataset_created(conn: asyncpg.Connection, batch: Sequence[Envelo
         SELECT dataset_id, name, description, evaluators, created_at, created_at
         FROM jsonb_to_recordset($1::jsonb) AS e(dataset_id text, name text, description text,
                                                  evaluators jsonb, created_at timestamptz)
+        WHERE NOT EXISTS (SELECT 1 FROM deleted_datasets x WHERE x.dataset_id = e.dataset_id)
         ON CONFLICT (id) DO UPDATE SET name = excluded.name, description = excluded.description,
             created_at = excluded.created_at,
             evaluators = CASE WHEN excluded.evaluators_at > datasets.evaluators_at
@@ -93,6 +96,7 @@ async def apply_evaluators_configured(conn: asyncpg.Connection,
         SELECT dataset_id, '', evaluators, configured_at, configured_at
         FROM jsonb_to_recordset($1::jsonb) AS e(dataset_id text, evaluators jsonb,
                                                  configured_at timestamptz)
+        WHERE NOT EXISTS (SELECT 1 FROM deleted_datasets x WHERE x.dataset_id = e.dataset_id)
         ON CONFLICT (id) DO UPDATE SET evaluators = excluded.evaluators,
             evaluators_at = excluded.evaluators_at
         WHERE datasets.evaluators_at < excluded.evaluators_at
@@ -115,6 +119,7 @@ async def apply_items_upserted(conn: asyncpg.Connection, batch: Sequence[Envelop
         FROM jsonb_to_recordset($1::jsonb) AS e(id text, dataset_id text, input jsonb,
                                                  expected_output jsonb, metadata jsonb,
                                                  updated_at timestamptz)
+        WHERE NOT EXISTS (SELECT 1 FROM deleted_datasets x WHERE x.dataset_id = e.dataset_id)
         ON CONFLICT (dataset_id, id) DO UPDATE SET input = excluded.input,
             expected_output = excluded.expected_output, metadata = excluded.metadata,
             updated_at = excluded.updated_at
@@ -130,6 +135,7 @@ async def apply_run_started(conn: asyncpg.Connection, batch: Sequence[Envelope])
                                                  evaluators jsonb, metadata jsonb,
                                                  total_items integer, started_at timestamptz)
         WHERE NOT EXISTS (SELECT 1 FROM deleted_runs d WHERE d.run_id = e.run_id)
+          AND NOT EXISTS (SELECT 1 FROM deleted_datasets x WHERE x.dataset_id = e.dataset_id)
         ON CONFLICT (id) DO NOTHING
         """, [_dump(e.event) for e in batch])
 
@@ -414,6 +420,24 @@ async def apply_runs_deleted(conn: asyncpg.Connection, batch: Sequence[Envelope]
     await conn.execute("DELETE FROM runs WHERE id = ANY($1::text[])", run_ids)
 
 
+async def apply_datasets_deleted(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    """Remember the deleted datasets and remove them with their items. Their runs go by their
+    own RunDeleted events, which ingest publishes before this one; a run of the dataset that
+    arrives later (from a rebuild's order) is skipped by the dataset's tombstone."""
+    dataset_ids = await conn.fetchval("""
+        WITH tombstones AS (
+            INSERT INTO deleted_datasets (dataset_id, deleted_at, event_id)
+            SELECT dataset_id, deleted_at, event_id FROM jsonb_to_recordset($1::jsonb)
+                AS e(dataset_id text, deleted_at timestamptz, event_id text)
+            ON CONFLICT (dataset_id) DO NOTHING
+            RETURNING dataset_id)
+        SELECT array_agg(dataset_id) FROM tombstones
+        """, [_dump(e.event, event_id=e.id) for e in batch])
+    await conn.execute("DELETE FROM dataset_items WHERE dataset_id = ANY($1::text[])",
+                       dataset_ids)
+    await conn.execute("DELETE FROM datasets WHERE id = ANY($1::text[])", dataset_ids)
+
+
 async def _ignore(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
     """Score requests change no read model here; their progress is counted from the
     ScoreRequestsIssued and ScoringCompleted events."""
@@ -440,8 +464,9 @@ HANDLERS: dict[type[Event], Callable[[asyncpg.Connection, Sequence[Envelope]], A
     ScoreRequested: _ignore,
     ScoreRequestsIssued: apply_score_requests_issued,
     ScoringCompleted: apply_scoring_completed,
-    # Last: a batch's other events about a deleted run are applied, then removed with it.
+    # Last: a batch's other events about a deleted run or dataset are applied, then removed.
     RunDeleted: apply_runs_deleted,
+    DatasetDeleted: apply_datasets_deleted,
 }
 
 

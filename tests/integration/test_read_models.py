@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from schemas.envelope import unwrap
+from schemas.envelope import unwrap, wrap
 from services.evaluator.scoring import SOURCE, is_scorable, score_case
 from services.projections import views
 from tests.conftest import RESOURCES
@@ -138,7 +138,6 @@ def _deleted(log: list) -> list:
     from datetime import timedelta
 
     from schemas.catalog import RunDeleted, RunStarted
-    from schemas.envelope import wrap
 
     started = next(e.event for e in log if isinstance(e.event, RunStarted))
     deleted = RunDeleted(run_id=started.run_id, dataset_id=started.dataset_id,
@@ -157,3 +156,21 @@ async def test_a_deleted_run_leaves_no_rows_whatever_the_order(migrated, any_log
     assert {t: len(rows) for t, rows in tables.items()} == {
         "datasets": 1, "dataset_items": 3, "runs": 0, "run_items": 0, "scores": 0,
         "score_history": 0, "evaluation_failures": 0}
+
+
+@pytest.mark.parametrize("arrangement", ["one_at_a_time", "reversed",
+                                         "shuffled_with_duplicates", "batches_of_3"])
+async def test_a_deleted_dataset_leaves_no_rows_whatever_the_order(migrated, any_log,
+                                                                    arrangement):
+    """Its run's RunDeleted, then its DatasetDeleted, as ingest publishes them: nothing of the
+    dataset or its run remains, whenever its other events arrive."""
+    from schemas.catalog import DatasetDeleted
+
+    log = _deleted(any_log)
+    run_deleted = log[-1].event
+    log.append(wrap(DatasetDeleted(dataset_id=run_deleted.dataset_id,
+                                   deleted_at=run_deleted.deleted_at),
+                    source="evalstream/ingest", key=run_deleted.dataset_id))
+    tables, answers = await _project(migrated.dsn, _arranged(log, arrangement, seed=13))
+    assert answers == {"summary": None, "results": []}
+    assert {t: len(rows) for t, rows in tables.items()} == dict.fromkeys(TABLES, 0)
