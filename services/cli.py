@@ -398,13 +398,23 @@ Ctrl-C stops everything.
 
 
 def main() -> None:
-    """The `evalstream` command: a missing URL is a one-line error, not a traceback."""
+    """The `evalstream` command: a missing URL, or a broker or database that does not answer, is
+    a one-line error, not a traceback."""
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+
     try:
         app()
     except NotConfigured as e:
         typer.echo(f"evalstream: {e}; `make up` prints the URLs of the broker and database it "
                    "started (export KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL)", err=True)
         raise SystemExit(2) from None
+    except (OSError, KafkaConnectionError, KafkaTimeoutError) as e:
+        from services.http import dependency_of
+
+        typer.echo(f"evalstream: {dependency_of(e)} is unreachable ({type(e).__name__}: {e}); "
+                   "is it running, and are KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL right?",
+                   err=True)
+        raise SystemExit(3) from None
 
 
 if __name__ == "__main__":

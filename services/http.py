@@ -99,7 +99,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return JSONResponse(status_code=413, content={"detail": [{
                 "loc": ["body"], "msg": f"an event is larger than the broker takes: {exc}",
                 "type": "too_large"}]})
-        dependency = _dependency(exc)
+        dependency = dependency_of(exc)
         log.warning("%s %s: 503, %s is unreachable: %s: %s", request.method, request.url.path,
                     dependency, type(exc).__name__, exc)
         return unavailable(dependency, exc)
@@ -109,7 +109,7 @@ def install_error_handlers(app: FastAPI) -> None:
 RETRY_AFTER_S = 5
 
 
-def _dependency(exc: BaseException) -> str:
+def dependency_of(exc: BaseException) -> str:
     """Which dependency an error came from: by its type, else by the modules its traceback
     passed through (a refused connection is an OSError whoever made it)."""
     if isinstance(exc, KafkaError):

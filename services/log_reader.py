@@ -38,7 +38,11 @@ class LogReader:
             group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
             fetch_max_wait_ms=50)
-        await self._consumer.start()
+        try:
+            await self._consumer.start()
+        except BaseException:
+            await self._consumer.stop()  # a consumer that never started, closed all the same
+            raise
         known = await self._consumer.topics()  # also loads the metadata partitions_for_topic reads
         missing = [t for t in self.topics if t not in known]
         if missing:
