@@ -48,14 +48,24 @@ async def run_relay(pool: asyncpg.Pool, publisher: EventPublisher,
         wake.set()
 
     await listener.add_listener(OUTBOX_CHANNEL, on_notify)
+    failures = 0
     try:
         while True:
             try:
-                if await relay_once(pool, publisher):
-                    continue
-            except Exception as e:  # the relay must outlive a broker or database hiccup
-                log.warning("outbox relay failed, retrying: %s", e)
-                await asyncio.sleep(idle_wait)
+                relayed = await relay_once(pool, publisher)
+            except Exception as e:  # the relay must outlive a broker or database outage
+                failures += 1
+                # Waits double up to half a minute: one warning per attempt, not per second.
+                wait = min(idle_wait * 2 ** (failures - 1), 30.0)
+                log.warning("outbox relay failed (attempt %d), retrying in %.0f s: %s",
+                            failures, wait, e)
+                await asyncio.sleep(wait)
+                continue
+            if failures:
+                log.warning("outbox relay working again after %d failure(s)", failures)
+                failures = 0
+            if relayed:
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), idle_wait)
             wake.clear()
