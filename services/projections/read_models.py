@@ -405,8 +405,12 @@ async def apply_runs_deleted(conn: asyncpg.Connection, batch: Sequence[Envelope]
             INSERT INTO deleted_runs (run_id, deleted_at, event_id)
             SELECT run_id, deleted_at, event_id FROM jsonb_to_recordset($1::jsonb)
                 AS e(run_id text, deleted_at timestamptz, event_id text)
-            ON CONFLICT (run_id) DO UPDATE SET deleted_at = least(deleted_runs.deleted_at,
-                                                                   excluded.deleted_at)
+            -- Two deletions of one run (not something ingest publishes): the earliest is kept,
+            -- whatever the order; the rows went with the first one applied.
+            ON CONFLICT (run_id) DO UPDATE SET deleted_at = excluded.deleted_at,
+                event_id = excluded.event_id
+            WHERE (excluded.deleted_at, excluded.event_id)
+                < (deleted_runs.deleted_at, deleted_runs.event_id)
             RETURNING run_id)
         SELECT array_agg(run_id) FROM tombstones
         """, rows)
@@ -429,7 +433,10 @@ async def apply_datasets_deleted(conn: asyncpg.Connection, batch: Sequence[Envel
             INSERT INTO deleted_datasets (dataset_id, deleted_at, event_id)
             SELECT dataset_id, deleted_at, event_id FROM jsonb_to_recordset($1::jsonb)
                 AS e(dataset_id text, deleted_at timestamptz, event_id text)
-            ON CONFLICT (dataset_id) DO NOTHING
+            ON CONFLICT (dataset_id) DO UPDATE SET deleted_at = excluded.deleted_at,
+                event_id = excluded.event_id
+            WHERE (excluded.deleted_at, excluded.event_id)
+                < (deleted_datasets.deleted_at, deleted_datasets.event_id)
             RETURNING dataset_id)
         SELECT array_agg(dataset_id) FROM tombstones
         """, [_dump(e.event, event_id=e.id) for e in batch])
