@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -38,9 +39,10 @@ async def relay_once(pool: asyncpg.Pool, publisher: EventPublisher, limit: int =
         return len(rows)
 
 
-async def run_relay(pool: asyncpg.Pool, publisher: EventPublisher,
-                    idle_wait: float = 1.0) -> None:
-    """Relay until cancelled; wakes on NOTIFY from a committing transaction, else polls."""
+async def run_relay(pool: asyncpg.Pool, publisher: EventPublisher, idle_wait: float = 1.0, *,
+                    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    """Relay until cancelled; wakes on NOTIFY from a committing transaction, else polls; after
+    a failure waits with `sleep`, twice as long each time up to 30 s."""
     wake = asyncio.Event()
     listener = await pool.acquire()
 
@@ -59,7 +61,7 @@ async def run_relay(pool: asyncpg.Pool, publisher: EventPublisher,
                 wait = min(idle_wait * 2 ** (failures - 1), 30.0)
                 log.warning("outbox relay failed (attempt %d), retrying in %.0f s: %s",
                             failures, wait, e)
-                await asyncio.sleep(wait)
+                await sleep(wait)
                 continue
             if failures:
                 log.warning("outbox relay working again after %d failure(s)", failures)

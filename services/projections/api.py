@@ -3,10 +3,16 @@ results, run comparisons and datasets. A bad query parameter gets a 4xx naming i
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
 
 from services.projections import comparison, views
 from services.projections.views import InvalidQuery
@@ -77,6 +83,96 @@ async def get_run_results(
     for item in page["items"]:
         item["trace_url"] = trace_url(item["trace_id"])
     return {"run_id": run_id, **_paged(page, limit, offset)}
+
+
+# The fixed columns of a results export, then one per score name, then the failures.
+CSV_COLUMNS = ["dataset_item_id", "trace_id", "status", "input", "expected_output", "output",
+               "error", "latency_ms", "input_tokens", "output_tokens", "cost", "completed_at",
+               "trace_url"]
+CSV_PAGE = 1000
+
+
+def _csv_cell(value: Any) -> Any:
+    """Text and numbers as they are, times in ISO 8601, other JSON values as JSON, absent as
+    empty."""
+    if value is None:
+        return ""
+    if isinstance(value, str | int | float):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _csv_score(scores: list[dict]) -> str:
+    """The item's scores of one name: the label of a categorical score, else the value; several
+    (a person's verdict beside an evaluator's, under one name) joined by '; '."""
+    return "; ".join(s["string_value"] if s["data_type"] == "categorical" and s["string_value"]
+                     else f"{s['value']:g}" for s in scores)
+
+
+@router.get("/runs/{run_id}/results.csv", response_class=StreamingResponse)
+async def get_run_results_csv(
+    run_id: str, request: Request,
+    sort: Annotated[str, Query(description="As for /results.")] = "dataset_item_id",
+    order: Literal["asc", "desc"] = "asc",
+    filter: Annotated[Literal["passed", "failed"] | None,
+                      Query(description="As for /results.")] = None,
+    score: Annotated[str | None, Query(description="As for /results.")] = None,
+    status: Annotated[Literal["succeeded", "failed"] | None,
+                      Query(description="As for /results.")] = None,
+) -> StreamingResponse:
+    """Every item of the run (filtered and sorted as /results, all pages) as CSV, for a
+    spreadsheet: the item, trace and output, one column per score name (its value, or a
+    categorical score's label) and the evaluators that failed. Read in one snapshot."""
+    try:
+        sort = views.parse_result_sort(sort)
+    except InvalidQuery as e:
+        raise _invalid(e) from None
+    pool = request.app.state.pool
+    async with pool.acquire() as conn:
+        if await conn.fetchval("SELECT 1 FROM runs WHERE id = $1", run_id) is None:
+            raise _error("path", "run_id", f"run {run_id} not found", 404)
+    trace_url = _trace_url(request)
+
+    async def rows() -> AsyncIterator[str]:
+        out = io.StringIO()
+        writer = csv.writer(out)
+
+        def flush() -> str:
+            text = out.getvalue()
+            out.seek(0)
+            out.truncate()
+            return text
+
+        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                             readonly=True):
+            names = [r[0] for r in await conn.fetch(
+                "SELECT DISTINCT name FROM scores WHERE run_id = $1 ORDER BY name", run_id)]
+            writer.writerow([*CSV_COLUMNS, *names, "evaluation_failures"])
+            yield flush()
+            offset = 0
+            while True:
+                page = await views.run_results_page(
+                    conn, run_id, limit=CSV_PAGE, offset=offset, sort=sort,
+                    descending=order == "desc", outcome=filter, score=score, status=status)
+                for item in page["items"]:
+                    item["trace_url"] = trace_url(item["trace_id"])
+                    by_name: dict[str, list[dict]] = {}
+                    for s in item["scores"]:
+                        by_name.setdefault(s["name"], []).append(s)
+                    writer.writerow([
+                        *(_csv_cell(item[c]) for c in CSV_COLUMNS),
+                        *(_csv_score(by_name.get(n, [])) for n in names),
+                        "; ".join(f"{f['name']}: {f['reason']}"
+                                  for f in item["evaluation_failures"])])
+                yield flush()
+                offset += CSV_PAGE
+                if offset >= page["total"]:
+                    return
+
+    return StreamingResponse(rows(), media_type="text/csv; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="run-{quote(run_id, safe="")}-results.csv"'})
 
 
 @router.get("/compare")

@@ -477,6 +477,28 @@ HANDLERS: dict[type[Event], Callable[[asyncpg.Connection, Sequence[Envelope]], A
 }
 
 
+async def _lock_runs(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    """Transaction-scoped advisory locks on the runs the batch writes rows of: shared, or
+    exclusive for the runs it deletes. Without them a deletion and a write of the same run in
+    two concurrent transactions (two projection processes, or a rebuild's workers) could each
+    miss the other: the write checks for the tombstone before the deletion commits, the deletion
+    removes rows before the write commits, and the written rows outlive the run. With them the
+    deletion waits for the writes in flight and removes their rows; later writes see the
+    tombstone. In key order, so that two deletions cannot deadlock."""
+    deleted = {e.event.run_id for e in batch  # type: ignore[attr-defined]
+               if type(e.event) is RunDeleted}
+    runs = {run_id for e in batch if (run_id := getattr(e.event, "run_id", None))}
+    if runs:
+        await conn.execute("""
+            SELECT CASE WHEN exclusive THEN pg_advisory_xact_lock(key)::text
+                        ELSE pg_advisory_xact_lock_shared(key)::text END
+            FROM (SELECT key, bool_or(exclusive) AS exclusive
+                  FROM unnest($1::text[], $2::boolean[]) AS r(run_id, exclusive),
+                       LATERAL (SELECT hashtextextended('evalstream-run/' || run_id, 0)) AS k(key)
+                  GROUP BY key ORDER BY key) AS ordered
+            """, list(runs), [r in deleted for r in runs])
+
+
 async def apply_batch(conn: asyncpg.Connection, envelopes: Sequence[Envelope]) -> int:
     """Apply the not-yet-applied events of a batch; call inside a transaction. Returns how many
     events were new (counting every event of the types in SELF_LEDGERED, whose handlers alone
@@ -489,6 +511,7 @@ async def apply_batch(conn: asyncpg.Connection, envelopes: Sequence[Envelope]) -
     unique = list(first.values())
     if not unique:
         return 0
+    await _lock_runs(conn, unique)
     ledgered = [e.id for e in unique if type(e.event) not in SELF_LEDGERED]
     fresh_ids = {r[0] for r in await conn.fetch(
         "INSERT INTO applied_events (event_id) SELECT unnest($1::text[])"

@@ -4,6 +4,8 @@ all real processes, a real broker and a real Postgres."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import uuid
 
@@ -386,3 +388,42 @@ async def test_regex_and_similarity_scores(api):
     assert by_output["It is Berlin."]["found"] == 1.0
     assert 0 < by_output["It is Berlin."]["similarity"] < 1
     assert by_output["Milano"]["names_a_city"] == 0.0
+
+
+async def test_results_export_as_csv(api):
+    _, run_id, items = await _run(api)
+    outputs = ["Paris", "Berlin, the capital", "Milan", None]
+    await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
+                            "dataset_item_id": item["id"], "output": out,
+                            "status": "succeeded" if out else "failed",
+                            "error": None if out else "timeout", "cost": 0.5}
+                           for n, (item, out) in enumerate(zip(items, outputs, strict=True))])
+    await api.create("/v1/scores", {"run_id": run_id, "dataset_item_id": items[0]["id"],
+                                    "name": "tone", "data_type": "categorical",
+                                    "value": "terse, but right"}, status=202)
+    await api.eventually(f"/v1/runs/{run_id}",
+                         lambda s: s["scores"].get("exact_match", {}).get("count") == 3
+                         and s["scores"].get("tone", {}).get("count") == 1)
+
+    r = await api.query.get(f"/v1/runs/{run_id}/results.csv")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert f'filename="run-{run_id}-results.csv"' in r.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert list(rows[0])[-4:] == ["exact_match", "mentions_city", "tone", "evaluation_failures"]
+    by_item = {row["dataset_item_id"]: row for row in rows}
+    assert len(rows) == 4
+    first = by_item[items[0]["id"]]
+    assert (first["output"], first["exact_match"], first["mentions_city"], first["tone"]) == (
+        "Paris", "1", "0.5", "terse, but right")  # a comma inside a cell, quoted
+    assert json.loads(first["input"]) == items[0]["input"]
+    failed = by_item[items[3]["id"]]
+    assert (failed["status"], failed["error"], failed["exact_match"]) == ("failed", "timeout", "")
+    assert first["trace_url"].endswith(f"{run_id}-0")
+
+    failing = (await api.query.get(f"/v1/runs/{run_id}/results.csv", params={
+        "filter": "failed", "score": "exact_match", "sort": "score:exact_match"})).text
+    assert [row["output"] for row in csv.DictReader(io.StringIO(failing))] == [
+        "Berlin, the capital", "Milan"]  # exact matches that missed, as /results filters them
+    assert (await api.query.get("/v1/runs/nope/results.csv")).status_code == 404
+    r = await api.query.get(f"/v1/runs/{run_id}/results.csv", params={"sort": "colour"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "sort"]

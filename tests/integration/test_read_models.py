@@ -174,3 +174,43 @@ async def test_a_deleted_dataset_leaves_no_rows_whatever_the_order(migrated, any
     tables, answers = await _project(migrated.dsn, _arranged(log, arrangement, seed=13))
     assert answers == {"summary": None, "results": []}
     assert {t: len(rows) for t, rows in tables.items()} == dict.fromkeys(TABLES, 0)
+
+
+async def test_a_deletion_waits_for_a_concurrent_write_of_its_run(migrated, log):
+    """Two transactions at once, as two projection processes or a rebuild's workers run them:
+    one applies the run's trace and scores, the other its RunDeleted. The deletion waits for
+    the write and removes what it wrote (without the lock both would commit, the deletion not
+    seeing the rows, the write not seeing the tombstone, and the rows would outlive the run)."""
+    import asyncio
+
+    from services.database import create_pool, migrate
+    from services.projections.read_models import apply_batch
+
+    schema = f"rm_race_{random.randrange(1 << 30)}"
+    await migrate(migrated.dsn, "read_model", schema)
+    pool = await create_pool(migrated.dsn, schema, max_size=2)
+    run_deleted = _deleted(log)[-1]
+    writes = [e for e in _log_as_scored_now(log) if getattr(e.event, "run_id", None) == "r1"
+              and type(e.event).__name__ in ("TraceCompleted", "CaseScored")]
+    try:
+        async with pool.acquire() as writer, pool.acquire() as deleter:
+            async with writer.transaction():
+                await apply_batch(writer, writes)
+                deleting = asyncio.create_task(_apply_in_transaction(deleter, [run_deleted]))
+                await asyncio.sleep(0.5)
+                assert not deleting.done()  # waiting for the write's lock
+            await deleting
+            left = {t: await writer.fetchval(f"SELECT count(*) FROM {t} WHERE run_id = 'r1'")
+                    for t in ("run_items", "scores", "evaluation_failures")}
+        assert left == {"run_items": 0, "scores": 0, "evaluation_failures": 0}
+    finally:
+        async with pool.acquire() as admin:
+            await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await pool.close()
+
+
+async def _apply_in_transaction(conn, batch) -> None:
+    from services.projections.read_models import apply_batch
+
+    async with conn.transaction():
+        await apply_batch(conn, batch)

@@ -27,7 +27,7 @@ class Pool:
 
 
 async def test_failed_attempts_wait_longer_each_time_and_success_resets(monkeypatch):
-    outcomes = [ConnectionRefusedError("down")] * 7 + [3, 0] + [ConnectionRefusedError("down")]
+    outcomes = [ConnectionRefusedError("down")] * 14 + [3, 0] + [ConnectionRefusedError("down")]
     waits: list[float] = []
 
     async def relay_once(pool, publisher):
@@ -38,15 +38,12 @@ async def test_failed_attempts_wait_longer_each_time_and_success_resets(monkeypa
             raise outcome
         return outcome
 
-    real_sleep = asyncio.sleep
-
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
-        await real_sleep(0)
 
     monkeypatch.setattr(outbox, "relay_once", relay_once)
-    monkeypatch.setattr(outbox.asyncio, "sleep", sleep)
     with pytest.raises(asyncio.CancelledError):
-        await outbox.run_relay(Pool(), publisher=None, idle_wait=1.0)
-    # 1, 2, 4, … capped at 30; after the relay worked again, the next failure waits 1 again.
-    assert waits == [1, 2, 4, 8, 16, 30, 30, 1]
+        await outbox.run_relay(Pool(), publisher=None, idle_wait=0.01, sleep=sleep)
+    # 1, 2, 4, … × the idle wait, capped at 30 s; after the relay worked again, the next
+    # failure waits the least again.
+    assert waits == pytest.approx([0.01 * 2 ** n for n in range(12)] + [30, 30, 0.01])
