@@ -162,7 +162,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
             typer.echo(f"{group.service:<12} {group.group:<28} {topic.topic:<32} "
                        f"{topic.end:>10,} {topic.lag:>10,}")
     behind = ", ".join(f"{g.service} {g.lag:,}" for g in report.groups)
-    typer.echo(f"lag: {behind}; dead letters: {report.dead_letters:,} "
+    typer.echo(f"lag: {behind}; dead letters: {report.dead_letters:,}, "
+               f"{report.dead_letters_pending:,} since the last redrive "
                f"(topic {settings.topics.dead_letter})")
 
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from services.dead_letters import redrive_group
 from services.log_reader import LogReader
 from services.settings import Settings
 
@@ -35,11 +36,13 @@ class GroupStatus:
 @dataclass
 class PipelineStatus:
     groups: list[GroupStatus]
-    dead_letters: int
+    dead_letters: int  # records the dead-letter topic holds
+    dead_letters_pending: int  # of those, how many came since the last redrive
 
     def as_dict(self) -> dict:
         return {"groups": [asdict(g) | {"lag": g.lag} for g in self.groups],
-                "dead_letters": self.dead_letters}
+                "dead_letters": self.dead_letters,
+                "dead_letters_pending": self.dead_letters_pending}
 
 
 def consumer_groups(settings: Settings) -> list[tuple[str, str, list[str]]]:
@@ -77,8 +80,18 @@ async def pipeline_status(settings: Settings) -> PipelineStatus:
                     lag.lag += max(ends[tp] - position, 0)
                 status.topics.append(lag)
             out.append(status)
-        dead = sum(ends[tp] - begins[tp] for tp in ends if tp.topic == settings.topics.dead_letter)
-        return PipelineStatus(groups=out, dead_letters=dead)
+        letters = [tp for tp in ends if tp.topic == settings.topics.dead_letter]
+        redriven = await admin.list_consumer_group_offsets(redrive_group(settings),
+                                                           partitions=letters)
+
+        def since_redrive(tp) -> int:
+            meta = redriven.get(tp)
+            start = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
+            return max(ends[tp] - max(start, begins[tp]), 0)
+
+        return PipelineStatus(groups=out,
+                              dead_letters=sum(ends[tp] - begins[tp] for tp in letters),
+                              dead_letters_pending=sum(since_redrive(tp) for tp in letters))
     finally:
         await admin.close()
         await reader.stop()

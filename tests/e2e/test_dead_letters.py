@@ -87,6 +87,10 @@ async def test_redrive_sends_dead_letters_back_once_and_the_refused_return(api, 
             break
     assert sorted({d["consumer"] for d in back}) == ["evaluator", "projections"]
 
+    # `status` counts the dead letters since this redrive apart from all of them.
+    status = await _cli(migrated, "status", "--json")
+    assert status["dead_letters_pending"] < status["dead_letters"]
+
     # A second redrive does not send the taken record again.
     again = await _cli(migrated, "dead-letters", "redrive", "--json")
     assert [traces, 0, at] not in again["origins"]

@@ -64,6 +64,7 @@ async def test_status_shows_the_groups_catching_up_and_counts_dead_letters(api, 
     assert traces["evaluator"]["end"] == before_traces["end"] + 4  # 3 traces, 1 undecodable
     assert traces["evaluator"]["committed"] == traces["evaluator"]["end"]
     assert now["dead_letters"] == before["dead_letters"] + 2  # once per consumer group
+    assert now["dead_letters_pending"] == before["dead_letters_pending"] + 2  # not redriven
 
     table = (await _status(migrated, as_json=False)).splitlines()
     assert table[0].split() == ["service", "group", "topic", "records", "lag"]
@@ -71,7 +72,8 @@ async def test_status_shows_the_groups_catching_up_and_counts_dead_letters(api, 
                if line.startswith("projections") and migrated.topics.traces in line)
     assert row[3:] == [f"{traces['projections']['end']:,}", "0"]
     assert table[-1].startswith("lag: evaluator ") and (
-        f"dead letters: {now['dead_letters']:,}" in table[-1])
+        f"dead letters: {now['dead_letters']:,}, {now['dead_letters_pending']:,} since the "
+        "last redrive" in table[-1])
 
     # The two dead letters of that record, with where it came from and why.
     letters = [d for d in await _cli(migrated, "dead-letters")
