@@ -494,7 +494,10 @@ async def _lock_runs(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> Non
                         ELSE pg_advisory_xact_lock_shared(key)::text END
             FROM (SELECT key, bool_or(exclusive) AS exclusive
                   FROM unnest($1::text[], $2::boolean[]) AS r(run_id, exclusive),
-                       LATERAL (SELECT hashtextextended('evalstream-run/' || run_id, 0)) AS k(key)
+                       -- Per read-model schema: a rebuild's workers and the live consumer,
+                       -- writing different schemas, need not wait for each other.
+                       LATERAL (SELECT hashtextextended(
+                           current_schema() || '/run/' || run_id, 0)) AS k(key)
                   GROUP BY key ORDER BY key) AS ordered
             """, list(runs), [r in deleted for r in runs])
 
