@@ -70,6 +70,9 @@ class CaseScore(BaseModel):
     evaluator: str = Field(description="Evaluator type that produced the score.")
     evaluator_version: str = Field(description="Version of that evaluator.")
     spec_hash: str = Field(description="Hash of the evaluator spec used.")
+    pass_threshold: float | None = Field(
+        None, ge=0, le=1, description="The spec's `pass_threshold`: a value at or above it "
+                                      "passes; absent: 0.5.")
 
 
 class CaseFailure(BaseModel):

@@ -70,6 +70,11 @@ class Options(BaseModel):
     # to its default behaviour.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Every evaluator's: where its scores pass (services/evaluator/scoring.py carries it on
+    # each score; the read models compare with it).
+    pass_threshold: float | None = Field(
+        None, ge=0, le=1, description="A score at or above it passes; default 0.5.")
+
 
 OptionsT = TypeVar("OptionsT", bound=Options)
 

@@ -79,7 +79,9 @@ def score_case(env: Envelope, judged: Judged | None = None) -> Envelope:
                     value=score.value, data_type=score.data_type, string_value=score.string_value,
                     source=evaluator.source, comment=score.comment, evaluator=spec.type,
                     evaluator_version=evaluator.version if score.model is None
-                    else f"{evaluator.version}+{score.model}", spec_hash=_spec_hash(spec)))
+                    else f"{evaluator.version}+{score.model}", spec_hash=_spec_hash(spec),
+                    # Validated with the spec's other options by the evaluator just now.
+                    pass_threshold=(spec.model_extra or {}).get("pass_threshold")))
         except Exception as e:  # one evaluator's failure must not stop the others
             failures.append(CaseFailure(
                 failure_id=deterministic_id("failure", run_item_id, name), name=name,

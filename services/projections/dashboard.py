@@ -84,16 +84,19 @@ VIEWS: dict[str, tuple[str, str, dict[str, str]]] = {
         "latency_p50_ms": "Median trace latency (percentile_cont, traces reporting one).",
         "latency_p95_ms": "95th percentile trace latency (percentile_cont).",
         "items_with_scores": "Run items with at least one score.",
-        "pass_rate": "Share of the run's boolean and numeric scores with value >= 0.5.",
+        "pass_rate": "Share of the run's boolean and numeric scores that pass (value >= "
+                     "their spec's pass_threshold, default 0.5).",
         "evaluation_failures": "Evaluators that failed on an item of the run.",
     }),
     "score_summary": (SCORE_SUMMARY_TEMPLATE, (
-        "One row per run and score name: average, pass rate (value >= 0.5) and count of the "
+        "One row per run and score name: average, pass rate (value >= the spec's "
+        "pass_threshold, default 0.5) and count of the "
         "scores, and the count per label of categorical ones; the per-score figures of the run "
         "summary and of GET /v1/compare."), {
         "score_name": "Score name, e.g. exact_match.",
         "average": "Mean value of the run's boolean and numeric scores of that name.",
-        "pass_rate": "Share of those scores with value >= 0.5.",
+        "pass_rate": "Share of those scores at or above their pass_threshold (default "
+                     "0.5).",
         "count": "Number of the run's scores of that name, categorical ones included.",
         "labels": "Label -> count of the categorical scores of that name (NULL if none).",
     }),

@@ -10,6 +10,7 @@ from typing import Literal
 
 import asyncpg
 
+# A score passes at or above its spec's `pass_threshold` (scores.pass_threshold), else this.
 PASS_THRESHOLD = 0.5
 
 # Categorical scores are counted per label; only boolean and numeric scores have a value that
@@ -44,7 +45,8 @@ CROSS JOIN LATERAL (
 CROSS JOIN LATERAL (
     SELECT count(*) AS items_with_scores, sum(passed)::float8 / nullif(sum(n), 0) AS pass_rate
     FROM (SELECT count(*) FILTER (WHERE data_type <> 'categorical') AS n,
-                 count(*) FILTER (WHERE value >= {pass} AND data_type <> 'categorical') AS passed
+                 count(*) FILTER (WHERE value >= coalesce(pass_threshold, {pass})
+                                  AND data_type <> 'categorical') AS passed
           FROM {rm}scores WHERE run_id = r.id GROUP BY run_item_id) per_item
 ) s
 CROSS JOIN LATERAL (
@@ -76,7 +78,7 @@ CROSS JOIN LATERAL (
     FROM (SELECT name, data_type = 'categorical' AS categorical,
                  CASE WHEN data_type = 'categorical' THEN string_value END AS label,
                  count(*) AS n, sum(value) AS total,
-                 count(*) FILTER (WHERE value >= {pass}) AS passed
+                 count(*) FILTER (WHERE value >= coalesce(pass_threshold, {pass})) AS passed
           FROM {rm}scores WHERE run_id = r.id
           GROUP BY 1, 2, 3) g
     GROUP BY name
@@ -154,7 +156,8 @@ def _results_sql(sort: str, descending: bool, outcome: Outcome | None, score: st
         # passed: scored, and every score (of that name) passes; failed: one of them does not.
         # Categorical scores neither pass nor fail.
         failing = (f"EXISTS (SELECT 1 FROM scores x WHERE x.run_item_id = r.run_item_id"
-                   f"{of_name} AND x.value < $2 AND x.data_type <> 'categorical')")
+                   f"{of_name} AND x.value < coalesce(x.pass_threshold, $2)"
+                   " AND x.data_type <> 'categorical')")
         if outcome == "failed":
             where.append(failing)
         else:
@@ -198,7 +201,9 @@ LEFT JOIN LATERAL (
     SELECT jsonb_agg(jsonb_build_object(
         'name', name, 'value', value, 'data_type', data_type, 'source', source,
         'string_value', string_value, 'comment', comment, 'created_by', created_by,
-        'passed', CASE WHEN data_type <> 'categorical' THEN value >= $2 END,
+        'passed', CASE WHEN data_type <> 'categorical'
+                       THEN value >= coalesce(pass_threshold, $2) END,
+        'pass_threshold', pass_threshold,
         'evaluator', evaluator, 'evaluator_version', evaluator_version,
         'spec_hash', spec_hash, 'observed_at', observed_at) ORDER BY name, source) AS scores
     FROM scores WHERE run_item_id = r.run_item_id
@@ -249,7 +254,7 @@ async def run_results(conn: asyncpg.Connection, run_id: str, **options) -> list[
 def display_value(score: dict) -> str:
     """As the seed shows it: Pass/Fail for booleans, the label for categories, else 2 decimals."""
     if score["data_type"] == "boolean":
-        return "Pass" if score["value"] >= PASS_THRESHOLD else "Fail"
+        return "Pass" if score["passed"] else "Fail"
     if score["data_type"] == "categorical" and score.get("string_value"):
         return score["string_value"]
     return f"{score['value']:.2f}"

@@ -373,7 +373,8 @@ async def test_an_llm_judge_scores_beside_the_programmatic_evaluators(api, fake_
 async def test_regex_and_similarity_scores(api):
     evaluators = [{"type": "regex", "name": "names_a_city", "pattern": r"\b(paris|berlin)\b",
                    "ignore_case": True},
-                  {"type": "similarity"}, {"type": "similarity", "name": "found", "partial": True}]
+                  {"type": "similarity"}, {"type": "similarity", "name": "found", "partial": True},
+                  {"type": "similarity", "name": "close", "pass_threshold": 0.9}]
     _, run_id, items = await _run(api, evaluators)
     outputs = ["Paris", "It is Berlin.", "Milano", "Madrid"]
     await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
@@ -384,10 +385,18 @@ async def test_regex_and_similarity_scores(api):
     assert summary["scores"]["names_a_city"]["average"] == 0.5
     results = (await api.query.get(f"/v1/runs/{run_id}/results")).json()["items"]
     by_output = {r["output"]: {s["name"]: s["value"] for s in r["scores"]} for r in results}
-    assert by_output["Paris"] == {"names_a_city": 1.0, "similarity": 1.0, "found": 1.0}
+    assert by_output["Paris"] == {"names_a_city": 1.0, "similarity": 1.0, "found": 1.0,
+                                  "close": 1.0}
     assert by_output["It is Berlin."]["found"] == 1.0
     assert 0 < by_output["It is Berlin."]["similarity"] < 1
     assert by_output["Milano"]["names_a_city"] == 0.0
+    # Similar to the expected output: 1, 12/19 ("It is Berlin." to "Berlin"), below 0.5
+    # ("Milano" to "Rome"), 1. At 0.9 the second fails too.
+    close = {r["output"]: next(s for s in r["scores"] if s["name"] == "close") for r in results}
+    assert [close[o]["passed"] for o in outputs] == [True, False, False, True]
+    assert close["Paris"]["pass_threshold"] == 0.9 and close["It is Berlin."]["value"] >= 0.5
+    assert summary["scores"]["close"]["pass_rate"] == 0.5  # at 0.5 it would be 0.75
+    assert summary["scores"]["similarity"]["pass_rate"] == 0.75
 
 
 async def test_results_export_as_csv(api):

@@ -105,3 +105,18 @@ def test_a_judged_score_names_its_model_in_its_version():
     assert (scores["judged"].evaluator, scores["judged"].evaluator_version,
             scores["judged"].source) == ("llm_judge", "1+m-2026-11-01", "llm_judge")
     assert scores["exact_match"].evaluator_version == "1"
+
+
+def test_a_spec_pass_threshold_rides_on_its_scores():
+    specs = (EvaluatorSpec(type="similarity", pass_threshold=0.9),
+             EvaluatorSpec(type="exact_match"))
+    scores = {s.name: s for s in score_case(
+        wrap(_trace(evaluators=specs), source="t", key="r1", id="e1")).event.scores}
+    assert (scores["similarity"].pass_threshold, scores["exact_match"].pass_threshold) == (
+        0.9, None)
+    # Out of range: that evaluator's failure, naming the option; the others score.
+    bad = score_case(wrap(_trace(evaluators=(
+        EvaluatorSpec(type="similarity", pass_threshold=2), EvaluatorSpec(type="exact_match"))),
+        source="t", key="r1", id="e2")).event
+    assert [s.name for s in bad.scores] == ["exact_match"]
+    assert "pass_threshold" in bad.failures[0].reason
