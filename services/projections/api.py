@@ -62,7 +62,8 @@ async def get_run_results(
                                            "status, or score:<score name>")] = "dataset_item_id",
     order: Literal["asc", "desc"] = "asc",
     filter: Annotated[Literal["passed", "failed"] | None, Query(
-        description="passed: scored and every score passes (>= 0.5); failed: a score does "
+        description="passed: scored and every score passes (>= its pass_threshold, default "
+                    "0.5; labels neither pass nor fail); failed: a score does "
                     "not. Only scores named `score` count when it is given.")] = None,
     score: Annotated[str | None, Query(description="Score name `filter` looks at.")] = None,
     status: Annotated[Literal["succeeded", "failed"] | None,

@@ -120,7 +120,7 @@ async def run_summaries(conn: asyncpg.Connection, run_ids: list[str]) -> dict[st
 async def run_summary(conn: asyncpg.Connection, run_id: str) -> dict | None:
     """Items (completed, failed, missing), cost, tokens, latency p50/p95 (percentile_cont over
     the run items that report a latency), per-score average / pass rate / count, and the overall
-    pass rate (share of all the run's scores ≥ PASS_THRESHOLD)."""
+    pass rate (share of the run's boolean and numeric scores that pass)."""
     return (await run_summaries(conn, [run_id])).get(run_id)
 
 
