@@ -64,34 +64,31 @@ async def pipeline_status(settings: Settings) -> PipelineStatus:
     await admin.start()
     try:
         ends, begins = await reader.end_offsets(), await reader.beginning_offsets()
+
+        async def positions(group: str, partitions: list) -> dict:
+            """Where `group` committed, partition by partition (never: the log's beginning)."""
+            committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
+            return {tp: meta.offset if (meta := committed.get(tp)) is not None
+                    and meta.offset >= 0 else begins[tp] for tp in partitions}
+
         out = []
         for group, service, group_topics in groups:
             status = GroupStatus(group=group, service=service)
-            partitions = [tp for tp in ends if tp.topic in group_topics]
-            committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
+            at = await positions(group, [tp for tp in ends if tp.topic in group_topics])
             for topic in group_topics:
                 lag = TopicLag(topic=topic)
-                for tp in (tp for tp in partitions if tp.topic == topic):
-                    meta = committed.get(tp)
-                    position = meta.offset if meta is not None and meta.offset >= 0 \
-                        else begins[tp]
+                for tp in (tp for tp in at if tp.topic == topic):
                     lag.end += ends[tp]
-                    lag.committed += position
-                    lag.lag += max(ends[tp] - position, 0)
+                    lag.committed += at[tp]
+                    lag.lag += max(ends[tp] - at[tp], 0)
                 status.topics.append(lag)
             out.append(status)
         letters = [tp for tp in ends if tp.topic == settings.topics.dead_letter]
-        redriven = await admin.list_consumer_group_offsets(redrive_group(settings),
-                                                           partitions=letters)
-
-        def since_redrive(tp) -> int:
-            meta = redriven.get(tp)
-            start = meta.offset if meta is not None and meta.offset >= 0 else begins[tp]
-            return max(ends[tp] - max(start, begins[tp]), 0)
-
-        return PipelineStatus(groups=out,
-                              dead_letters=sum(ends[tp] - begins[tp] for tp in letters),
-                              dead_letters_pending=sum(since_redrive(tp) for tp in letters))
+        redriven = await positions(redrive_group(settings), letters)
+        return PipelineStatus(
+            groups=out, dead_letters=sum(ends[tp] - begins[tp] for tp in letters),
+            dead_letters_pending=sum(max(ends[tp] - max(redriven[tp], begins[tp]), 0)
+                                     for tp in letters))
     finally:
         await admin.close()
         await reader.stop()

@@ -397,24 +397,29 @@ async def apply_scoring_completed(conn: asyncpg.Connection, batch: Sequence[Enve
     await _on_bodies(conn, _APPLY_SCORING_COMPLETED, batch, _observed_at(batch))
 
 
+async def _tombstones(conn: asyncpg.Connection, table: str, key: str,
+                      batch: Sequence[Envelope]) -> list[str] | None:
+    """Record the deletions of a batch in `table` (deleted_runs or deleted_datasets, keyed by
+    `key`); returns the ids whose rows are to go. Two deletions of one id (not something ingest
+    publishes) keep the earliest, whatever the order."""
+    return await conn.fetchval(f"""
+        WITH tombstones AS (
+            INSERT INTO {table} ({key}, deleted_at, event_id)
+            SELECT {key}, deleted_at, event_id FROM jsonb_to_recordset($1::jsonb)
+                AS e({key} text, deleted_at timestamptz, event_id text)
+            ON CONFLICT ({key}) DO UPDATE SET deleted_at = excluded.deleted_at,
+                event_id = excluded.event_id
+            WHERE (excluded.deleted_at, excluded.event_id)
+                < ({table}.deleted_at, {table}.event_id)
+            RETURNING {key})
+        SELECT array_agg({key}) FROM tombstones
+        """, [_dump(e.event, event_id=e.id) for e in batch])
+
+
 async def apply_runs_deleted(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
     """Remember the deleted runs, then remove their rows from every read model: the run, its
     items, scores with their history, failures and the progress of score requests about it."""
-    rows = [_dump(e.event, event_id=e.id) for e in batch]
-    run_ids = await conn.fetchval("""
-        WITH tombstones AS (
-            INSERT INTO deleted_runs (run_id, deleted_at, event_id)
-            SELECT run_id, deleted_at, event_id FROM jsonb_to_recordset($1::jsonb)
-                AS e(run_id text, deleted_at timestamptz, event_id text)
-            -- Two deletions of one run (not something ingest publishes): the earliest is kept,
-            -- whatever the order; the rows went with the first one applied.
-            ON CONFLICT (run_id) DO UPDATE SET deleted_at = excluded.deleted_at,
-                event_id = excluded.event_id
-            WHERE (excluded.deleted_at, excluded.event_id)
-                < (deleted_runs.deleted_at, deleted_runs.event_id)
-            RETURNING run_id)
-        SELECT array_agg(run_id) FROM tombstones
-        """, rows)
+    run_ids = await _tombstones(conn, "deleted_runs", "run_id", batch)
     await conn.execute("""
         DELETE FROM score_history h USING scores s
         WHERE s.run_id = ANY($1::text[]) AND h.score_id = s.score_id;
@@ -429,18 +434,7 @@ async def apply_datasets_deleted(conn: asyncpg.Connection, batch: Sequence[Envel
     """Remember the deleted datasets and remove them with their items. Their runs go by their
     own RunDeleted events, which ingest publishes before this one; a run of the dataset that
     arrives later (from a rebuild's order) is skipped by the dataset's tombstone."""
-    dataset_ids = await conn.fetchval("""
-        WITH tombstones AS (
-            INSERT INTO deleted_datasets (dataset_id, deleted_at, event_id)
-            SELECT dataset_id, deleted_at, event_id FROM jsonb_to_recordset($1::jsonb)
-                AS e(dataset_id text, deleted_at timestamptz, event_id text)
-            ON CONFLICT (dataset_id) DO UPDATE SET deleted_at = excluded.deleted_at,
-                event_id = excluded.event_id
-            WHERE (excluded.deleted_at, excluded.event_id)
-                < (deleted_datasets.deleted_at, deleted_datasets.event_id)
-            RETURNING dataset_id)
-        SELECT array_agg(dataset_id) FROM tombstones
-        """, [_dump(e.event, event_id=e.id) for e in batch])
+    dataset_ids = await _tombstones(conn, "deleted_datasets", "dataset_id", batch)
     await conn.execute("DELETE FROM dataset_items WHERE dataset_id = ANY($1::text[])",
                        dataset_ids)
     await conn.execute("DELETE FROM datasets WHERE id = ANY($1::text[])", dataset_ids)
