@@ -185,11 +185,17 @@ class EventPublisher:
         await self.publish_raw(self.settings.topics.dead_letter, out)
 
 
+YIELD_EVERY = 100
+
+
 async def decode_records(records: Sequence, publisher: EventPublisher) -> list[Envelope]:
     """Decode a consumed batch; records that are not valid events go to the dead-letter topic
-    with their reason, and the batch carries on without them."""
+    with their reason, and the batch carries on without them. Every YIELD_EVERY records the
+    event loop gets a turn, so that I/O in flight (a projections lane's statements) goes on."""
     envelopes, dead = [], []
-    for record in records:
+    for n, record in enumerate(records, 1):
+        if n % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
         try:
             env = unwrap(record.headers, record.value)
         except UndecodableEvent as e:
