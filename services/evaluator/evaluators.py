@@ -15,6 +15,9 @@ from string import Template
 from typing import Annotated, Any, Literal, TypeVar
 
 import re2
+from jsonschema import Draft202012Validator, validators
+from jsonschema import ValidationError as SchemaViolation
+from jsonschema.exceptions import SchemaError, best_match
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -126,6 +129,115 @@ class SimilarityOptions(Options):
                                              "output that resembles it most.")
 
 
+def _re2_pattern(validator, pattern, instance, schema):
+    if validator.is_type(instance, "string") and not _regex(pattern, False).search(instance):
+        yield SchemaViolation(f"{instance!r} does not match {pattern!r}")
+
+
+def _re2_pattern_properties(validator, patterns, instance, schema):
+    if validator.is_type(instance, "object"):
+        for pattern, subschema in patterns.items():
+            compiled = _regex(pattern, False)
+            for key, value in instance.items():
+                if compiled.search(key):
+                    yield from validator.descend(value, subschema, path=key,
+                                                 schema_path=pattern)
+
+
+def _re2_additional_properties(validator, additional, instance, schema):
+    if not validator.is_type(instance, "object"):
+        return
+    known = schema.get("properties", {})
+    patterns = [_regex(p, False) for p in schema.get("patternProperties", {})]
+    extras = sorted(key for key in instance
+                    if key not in known and not any(p.search(key) for p in patterns))
+    if validator.is_type(additional, "object"):
+        for key in extras:
+            yield from validator.descend(instance[key], additional, path=key)
+    elif additional is False and extras:
+        yield SchemaViolation(f"additional properties are not allowed "
+                              f"({', '.join(map(repr, extras))} unexpected)")
+
+
+# JSON Schema 2020-12 (or the draft a schema's `$schema` names) with every regular expression
+# matched by RE2, as the `regex` evaluator does: jsonschema's own keywords use Python's
+# backtracking `re`, with which one pattern could stall a partition.
+_RE2_KEYWORDS = {"pattern": _re2_pattern, "patternProperties": _re2_pattern_properties,
+                 "additionalProperties": _re2_additional_properties}
+_REFUSED_KEYWORDS = ("unevaluatedProperties",)  # matches patternProperties with Python's `re`
+
+
+def _refused_keyword(schema: Any) -> str | None:
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key in _REFUSED_KEYWORDS:
+                return key
+            if (found := _refused_keyword(value)) is not None:
+                return found
+    elif isinstance(schema, list):
+        for value in schema:
+            if (found := _refused_keyword(value)) is not None:
+                return found
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_validator(schema_json: str):
+    """The validator of a schema (given as canonical JSON), built once per process."""
+    schema = json.loads(schema_json)
+    base = validators.validator_for(schema, default=Draft202012Validator)
+    base.check_schema(schema)
+    for pattern in _patterns(schema):
+        _regex(pattern, False)  # raises re2.error
+    return validators.extend(base, _RE2_KEYWORDS)(schema)
+
+
+def _patterns(schema: Any):
+    """Every regular expression of a schema: `pattern` values and `patternProperties` keys."""
+    if isinstance(schema, dict):
+        if isinstance(schema.get("pattern"), str):
+            yield schema["pattern"]
+        if isinstance(schema.get("patternProperties"), dict):
+            yield from schema["patternProperties"]
+        for value in schema.values():
+            yield from _patterns(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            yield from _patterns(value)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class JsonSchemaOptions(Options):
+    schema_: dict[str, Any] = Field(
+        alias="schema", description="The JSON Schema the output must satisfy (draft 2020-12 "
+                                    "unless its `$schema` names another; `format` is not "
+                                    "checked; regular expressions are RE2).")
+
+    @field_validator("schema_")
+    @classmethod
+    def _valid_schema(cls, v: dict[str, Any]) -> dict[str, Any]:
+        text = _canonical(v)
+        if len(text) > 20_000:
+            raise ValueError("is longer than 20,000 characters of JSON (every trace carries it)")
+        if (refused := _refused_keyword(v)) is not None:
+            raise ValueError(f"uses {refused!r}, which is not supported; use additionalProperties")
+        try:
+            _schema_validator(text)
+        except SchemaError as e:
+            where = "/".join(str(p) for p in e.path)
+            raise ValueError(f"is not a valid JSON Schema: {e.message}"
+                             + (f" (at {where})" if where else "")) from None
+        except re2.error as e:
+            reason = e.args[0] if e.args else e
+            if isinstance(reason, bytes):
+                reason = reason.decode(errors="replace")
+            raise ValueError(f"has a pattern RE2 refuses: {reason}") from None
+        return v
+
+
 class LLMJudgeOptions(Options):
     """Options of `llm_judge`. Defined here rather than in llm_judge.py so that validating specs
     needs neither the HTTP client nor the retry library; llm_judge.py re-exports it."""
@@ -181,7 +293,7 @@ def parse_options(model: type[OptionsT], spec: EvaluatorSpec) -> OptionsT:
         error = e.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "options"
         if error["type"] == "extra_forbidden":
-            allowed = ", ".join(model.model_fields) or "none"
+            allowed = ", ".join(f.alias or name for name, f in model.model_fields.items()) or "none"
             message = f"unknown option for evaluator {spec.type!r} (allowed: {allowed})"
         elif error["type"] == "value_error" and "error" in error.get("ctx", {}):
             message = str(error["ctx"]["error"])  # the validator's words, without "Value error, "
@@ -316,6 +428,30 @@ def regex(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
     return Score(1.0 if found else 0.0, "boolean")
 
 
+_FENCE = re2.compile(r"^\s*```[A-Za-z0-9_-]*\s*\n(.*)\n\s*```\s*$", re2.Options())
+
+
+def _json_of_output(output: Any) -> Any:
+    """The output as JSON: a string is parsed (inside a ``` code fence, as models often answer),
+    and stays a string when it is not JSON."""
+    if not isinstance(output, str):
+        return output
+    fenced = _FENCE.match(output)
+    parsed = _parse_json_text(fenced.group(1) if fenced else output)
+    return output if parsed is _UNPARSABLE else parsed
+
+
+def json_schema(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
+    """1.0 when the output (a string parsed as JSON) satisfies the schema; otherwise 0.0, with
+    the most relevant violation as the comment."""
+    options = parse_options(JsonSchemaOptions, spec)
+    validator = _schema_validator(_canonical(options.schema_))
+    error = best_match(validator.iter_errors(_json_of_output(case.output)))
+    if error is None:
+        return Score(1.0, "boolean")
+    return Score(0.0, "boolean", comment=f"{error.json_path}: {error.message}"[:500])
+
+
 def similarity(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
     """How close the output is to the expected output as text, from 0 to 1: 1 - the share of
     characters to insert or delete to turn one into the other (rapidfuzz's normalized Indel
@@ -347,6 +483,7 @@ REGISTRY: dict[str, Evaluator] = {
         Evaluator("json_structure", "1", json_structure, JsonStructureOptions),
         Evaluator("regex", "1", regex, RegexOptions),
         Evaluator("similarity", "1", similarity, SimilarityOptions),
+        Evaluator("json_schema", "1", json_schema, JsonSchemaOptions),
         Evaluator("llm_judge", "1", llm_judge, LLMJudgeOptions, source="llm_judge",
                   batched=True),
     )

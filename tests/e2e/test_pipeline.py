@@ -399,6 +399,33 @@ async def test_regex_and_similarity_scores(api):
     assert summary["scores"]["similarity"]["pass_rate"] == 0.75
 
 
+async def test_json_schema_scores(api):
+    schema = {"type": "object", "required": ["city"],
+              "properties": {"city": {"type": "string", "pattern": "^[A-Z][a-z]+$"}}}
+    _, run_id, items = await _run(api, [{"type": "json_schema", "name": "shaped",
+                                         "schema": schema}])
+    outputs = ['{"city": "Paris"}', {"city": "berlin"}, "```json\n{\"city\": \"Rome\"}\n```",
+               "Madrid"]
+    await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
+                            "dataset_item_id": item["id"], "output": out, "status": "succeeded"}
+                           for n, (item, out) in enumerate(zip(items, outputs, strict=True))])
+    summary = await api.eventually(
+        f"/v1/runs/{run_id}", lambda s: s["scores"].get("shaped", {}).get("count") == 4)
+    assert summary["scores"]["shaped"]["pass_rate"] == 0.5
+    results = (await api.query.get(f"/v1/runs/{run_id}/results")).json()["items"]
+    shaped = {r["dataset_item_id"]: next(s for s in r["scores"] if s["name"] == "shaped")
+              for r in results}
+    assert [shaped[i["id"]]["value"] for i in items] == [1.0, 0.0, 1.0, 0.0]
+    assert shaped[items[1]["id"]]["comment"] == "$.city: 'berlin' does not match '^[A-Z][a-z]+$'"
+    assert shaped[items[3]["id"]]["comment"] == "$: 'Madrid' is not of type 'object'"
+
+    # A schema that is not one is refused where it is given, naming the field.
+    r = await api.ingest.post(f"/v1/runs/{run_id}/evaluate", json={"evaluators": [
+        {"type": "json_schema", "schema": {"type": "objekt"}}]})
+    assert r.status_code == 422
+    assert "schema: is not a valid JSON Schema" in r.json()["detail"][0]["msg"]
+
+
 async def test_results_export_as_csv(api):
     _, run_id, items = await _run(api)
     outputs = ["Paris", "Berlin, the capital", "Milan", None]

@@ -15,6 +15,7 @@ from services.evaluator.evaluators import (
     SpecError,
     contains,
     exact_match,
+    json_schema,
     json_structure,
     regex,
     similarity,
@@ -288,6 +289,80 @@ def test_similarity_options() -> None:
     assert similarity(long, EvaluatorSpec(type="similarity", partial=True)).value == 1.0
 
 
+# --- json_schema -------------------------------------------------------------------------------
+
+ANSWER_SCHEMA = {"type": "object", "required": ["answer", "confidence"],
+                 "properties": {"answer": {"type": "string", "minLength": 1},
+                                "confidence": {"type": "number", "minimum": 0, "maximum": 1}},
+                 "additionalProperties": False}
+
+
+def _schema(output: Any, schema: dict = ANSWER_SCHEMA) -> Score:
+    score = json_schema(case(output), EvaluatorSpec(type="json_schema", schema=schema))
+    assert score is not None and score.data_type == "boolean"
+    return score
+
+
+def test_json_schema_passes_an_output_that_satisfies_it() -> None:
+    assert _schema({"answer": "Paris", "confidence": 0.9}) == Score(1.0, "boolean")
+    # A string output is parsed as JSON, also inside a code fence as models write it.
+    assert _schema('{"answer": "Paris", "confidence": 1}').value == 1.0
+    assert _schema('```json\n{"answer": "Paris", "confidence": 1}\n```').value == 1.0
+
+
+@pytest.mark.parametrize(("output", "comment"), [
+    ({"answer": "Paris"}, "$: 'confidence' is a required property"),
+    ({"answer": "Paris", "confidence": 2}, "$.confidence: 2 is greater than the maximum of 1"),
+    ({"answer": "", "confidence": 1}, "$.answer: '' should be non-empty"),
+    ({"answer": "Paris", "confidence": 1, "why": "?"}, "$: additional properties are not "
+                                                        "allowed ('why' unexpected)"),
+    ("Paris", "$: 'Paris' is not of type 'object'"),  # not JSON: validated as the string
+    (None, "$: None is not of type 'object'"),
+], ids=repr)
+def test_json_schema_fails_with_the_violation_as_comment(output: Any, comment: str) -> None:
+    assert _schema(output) == Score(0.0, "boolean", comment=comment)
+
+
+def test_json_schema_matches_patterns_with_re2_in_linear_time() -> None:
+    # (a+)+$ on "aaaa…b" takes Python's re (which jsonschema itself uses) minutes.
+    slow = {"type": "string", "pattern": "(a+)+$"}
+    assert _schema("a" * 50_000 + "b", slow).value == 0.0
+    by_key = {"type": "object", "patternProperties": {"^x-(a+)+$": {"type": "integer"}},
+              "additionalProperties": False}
+    assert _schema({"x-aaa": 1}, by_key).value == 1.0
+    assert _schema({"x-aaa": "1"}, by_key).comment == "$['x-aaa']: '1' is not of type 'integer'"
+    assert _schema({"x-" + "a" * 50_000 + "b": 1}, by_key).value == 0.0
+
+
+def test_json_schema_follows_the_draft_its_schema_names() -> None:
+    draft4 = {"$schema": "http://json-schema.org/draft-04/schema#", "type": "number",
+              "maximum": 1, "exclusiveMaximum": True}  # a boolean here only in draft 4
+    assert _schema(1, draft4).value == 0.0
+    assert _schema(0.5, draft4).value == 1.0
+
+
+@pytest.mark.parametrize(("schema", "message"), [
+    ({"type": "objekt"}, "is not a valid JSON Schema: 'objekt' is not valid under any of the "
+                         "given schemas (at type)"),
+    ({"type": "string", "pattern": "(a)\\1"}, "has a pattern RE2 refuses"),
+    ({"unevaluatedProperties": False}, "uses 'unevaluatedProperties', which is not supported"),
+    ({"enum": ["x" * 20_000]}, "longer than 20,000 characters"),
+], ids=repr)
+def test_json_schema_spec_with_a_wrong_schema_names_it(schema: dict, message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec(EvaluatorSpec(type="json_schema", schema=schema))
+    assert info.value.field == "schema" and message in info.value.message
+
+
+def test_json_schema_spec_without_a_schema_names_it() -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec(EvaluatorSpec(type="json_schema"))
+    assert (info.value.field, info.value.message) == ("schema", "Field required")
+    with pytest.raises(SpecError) as info:
+        validate_spec(EvaluatorSpec(type="json_schema", schema={}, strict=True))
+    assert info.value.field == "strict" and "allowed: pass_threshold, schema" in info.value.message
+
+
 # --- validate_spec -----------------------------------------------------------------------------
 
 
@@ -351,7 +426,7 @@ def test_evaluators_reject_invalid_options_they_are_given() -> None:
 
 def test_registry_holds_the_built_in_evaluators() -> None:
     assert set(REGISTRY) >= {"exact_match", "contains", "json_structure", "regex", "similarity",
-                             "llm_judge"}
+                             "json_schema", "llm_judge"}
 
 
 @pytest.mark.parametrize("key", sorted(REGISTRY))
@@ -363,5 +438,6 @@ def test_registry_entry_is_complete(key: str) -> None:
     assert issubclass(evaluator.options, BaseModel)
     assert evaluator.source in ("programmatic", "llm_judge")
     # Every evaluator works with its required options only (the judge needs its criteria).
-    required = {"llm_judge": {"criteria": "Is it right?"}, "regex": {"pattern": "x"}}.get(key, {})
+    required = {"llm_judge": {"criteria": "Is it right?"}, "regex": {"pattern": "x"},
+                "json_schema": {"schema": {}}}.get(key, {})
     validate_spec(EvaluatorSpec(type=key, **required))
