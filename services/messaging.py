@@ -185,6 +185,40 @@ class EventPublisher:
         await self.publish_raw(self.settings.topics.dead_letter, out)
 
 
+def lanes(records: Sequence, n: int) -> list[list]:
+    """A batch's records in up to `n` lanes, each holding every record of its partitions (in
+    their order): lanes share no key (so no read-model row), and each can be handled apart."""
+    by_partition: dict[tuple[str, int], list] = {}
+    for record in records:
+        by_partition.setdefault((record.topic, record.partition), []).append(record)
+    out: list[list] = [[] for _ in range(min(n, len(by_partition)))]
+    for part in sorted(by_partition.values(), key=len, reverse=True):
+        min(out, key=len).extend(part)  # the biggest partitions first, each to the emptiest lane
+    return out
+
+
+async def in_lanes(records: Sequence, n: int, prepare: Callable[[list], Awaitable[T]],
+                   finish: Callable[[list, T], Awaitable[None]]) -> None:
+    """A consumed batch in `n` lanes (see `lanes`): each lane is prepared (decoded), then finished
+    (applied to Postgres) while the next lane is prepared, so Python and the I/O it waits for
+    overlap: +5% end to end for the projections (docs/benchmark.md); nothing measurable for the
+    evaluator, whose publishing waits little.
+    Returns once every lane is finished, when the batch's offsets may be committed. A lane that
+    fails stops the others and the error is raised, so the whole batch comes again; the lanes
+    already finished then change nothing, since events are idempotent (docs/adr/0001)."""
+    applying: list[asyncio.Task] = []
+    try:
+        for lane in lanes(records, n):
+            prepared = await prepare(lane)
+            applying.append(asyncio.create_task(finish(lane, prepared)))
+        await asyncio.gather(*applying)
+    except BaseException:
+        for task in applying:
+            task.cancel()
+        await asyncio.gather(*applying, return_exceptions=True)
+        raise
+
+
 YIELD_EVERY = 100
 
 

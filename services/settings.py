@@ -111,9 +111,9 @@ class Settings(BaseSettings):
                                     "0007). Keep 1 on the development broker, whose group "
                                     "rebalances falter with several consumers joining at once.")
     apply_lanes: int = Field(
-        2, ge=1, le=8, description="Transactions a projections consumer applies a batch in, "
-                                   "each with the batch's records of some partitions: one is "
-                                   "decoded while Postgres applies another.")
+        2, ge=1, le=8, description="Parts a projections consumer splits each batch into, by "
+                                   "partition: one is decoded while the one before is applied "
+                                   "to Postgres, each in a transaction of its own.")
     batch_max_records: int = Field(2000, ge=1, description="Most records a consumer takes at once.")
     batch_timeout_ms: int = Field(20, ge=1, description="Longest a consumer waits to fill a batch.")
     fetch_max_wait_ms: int = Field(

@@ -6,10 +6,9 @@ transaction together with its event ids, so a redelivered or duplicated event ch
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 from fastapi import Depends, FastAPI
@@ -24,6 +23,7 @@ from services.messaging import (
     broker_factory,
     decode_records,
     ensure_topics,
+    in_lanes,
     subscribe_batches,
     until_done,
 )
@@ -47,44 +47,11 @@ def projected_topics(settings: Settings) -> list[str]:
     return [settings.topics.catalog, settings.topics.traces, settings.topics.scores]
 
 
-def lanes(records: Sequence, n: int) -> list[list]:
-    """A batch's records in up to `n` lanes, each holding every record of its partitions (in
-    their order): lanes share no key, so no row, and are applied in transactions of their own."""
-    by_partition: dict[tuple[str, int], list] = {}
-    for record in records:
-        by_partition.setdefault((record.topic, record.partition), []).append(record)
-    out: list[list] = [[] for _ in range(min(n, len(by_partition)))]
-    for part in sorted(by_partition.values(), key=len, reverse=True):
-        min(out, key=len).extend(part)  # the biggest partitions first, each to the emptiest lane
-    return out
-
-
-async def apply_in_lanes(records: Sequence, n: int,
-                         decode: Callable[[list], Awaitable[list[Envelope]]],
-                         apply_lane: Callable[[list, list[Envelope]], Awaitable[None]]) -> None:
-    """A consumed batch in `n` lanes (see `lanes`): each lane is decoded, then applied in a
-    transaction of its own while the next lane is decoded, so Python and Postgres work at the
-    same time (+5% end to end, docs/benchmark.md). Returns once every lane is applied, when the
-    batch's offsets may be committed. A lane that fails stops the others and the error is raised,
-    so the whole batch comes again; the lanes already applied then change nothing
-    (docs/adr/0001)."""
-    applying: list[asyncio.Task] = []
-    try:
-        for lane in lanes(records, n):
-            envelopes = await decode(lane)
-            applying.append(asyncio.create_task(apply_lane(lane, envelopes)))
-        await asyncio.gather(*applying)
-    except BaseException:
-        for task in applying:
-            task.cancel()
-        await asyncio.gather(*applying, return_exceptions=True)
-        raise
-
-
 def register(broker: KafkaBroker, settings: Settings, state: dict) -> None:
     async def on_events(msg: KafkaMessage) -> None:
-        await apply_in_lanes(msg.raw_message, settings.apply_lanes,
-                             lambda lane: decode_records(lane, state["publisher"]), apply_lane)
+        # Each lane applied in a transaction of its own while the next is decoded.
+        await in_lanes(msg.raw_message, settings.apply_lanes,
+                       lambda lane: decode_records(lane, state["publisher"]), apply_lane)
 
     async def apply_lane(records: Sequence, envelopes: list[Envelope]) -> None:
         # Postgres unreachable: the decoded lane is retried with backoff (services/messaging.py).

@@ -1,5 +1,5 @@
-"""How the projections consumer splits a batch into lanes and applies them (the handler logic
-alone; the e2e suite runs it against the real broker and Postgres)."""
+"""How a consumer splits a batch into lanes and handles them (the handler logic alone; the e2e
+suite runs it against the real broker and Postgres)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import namedtuple
 
 import pytest
 
-from services.projections.app import apply_in_lanes, lanes
+from services.messaging import in_lanes, lanes
 
 Record = namedtuple("Record", "topic partition offset")
 
@@ -62,7 +62,7 @@ async def test_the_next_lane_is_decoded_while_the_first_is_applied():
         await asyncio.sleep(0.01)
         events.append(f"apply end {len(lane)}")
 
-    await apply_in_lanes(_batch(), 2, decode, apply_lane)
+    await in_lanes(_batch(), 2, decode, apply_lane)
     # The second lane was decoded while the first was being applied, and both were applied.
     first, second = (e.split()[-1] for e in events if e.startswith("decode"))
     assert (events.index(f"apply start {first}") < events.index(f"decode {second}")
@@ -88,5 +88,5 @@ async def test_a_failing_lane_cancels_the_others_and_raises():
             raise
 
     with pytest.raises(ConnectionError, match="went away"):
-        await asyncio.wait_for(apply_in_lanes(_batch(), 2, decode, apply_lane), 5)
+        await asyncio.wait_for(in_lanes(_batch(), 2, decode, apply_lane), 5)
     assert cancelled == [5]
