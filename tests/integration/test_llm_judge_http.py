@@ -199,6 +199,20 @@ async def test_concurrency_is_bounded(fake: FakeJudge, base_url: str, own_transp
     assert fake.max_in_flight == 3
 
 
+async def test_calls_spread_over_small_pools_reach_the_bound(fake: FakeJudge,
+                                                            base_url: str) -> None:
+    # 20 calls in flight go through 3 clients of 7 connections (httpcore's pool costs CPU per
+    # connection on every request): the least busy client takes each call, so all 20 run at
+    # once; had one pool taken them all, at most 7 would.
+    pairs = [(case(f"answer {i}", f"answer {i}", trace_id=f"t{i}"), spec(model="slow"))
+             for i in range(60)]
+    async with make_judge(base_url, concurrency=20) as judge:
+        results = await judge.judge_many(pairs)
+    assert all(isinstance(r, Score) and r.value == 1.0 for r in results)
+    assert fake.count("slow") == 60
+    assert fake.max_in_flight == 20
+
+
 async def test_waiting_for_a_turn_does_not_count_against_the_timeout(fake: FakeJudge,
                                                                      base_url: str) -> None:
     # 10 calls of 50 ms one at a time take 500 ms, twice the timeout of one call: only calls
