@@ -66,11 +66,15 @@ class EvaluatorSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="allow", json_schema_extra={
         "examples": [{"type": "exact_match"}, {"type": "contains", "keywords": ["paris"]},
-                     {"type": "json_structure", "name": "shape", "required_keys": ["answer"]}],
+                     {"type": "json_structure", "name": "shape", "required_keys": ["answer"]},
+                     {"type": "json_schema", "schema": {"type": "object",
+                                                        "required": ["answer"]}}],
     })
 
-    type: str = Field(description="Registered evaluator type, e.g. `exact_match`, `contains`, "
-                                  "`json_structure`.", min_length=1, max_length=100)
+    type: str = Field(description="Registered evaluator type: `exact_match`, `contains`, "
+                                  "`json_structure`, `json_schema`, `regex`, `similarity` or "
+                                  "`llm_judge` (README, Evaluators).", min_length=1,
+                      max_length=100)
     name: str | None = Field(default=None, max_length=200,
                              description="Score name; defaults to the evaluator type.")
 
