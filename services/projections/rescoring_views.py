@@ -10,7 +10,11 @@ from schemas.common import run_item_key
 PROGRESS_SQL = """
 SELECT coalesce(q.request_id, $1) AS request_id, q.origin, q.run_id, q.requested, q.runs,
        q.evaluators, q.filters, q.interrupted, q.requested_at,
-       c.completed, c.scored, c.failed, c.unscored, c.scores_recorded, c.evaluation_failures
+       c.completed, c.scored, c.failed, c.unscored, c.scores_recorded, c.evaluation_failures,
+       -- Cases of runs deleted since (a request over several runs keeps its row): never to be
+       -- counted, so no longer waited for.
+       (SELECT coalesce(sum(r.value::integer), 0) FROM jsonb_each_text(q.runs) AS r
+        JOIN deleted_runs d ON d.run_id = r.key) AS withdrawn
 FROM (SELECT count(*) AS completed,
              count(*) FILTER (WHERE scored > 0 AND failed = 0) AS scored,
              count(*) FILTER (WHERE failed > 0) AS failed,
@@ -24,7 +28,8 @@ LEFT JOIN score_requests q ON q.request_id = $1
 
 async def score_request_progress(conn: asyncpg.Connection, request_id: str) -> dict | None:
     """How far a request is: `requested` cases, `completed` ones (split into `scored`, `failed`
-    — an evaluator failed — and `unscored` — nothing to score, e.g. no expected output), `done`.
+    — an evaluator failed — and `unscored` — nothing to score, e.g. no expected output),
+    `withdrawn` (requested of runs deleted since: their cases are not counted), `done`.
 
     Until the request's own event has arrived, `requested` is null and `done` false."""
     row = await conn.fetchrow(PROGRESS_SQL, request_id)
@@ -32,7 +37,8 @@ async def score_request_progress(conn: asyncpg.Connection, request_id: str) -> d
         return None
     out = dict(row)
     out["interrupted"] = bool(out["interrupted"])
-    out["done"] = out["requested"] is not None and out["completed"] >= out["requested"]
+    out["done"] = (out["requested"] is not None
+                   and out["completed"] >= out["requested"] - out["withdrawn"])
     return out
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from schemas.common import EvaluatorSpec, score_id
 from schemas.envelope import wrap
+from schemas.catalog import RunDeleted
 from schemas.rescoring import ScoreRequestsIssued
 from schemas.scores import EvaluationFailed, ScoreRecorded
 from schemas.traces import TraceCompleted
@@ -64,6 +65,40 @@ async def test_request_progress_counts_cases_whatever_the_order(migrated):
     # Cases counted before the request's own event: not done, requested unknown.
     partial = await _apply(migrated.dsn, [log[1:]], progress)
     assert (partial["requested"], partial["completed"], partial["done"]) == (None, 6, False)
+
+
+async def test_a_request_over_several_runs_is_done_without_a_run_deleted_meanwhile(migrated):
+    """A replay over two runs, one deleted while its cases were being scored: the deleted run's
+    cases (counted or not yet) are withdrawn, and the request is done once the other run's are
+    in, whatever the order."""
+    header = wrap(ScoreRequestsIssued(request_id="q2", origin="replay", run_id=None,
+                                      requested=6, runs={"r1": 3, "r2": 3},
+                                      requested_at=AT + timedelta(hours=1)),
+                  source="t", key="q2", id="h2")
+    cases = [score_case(score_request(
+        wrap(_trace(n, run_id=run, dataset_item_id=f"{run}-{n}", expected_output="Paris"),
+             source="t", key=run, id=f"{run}-e{n}"), "q2", AT + timedelta(hours=1), None))
+        for run in ("r1", "r2") for n in range(3)]
+    deleted = wrap(RunDeleted(run_id="r2", dataset_id="d1", deleted_at=AT + timedelta(hours=2)),
+                   source="t", key="d1", id="x2")
+    r1_cases, r2_cases = cases[:3], cases[3:]
+
+    async def progress(conn):
+        return await rescoring_views.score_request_progress(conn, "q2")
+
+    def figures(p: dict) -> tuple:
+        return p["requested"], p["completed"], p["withdrawn"], p["done"]
+
+    # r2 deleted before any of its cases, after one, or after all: done once r1's are in.
+    for log in ([header, *r1_cases, r2_cases[0], deleted, *r2_cases[1:]],
+                [deleted, *r2_cases, header, *r1_cases],
+                [header, *cases, deleted]):
+        assert figures(await _apply(migrated.dsn, [log], progress)) == (6, 3, 3, True)
+    # Without r1's last case it is not done; without the deletion, r2's cases are awaited.
+    assert figures(await _apply(migrated.dsn, [[header, *r1_cases[:2], deleted]],
+                                progress)) == (6, 2, 3, False)
+    assert figures(await _apply(migrated.dsn, [[header, *r1_cases]], progress)) == (6, 3, 0,
+                                                                                  False)
 
 
 async def test_a_verdict_leaves_the_evaluators_failure_and_score_alone(migrated):
