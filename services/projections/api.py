@@ -61,10 +61,12 @@ async def get_run_results(
     sort: Annotated[str, Query(description="dataset_item_id, latency_ms, cost, completed_at, "
                                            "status, or score:<score name>")] = "dataset_item_id",
     order: Literal["asc", "desc"] = "asc",
-    filter: Annotated[Literal["passed", "failed"] | None, Query(
+    filter: Annotated[Literal["passed", "failed", "unscored"] | None, Query(
         description="passed: scored and every score passes (>= its pass_threshold, default "
                     "0.5; labels neither pass nor fail); failed: a score does "
-                    "not. Only scores named `score` count when it is given.")] = None,
+                    "not; unscored: no score (e.g. `score=manual&status=succeeded`: the items "
+                    "awaiting a person's verdict). Only scores named `score` count when it is "
+                    "given.")] = None,
     score: Annotated[str | None, Query(description="Score name `filter` looks at.")] = None,
     status: Annotated[Literal["succeeded", "failed"] | None,
                       Query(description="Trace status.")] = None,
@@ -117,7 +119,7 @@ async def get_run_results_csv(
     run_id: str, request: Request,
     sort: Annotated[str, Query(description="As for /results.")] = "dataset_item_id",
     order: Literal["asc", "desc"] = "asc",
-    filter: Annotated[Literal["passed", "failed"] | None,
+    filter: Annotated[Literal["passed", "failed", "unscored"] | None,
                       Query(description="As for /results.")] = None,
     score: Annotated[str | None, Query(description="As for /results.")] = None,
     status: Annotated[Literal["succeeded", "failed"] | None,

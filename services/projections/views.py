@@ -127,7 +127,7 @@ async def run_summary(conn: asyncpg.Connection, run_id: str) -> dict | None:
 # Sort keys of the results: a column, or `score:<name>` (the item's value of that score).
 RESULT_SORTS = {"dataset_item_id": "r.dataset_item_id", "latency_ms": "r.latency_ms",
                 "cost": "r.cost", "completed_at": "r.completed_at", "status": "r.status"}
-Outcome = Literal["passed", "failed"]
+Outcome = Literal["passed", "failed", "unscored"]
 
 
 class InvalidQuery(ValueError):
@@ -154,11 +154,15 @@ def _results_sql(sort: str, descending: bool, outcome: Outcome | None, score: st
     if outcome is not None:
         of_name = f" AND x.name = {param(score)}" if score is not None else ""
         # passed: scored, and every score (of that name) passes; failed: one of them does not.
-        # Categorical scores neither pass nor fail.
+        # Categorical scores neither pass nor fail. unscored: no score (of that name) at all,
+        # e.g. the items still awaiting a person's verdict.
         failing = (f"EXISTS (SELECT 1 FROM scores x WHERE x.run_item_id = r.run_item_id"
                    f"{of_name} AND x.value < coalesce(x.pass_threshold, $2)"
                    " AND x.data_type <> 'categorical')")
-        if outcome == "failed":
+        if outcome == "unscored":
+            where.append(f"NOT EXISTS (SELECT 1 FROM scores x"
+                         f" WHERE x.run_item_id = r.run_item_id{of_name})")
+        elif outcome == "failed":
             where.append(failing)
         else:
             where.append(f"EXISTS (SELECT 1 FROM scores x WHERE x.run_item_id = r.run_item_id"
@@ -231,7 +235,8 @@ async def run_results_page(conn: asyncpg.Connection, run_id: str, *, limit: int 
     """One page of a run's items with their scores embedded, and how many items match.
 
     `sort` is a column of RESULT_SORTS or `score:<name>` (items without that score come last);
-    `outcome` keeps items whose scores (of `score`, if given) all pass, or of which one fails."""
+    `outcome` keeps items whose scores (of `score`, if given) all pass, of which one fails, or
+    that have none."""
     sql, params = _results_sql(parse_result_sort(sort), descending, outcome, score, status)
     rows = await conn.fetch(sql, run_id, PASS_THRESHOLD, limit, offset, *params)
     items = []

@@ -254,6 +254,13 @@ async def test_results_page_sort_and_filter(built: Built):
     failed = (await q.get(f"/v1/runs/{built.runs['B']}/results?status=failed")).json()
     assert [i["dataset_item_id"] for i in failed["items"]] == [built.items[2]["id"]]
     assert failed["items"][0]["scores"] == []
+    # unscored: the failed trace has no score; every item of A lacks a person's verdict.
+    unscored = (await q.get(f"/v1/runs/{built.runs['B']}/results?filter=unscored")).json()
+    assert [i["dataset_item_id"] for i in unscored["items"]] == [built.items[2]["id"]]
+    awaiting = (await q.get(f"/v1/runs/{run_a}/results?filter=unscored&score=manual")).json()
+    assert awaiting["total"] == 6
+    assert (await q.get(f"/v1/runs/{run_a}/results?filter=unscored&score=explains")
+            ).json()["total"] == 0
 
     r = await q.get(f"/v1/runs/{run_a}/results?sort=loudness")
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "sort"]

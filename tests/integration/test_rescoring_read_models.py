@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from schemas.catalog import RunDeleted
 from schemas.common import EvaluatorSpec, score_id
 from schemas.envelope import wrap
-from schemas.catalog import RunDeleted
 from schemas.rescoring import ScoreRequestsIssued
 from schemas.scores import EvaluationFailed, ScoreRecorded
 from schemas.traces import TraceCompleted
