@@ -354,6 +354,14 @@ def test_json_schema_spec_with_a_wrong_schema_names_it(schema: dict, message: st
     assert info.value.field == "schema" and message in info.value.message
 
 
+def test_json_schema_resolves_references_within_the_schema_and_fetches_nothing() -> None:
+    local = {"$defs": {"city": {"type": "string"}}, "properties": {"x": {"$ref": "#/$defs/city"}}}
+    assert _schema({"x": 1}, local).comment == "$.x: 1 is not of type 'string'"
+    remote = {"$ref": "http://127.0.0.1:9/schema.json"}  # nothing listens there
+    with pytest.raises(Exception, match="Unresolvable: http://127.0.0.1:9/schema.json"):
+        _schema({}, remote)  # the case's evaluator failure, with this reason
+
+
 def test_json_schema_spec_without_a_schema_names_it() -> None:
     with pytest.raises(SpecError) as info:
         validate_spec(EvaluatorSpec(type="json_schema"))
