@@ -201,7 +201,7 @@ async def in_lanes(records: Sequence, n: int, prepare: Callable[[list], Awaitabl
                    finish: Callable[[list, T], Awaitable[None]]) -> None:
     """A consumed batch in `n` lanes (see `lanes`): each lane is prepared (decoded), then finished
     (applied to Postgres) while the next lane is prepared, so Python and the I/O it waits for
-    overlap: +5% end to end for the projections (docs/benchmark.md); nothing measurable for the
+    overlap: +5–7% end to end for the projections (docs/adr/0010); nothing measurable for the
     evaluator, whose publishing waits little.
     Returns once every lane is finished, when the batch's offsets may be committed. A lane that
     fails stops the others and the error is raised, so the whole batch comes again; the lanes

@@ -1,7 +1,8 @@
 """Projections: consumers that build the read models, and the query API that reads them.
 
-A consumed batch is decoded (undecodable records go to the dead-letter topic) and applied in one
-transaction together with its event ids, so a redelivered or duplicated event changes nothing.
+A consumed batch is decoded (undecodable records go to the dead-letter topic) and applied together
+with its event ids, so a redelivered or duplicated event changes nothing: in lanes by partition,
+each in a transaction of its own, one decoded while Postgres applies another (docs/adr/0010).
 """
 
 from __future__ import annotations
