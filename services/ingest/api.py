@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Depends, Request, Response, status
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
+from schemas.scores import ScoreRecorded
 from services.ingest import rescoring
 from services.ingest.catalog import Catalog
 from services.ingest.commands import (
@@ -17,6 +18,7 @@ from services.ingest.commands import (
     EvaluateRun,
     PostTraces,
     RecordScore,
+    RecordScores,
     Specs,
     StartRun,
     UpsertItems,
@@ -145,6 +147,26 @@ async def evaluate_run(run_id: str, catalog: CatalogDep,
             "evaluators": [s.model_dump(exclude_none=True) for s in accepted.evaluators]}
 
 
+def _verdict_answer(score: ScoreRecorded) -> dict:
+    return {"score_id": score.score_id, "run_item_id": score.run_item_id, "run_id": score.run_id,
+            "dataset_item_id": score.dataset_item_id, "trace_id": score.trace_id,
+            "name": score.name, "source": score.source, "value": score.value,
+            "data_type": score.data_type, "string_value": score.string_value,
+            "observed_at": score.observed_at}
+
+
+@router.post("/scores/batch", status_code=status.HTTP_202_ACCEPTED)
+async def record_scores(cmd: RecordScores, catalog: CatalogDep,
+                        publisher: Annotated[EventPublisher, Depends(publisher)]) -> dict:
+    """Up to 1,000 verdicts as `POST /v1/scores` takes one: all are checked first (a wrong one is
+    a 422 naming `scores.<n>.<field>`, and none is taken), then published together. Accepted once
+    the broker has every one."""
+    envelopes = await rescoring.manual_scores(catalog.pool, cmd.scores)
+    await publisher.publish(publisher.settings.topics.scores, envelopes)
+    return {"accepted": len(envelopes),
+            "scores": [_verdict_answer(env.event) for env in envelopes]}  # type: ignore[arg-type]
+
+
 @router.post("/scores", status_code=status.HTTP_202_ACCEPTED)
 async def record_score(cmd: RecordScore, catalog: CatalogDep,
                        publisher: Annotated[EventPublisher, Depends(publisher)]) -> dict:
@@ -152,11 +174,6 @@ async def record_score(cmd: RecordScore, catalog: CatalogDep,
     replaces the verdict, and the earlier one stays in history. Accepted once the broker has it."""
     env = await rescoring.manual_score(catalog.pool, cmd)
     await publisher.publish(publisher.settings.topics.scores, [env])
-    score = env.event
-    return {"score_id": score.score_id, "run_item_id": score.run_item_id, "run_id": score.run_id,
-            "dataset_item_id": score.dataset_item_id, "trace_id": score.trace_id,
-            "name": score.name, "source": score.source, "value": score.value,
-            "data_type": score.data_type, "string_value": score.string_value,
-            "observed_at": score.observed_at}
+    return _verdict_answer(env.event)  # type: ignore[arg-type]
 
 

@@ -196,3 +196,10 @@ class RecordScore(Command):
                 return 0.0, self.value
             return float(self.value or 0.0), self.string_value
         return float(self.value), None
+
+
+class RecordScores(Command):
+    """Several people's verdicts at once (an import from an annotation tool, say)."""
+
+    scores: list[RecordScore] = Field(min_length=1, max_length=1000,
+                                      description="Up to 1,000 verdicts; all or none are taken.")

@@ -159,32 +159,49 @@ async def evaluate_run(pool: asyncpg.Pool, settings: Settings, run_id: str,
 async def manual_score(pool: asyncpg.Pool, cmd: RecordScore) -> Envelope:
     """Resolve the verdict's run item against the catalog and build its ScoreRecorded; raises
     FieldError naming the field when the run, item or trace is unknown."""
-    if cmd.dataset_item_id is None and cmd.trace_id is None:
-        raise FieldError(("dataset_item_id",), "give `dataset_item_id` or `trace_id`")
     async with pool.acquire() as conn:
-        run = await conn.fetchrow("SELECT deleted_at FROM runs WHERE id = $1", cmd.run_id)
-        if run is None:
-            raise FieldError(("run_id",), f"unknown run {cmd.run_id!r}")
-        if run["deleted_at"] is not None:
-            raise FieldError(("run_id",), f"run {cmd.run_id!r} was deleted")
-        if cmd.dataset_item_id is not None:
-            item = await conn.fetchrow(
-                "SELECT run_item_id, dataset_item_id, trace_id FROM run_items"
-                " WHERE run_item_id = $1", run_item_key(cmd.run_id, cmd.dataset_item_id, None))
-            if item is None:
-                raise FieldError(("dataset_item_id",), f"run {cmd.run_id} has no trace of "
-                                                       f"dataset item {cmd.dataset_item_id!r}")
-            if cmd.trace_id is not None and cmd.trace_id != item["trace_id"]:
-                raise FieldError(("trace_id",), f"trace {cmd.trace_id!r} is not the trace of "
+        return _verdict(cmd, await _verdict_item(conn, cmd, ()))
+
+
+async def manual_scores(pool: asyncpg.Pool, cmds: Sequence[RecordScore]) -> list[Envelope]:
+    """manual_score for several verdicts (`scores`), all or none: the first wrong one raises
+    FieldError naming ("scores", its index, the field)."""
+    async with pool.acquire() as conn:
+        return [_verdict(cmd, await _verdict_item(conn, cmd, ("scores", n)))
+                for n, cmd in enumerate(cmds)]
+
+
+async def _verdict_item(conn: asyncpg.Connection, cmd: RecordScore,
+                        at: tuple[str | int, ...]) -> asyncpg.Record:
+    """The run item a verdict names, or FieldError naming `at` + the field at fault."""
+    if cmd.dataset_item_id is None and cmd.trace_id is None:
+        raise FieldError((*at, "dataset_item_id"), "give `dataset_item_id` or `trace_id`")
+    run = await conn.fetchrow("SELECT deleted_at FROM runs WHERE id = $1", cmd.run_id)
+    if run is None:
+        raise FieldError((*at, "run_id"), f"unknown run {cmd.run_id!r}")
+    if run["deleted_at"] is not None:
+        raise FieldError((*at, "run_id"), f"run {cmd.run_id!r} was deleted")
+    if cmd.dataset_item_id is not None:
+        item = await conn.fetchrow(
+            "SELECT run_item_id, dataset_item_id, trace_id FROM run_items"
+            " WHERE run_item_id = $1", run_item_key(cmd.run_id, cmd.dataset_item_id, None))
+        if item is None:
+            raise FieldError((*at, "dataset_item_id"), f"run {cmd.run_id} has no trace of "
+                                                        f"dataset item {cmd.dataset_item_id!r}")
+        if cmd.trace_id is not None and cmd.trace_id != item["trace_id"]:
+            raise FieldError((*at, "trace_id"), f"trace {cmd.trace_id!r} is not the trace of "
                                                 f"item {cmd.dataset_item_id!r} in this run")
-        else:
-            item = await conn.fetchrow(
-                "SELECT run_item_id, dataset_item_id, trace_id FROM run_items"
-                " WHERE run_id = $1 AND trace_id = $2 ORDER BY completed_at DESC LIMIT 1",
-                cmd.run_id, cmd.trace_id)
-            if item is None:
-                raise FieldError(("trace_id",),
-                                 f"run {cmd.run_id} has no trace {cmd.trace_id!r}")
+        return item
+    item = await conn.fetchrow(
+        "SELECT run_item_id, dataset_item_id, trace_id FROM run_items"
+        " WHERE run_id = $1 AND trace_id = $2 ORDER BY completed_at DESC LIMIT 1",
+        cmd.run_id, cmd.trace_id)
+    if item is None:
+        raise FieldError((*at, "trace_id"), f"run {cmd.run_id} has no trace {cmd.trace_id!r}")
+    return item
+
+
+def _verdict(cmd: RecordScore, item: asyncpg.Record) -> Envelope:
     value, label = cmd.scored()
     now = utcnow()
     # Source `manual` is part of the score id: a verdict replaces the previous verdict of the

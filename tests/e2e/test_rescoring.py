@@ -174,3 +174,36 @@ async def test_bad_verdicts_name_the_field(api, body, loc):
     r = await api.ingest.post("/v1/scores", json={"run_id": run_id, **body})
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["loc"] == loc
+
+
+async def test_verdicts_in_a_batch_all_or_none(api):
+    run_id, items = await _scored_run(api, [{"type": "exact_match"}])
+    verdicts = [{"run_id": run_id, "dataset_item_id": items[0], "value": True, "created_by": "ana"},
+                {"run_id": run_id, "trace_id": f"{run_id}-1", "value": 0, "comment": "terse"},
+                {"run_id": run_id, "dataset_item_id": items[2], "name": "tone",
+                 "data_type": "categorical", "value": "polite"}]
+    # One wrong verdict: a 422 naming it, and none is taken.
+    bad = [*verdicts, {"run_id": run_id, "dataset_item_id": "nope", "value": True}]
+    r = await api.ingest.post("/v1/scores/batch", json={"scores": bad})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "scores", 3, "dataset_item_id"]
+    r = await api.ingest.post("/v1/scores/batch", json={"scores": [
+        verdicts[0], {**verdicts[1], "value": 2}]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "scores", 1, "value"]
+
+    r = await api.ingest.post("/v1/scores/batch", json={"scores": verdicts})
+    assert r.status_code == 202, r.text
+    assert r.json()["accepted"] == 3
+    assert [s["dataset_item_id"] for s in r.json()["scores"]] == items[:3]
+    def verdicts_in(results: dict) -> bool:
+        listed = {i["dataset_item_id"] for i in results["items"]}
+        return all(items[n] in listed and _score(results, items[n], name, "manual")
+                   for n, name in ((0, "manual"), (1, "manual"), (2, "tone")))
+
+    results = await api.eventually(f"/v1/runs/{run_id}/results", verdicts_in)
+    assert _score(results, items[0], "manual", "manual")["created_by"] == "ana"
+    assert (_score(results, items[1], "manual", "manual")["value"],
+            _score(results, items[1], "manual", "manual")["comment"]) == (0.0, "terse")
+    assert _score(results, items[2], "tone", "manual")["string_value"] == "polite"
+    summary = (await api.query.get(f"/v1/runs/{run_id}")).json()
+    assert summary["scores"]["manual"]["count"] == 2  # nothing of the refused batches
