@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from string import Template
@@ -121,6 +122,16 @@ class RegexOptions(Options):
                 reason = reason.decode(errors="replace")
             raise ValueError(f"is not a valid RE2 pattern: {reason}") from None
         return v
+
+
+class NumericOptions(Options):
+    tolerance: float = Field(0.0, ge=0, description="Largest absolute difference that matches.")
+    relative_tolerance: float = Field(
+        0.0, ge=0, description="Largest difference as a share of the expected number "
+                               "(0.01 = 1%); the larger of the two tolerances applies.")
+    extract: Literal["last", "first", "only"] = Field(
+        "last", description="Which number of a text output counts: the last (a worked answer "
+                            "ends with it), the first, or the only one (several: no match).")
 
 
 class SimilarityOptions(Options):
@@ -452,6 +463,49 @@ def json_schema(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
     return Score(0.0, "boolean", comment=f"{error.json_path}: {error.message}"[:500])
 
 
+# A number as written in text: optional sign, digits with or without thousands separators, an
+# optional fraction and exponent. RE2: linear whatever the output.
+_NUMBER = re2.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+",
+                      re2.Options())
+
+
+def _as_number(value: Any, extract: str = "only") -> float | str | None:
+    """A JSON number as is; a text's number by `extract` (None: none; a str: why not)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    found = [m.group(0) for m in _NUMBER.finditer(value)]
+    if not found:
+        return None
+    if extract == "only" and len(found) > 1:
+        return f"{len(found)} numbers in the output"
+    text = found[0] if extract == "first" else found[-1]
+    number = float(text.replace(",", ""))
+    return number if math.isfinite(number) else None
+
+
+def numeric(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
+    """1.0 when the output's number equals the expected number within the tolerances: a JSON
+    number, or the number in a text (`extract`: its last, first or only one)."""
+    options = parse_options(NumericOptions, spec)
+    expected = _as_number(case.expected_output)
+    if not isinstance(expected, float):
+        return None  # nothing to compare with
+    output = _as_number(case.output, options.extract)
+    if not isinstance(output, float):
+        return Score(0.0, "boolean", comment=output or "no number in the output")
+    allowed = max(options.tolerance, options.relative_tolerance * abs(expected))
+    difference = abs(output - expected)
+    # Within the tolerance, up to float rounding (41.9 against 42 ± 0.1 differs by 0.1000…014).
+    if difference <= allowed or math.isclose(difference, allowed, rel_tol=1e-9, abs_tol=1e-12):
+        return Score(1.0, "boolean")
+    return Score(0.0, "boolean", comment=f"{output:g} is not {expected:g}"
+                                         + (f" ± {allowed:g}" if allowed else ""))
+
+
 def similarity(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
     """How close the output is to the expected output as text, from 0 to 1: 1 - the share of
     characters to insert or delete to turn one into the other (rapidfuzz's normalized Indel
@@ -484,6 +538,7 @@ REGISTRY: dict[str, Evaluator] = {
         Evaluator("regex", "1", regex, RegexOptions),
         Evaluator("similarity", "1", similarity, SimilarityOptions),
         Evaluator("json_schema", "1", json_schema, JsonSchemaOptions),
+        Evaluator("numeric", "1", numeric, NumericOptions),
         Evaluator("llm_judge", "1", llm_judge, LLMJudgeOptions, source="llm_judge",
                   batched=True),
     )

@@ -426,6 +426,29 @@ async def test_json_schema_scores(api):
     assert "schema: is not a valid JSON Schema" in r.json()["detail"][0]["msg"]
 
 
+async def test_numeric_scores(api):
+    prefix = uuid.uuid4().hex[:8]
+    items = [{"id": f"{prefix}-{n}", "input": {"q": q}, "expected_output": expected}
+             for n, (q, expected) in enumerate([("12 * 12?", 144), ("Pi to 2 places?", "3.14"),
+                                                ("Population of Paris?", 2_100_000)])]
+    dataset_id = await api.dataset_with_items(items, [
+        {"type": "numeric", "name": "right", "relative_tolerance": 0.05}])
+    run_id = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "math"}))["id"]
+    outputs = ["12 * 12 = 144.", "about 3.1416", "Paris has 2,145,906 inhabitants (2021)."]
+    await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
+                            "dataset_item_id": item["id"], "output": out, "status": "succeeded"}
+                           for n, (item, out) in enumerate(zip(items, outputs, strict=True))])
+    summary = await api.eventually(
+        f"/v1/runs/{run_id}", lambda s: s["scores"].get("right", {}).get("count") == 3)
+    results = (await api.query.get(f"/v1/runs/{run_id}/results")).json()["items"]
+    right = {r["dataset_item_id"]: next(s for s in r["scores"] if s["name"] == "right")
+             for r in results}
+    # The last number of the third output is the year: not the population.
+    assert [right[i["id"]]["value"] for i in items] == [1.0, 1.0, 0.0]
+    assert right[items[2]["id"]]["comment"] == "2021 is not 2.1e+06 ± 105000"
+    assert summary["scores"]["right"]["pass_rate"] == pytest.approx(2 / 3)
+
+
 async def test_results_export_as_csv(api):
     _, run_id, items = await _run(api)
     outputs = ["Paris", "Berlin, the capital", "Milan", None]

@@ -17,6 +17,7 @@ from services.evaluator.evaluators import (
     exact_match,
     json_schema,
     json_structure,
+    numeric,
     regex,
     similarity,
     validate_spec,
@@ -371,6 +372,44 @@ def test_json_schema_spec_without_a_schema_names_it() -> None:
     assert info.value.field == "strict" and "allowed: pass_threshold, schema" in info.value.message
 
 
+# --- numeric -----------------------------------------------------------------------------------
+
+
+def _numeric(output: Any, expected: Any, **options: Any) -> Score | None:
+    return numeric(case(output, expected), EvaluatorSpec(type="numeric", **options))
+
+
+@pytest.mark.parametrize(("output", "expected", "options"), [
+    ("The answer is 42.", 42, {}), (42, "42", {}), ("1,234.5 in all", "1234.5", {}),
+    ("3 apples, then 4", 4, {}), ("3 apples, then 4", 3, {"extract": "first"}),
+    (41.9, 42, {"tolerance": 0.1}), (41, 42, {"relative_tolerance": 0.05}),
+    ("-.5", -0.5, {}), ("1e3", 1000.0, {}), (0.30000000000000004, 0.3, {}),
+], ids=repr)
+def test_numeric_matches(output: Any, expected: Any, options: dict) -> None:
+    assert _numeric(output, expected, **options) == Score(1.0, "boolean")
+
+
+@pytest.mark.parametrize(("output", "expected", "options", "comment"), [
+    (41, 42, {}, "41 is not 42"),
+    ("about 40", 42, {"tolerance": 1}, "40 is not 42 ± 1"),
+    ("3 then 4", 4, {"extract": "only"}, "2 numbers in the output"),
+    ("no idea", 1, {}, "no number in the output"),
+    (True, 1, {}, "no number in the output"),  # a boolean is not a number
+], ids=repr)
+def test_numeric_mismatches_say_why(output: Any, expected: Any, options: dict,
+                                    comment: str) -> None:
+    assert _numeric(output, expected, **options) == Score(0.0, "boolean", comment=comment)
+
+
+@pytest.mark.parametrize("expected", [None, "ten", "3 or 4", {"answer": 3}], ids=repr)
+def test_numeric_gives_no_score_without_one_expected_number(expected: Any) -> None:
+    assert _numeric("3", expected) is None
+
+
+def test_numeric_is_linear_on_long_outputs() -> None:
+    assert _numeric("1" * 100_000 + "x", 1).value == 0.0
+
+
 # --- validate_spec -----------------------------------------------------------------------------
 
 
@@ -434,7 +473,7 @@ def test_evaluators_reject_invalid_options_they_are_given() -> None:
 
 def test_registry_holds_the_built_in_evaluators() -> None:
     assert set(REGISTRY) >= {"exact_match", "contains", "json_structure", "regex", "similarity",
-                             "json_schema", "llm_judge"}
+                             "json_schema", "numeric", "llm_judge"}
 
 
 @pytest.mark.parametrize("key", sorted(REGISTRY))
