@@ -73,9 +73,8 @@ class EvaluatorSpec(BaseModel):
 
     type: str = Field(description="Registered evaluator type: `exact_match`, `contains`, "
                                   "`json_structure`, `json_schema`, `numeric`, `regex`, "
-                                  "`similarity` or "
-                                  "`llm_judge` (README, Evaluators).", min_length=1,
-                      max_length=100)
+                                  "`similarity` or `llm_judge` (README, Evaluators).",
+                      min_length=1, max_length=100)
     name: str | None = Field(default=None, max_length=200,
                              description="Score name; defaults to the evaluator type.")
 
