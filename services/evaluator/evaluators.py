@@ -110,6 +110,8 @@ class RegexOptions(Options):
                                      "lookaround), searched for in the output as text.")
     ignore_case: bool = False
     full_match: bool = Field(False, description="The whole output (trimmed) must match.")
+    negate: bool = Field(False, description="1 when the pattern is NOT found: for what an "
+                                            "output must never say.")
 
     @field_validator("pattern")
     @classmethod
@@ -430,12 +432,16 @@ def json_structure(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
 
 def regex(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
     """1.0 when the pattern is found in the output as text (the whole of it with
-    `full_match`)."""
+    `full_match`); with `negate`, when it is not (a failure's comment then quotes what was
+    found)."""
     options = parse_options(RegexOptions, spec)
     compiled = _regex(options.pattern, options.ignore_case)
     output = _as_text(case.output)
     found = (compiled.fullmatch(output.strip()) if options.full_match
              else compiled.search(output))
+    if options.negate:
+        return Score(0.0, "boolean", comment=f"found {found.group(0)[:200]!r}") if found \
+            else Score(1.0, "boolean")
     return Score(1.0 if found else 0.0, "boolean")
 
 

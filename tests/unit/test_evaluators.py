@@ -255,6 +255,13 @@ def test_regex_options() -> None:
     assert _regex("answer: 42", r"\d+", full_match=True) == 0.0
 
 
+def test_regex_negated_passes_when_the_pattern_is_absent() -> None:
+    assert _regex("Paris is the capital.", r"(?i)as an ai", negate=True) == 1.0
+    score = regex(case("As an AI, I think Paris."),
+                  EvaluatorSpec(type="regex", pattern="as an ai", ignore_case=True, negate=True))
+    assert score == Score(0.0, "boolean", comment="found 'As an AI'")
+
+
 def test_regex_is_linear_where_backtracking_would_not_end() -> None:
     # (a+)+$ on "aaaa…b" takes Python's re minutes; RE2 answers at once.
     assert _regex("a" * 50_000 + "b", r"(a+)+$") == 0.0
