@@ -439,13 +439,14 @@ def regex(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
     output = _as_text(case.output)
     found = (compiled.fullmatch(output.strip()) if options.full_match
              else compiled.search(output))
-    if options.negate:
-        return Score(0.0, "boolean", comment=f"found {found.group(0)[:200]!r}") if found \
-            else Score(1.0, "boolean")
-    return Score(1.0 if found else 0.0, "boolean")
+    if not options.negate:
+        return Score(1.0 if found else 0.0, "boolean")
+    if found:
+        return Score(0.0, "boolean", comment=f"found {found.group(0)[:200]!r}")
+    return Score(1.0, "boolean")
 
 
-_FENCE = re2.compile(r"^\s*```[A-Za-z0-9_-]*\s*\n(.*)\n\s*```\s*$", re2.Options())
+_FENCE = re2.compile(r"(?s)^\s*```[A-Za-z0-9_-]*[ \t]*\n(.*)\n\s*```\s*$", re2.Options())
 
 
 def _json_of_output(output: Any) -> Any:

@@ -316,6 +316,7 @@ def test_json_schema_passes_an_output_that_satisfies_it() -> None:
     # A string output is parsed as JSON, also inside a code fence as models write it.
     assert _schema('{"answer": "Paris", "confidence": 1}').value == 1.0
     assert _schema('```json\n{"answer": "Paris", "confidence": 1}\n```').value == 1.0
+    assert _schema('```\n{\n  "answer": "Paris",\n  "confidence": 1\n}\n```\n').value == 1.0
 
 
 @pytest.mark.parametrize(("output", "comment"), [
