@@ -203,6 +203,7 @@ async def in_lanes(records: Sequence, n: int, prepare: Callable[[list], Awaitabl
     (applied to Postgres) while the next lane is prepared, so Python and the I/O it waits for
     overlap: +5–7% end to end for the projections (docs/adr/0010); nothing measurable for the
     evaluator, whose publishing waits little.
+
     Returns once every lane is finished, when the batch's offsets may be committed. A lane that
     fails stops the others and the error is raised, so the whole batch comes again; the lanes
     already finished then change nothing, since events are idempotent (docs/adr/0001)."""
