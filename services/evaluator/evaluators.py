@@ -104,6 +104,12 @@ def _regex(pattern: str, ignore_case: bool) -> re2._Regexp:
     return re2.compile(f"(?i){pattern}" if ignore_case else pattern, options)
 
 
+def _re2_reason(error: re2.error) -> str:
+    """Why RE2 refused a pattern, as text."""
+    reason = error.args[0] if error.args else error
+    return reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+
+
 class RegexOptions(Options):
     pattern: str = Field(min_length=1, max_length=2000,
                          description="RE2 syntax (as Python's re, without backreferences and "
@@ -119,10 +125,7 @@ class RegexOptions(Options):
         try:
             _regex(v, False)
         except re2.error as e:
-            reason = e.args[0] if e.args else e
-            if isinstance(reason, bytes):
-                reason = reason.decode(errors="replace")
-            raise ValueError(f"is not a valid RE2 pattern: {reason}") from None
+            raise ValueError(f"is not a valid RE2 pattern: {_re2_reason(e)}") from None
         return v
 
 
@@ -244,10 +247,7 @@ class JsonSchemaOptions(Options):
             raise ValueError(f"is not a valid JSON Schema: {e.message}"
                              + (f" (at {where})" if where else "")) from None
         except re2.error as e:
-            reason = e.args[0] if e.args else e
-            if isinstance(reason, bytes):
-                reason = reason.decode(errors="replace")
-            raise ValueError(f"has a pattern RE2 refuses: {reason}") from None
+            raise ValueError(f"has a pattern RE2 refuses: {_re2_reason(e)}") from None
         return v
 
 

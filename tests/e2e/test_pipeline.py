@@ -41,6 +41,13 @@ async def _run(api, evaluators=EVALUATORS) -> tuple[str, str, list[dict]]:
     return dataset_id, run["id"], items
 
 
+async def _post_outputs(api, run_id: str, items: list[dict], outputs: list) -> None:
+    """One succeeded trace per item of the run, with these outputs."""
+    await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
+                            "dataset_item_id": item["id"], "output": out, "status": "succeeded"}
+                           for n, (item, out) in enumerate(zip(items, outputs, strict=True))])
+
+
 async def test_traces_are_scored_and_summarised(api):
     dataset_id, run_id, items = await _run(api)
     outputs = ["Paris", "  Berlin ", "Milan", None]  # exact, trimmed, wrong, failed
@@ -342,9 +349,7 @@ async def test_an_llm_judge_scores_beside_the_programmatic_evaluators(api, fake_
                    "criteria": "Is it polite?"}]
     _, run_id, items = await _run(api, evaluators)
     outputs = ["The capital is Paris.", "Munich", "Rome", "Madrid"]
-    await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
-                            "dataset_item_id": item["id"], "output": out, "status": "succeeded"}
-                           for n, (item, out) in enumerate(zip(items, outputs, strict=True))])
+    await _post_outputs(api, run_id, items, outputs)
 
     summary = await api.eventually(
         f"/v1/runs/{run_id}",
@@ -377,9 +382,7 @@ async def test_regex_and_similarity_scores(api):
                   {"type": "similarity", "name": "close", "pass_threshold": 0.9}]
     _, run_id, items = await _run(api, evaluators)
     outputs = ["Paris", "It is Berlin.", "Milano", "Madrid"]
-    await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
-                            "dataset_item_id": item["id"], "output": out, "status": "succeeded"}
-                           for n, (item, out) in enumerate(zip(items, outputs, strict=True))])
+    await _post_outputs(api, run_id, items, outputs)
     summary = await api.eventually(
         f"/v1/runs/{run_id}", lambda s: s["scores"].get("found", {}).get("count") == 4)
     assert summary["scores"]["names_a_city"]["average"] == 0.5
@@ -406,9 +409,7 @@ async def test_json_schema_scores(api):
                                          "schema": schema}])
     outputs = ['{"city": "Paris"}', {"city": "berlin"}, "```json\n{\"city\": \"Rome\"}\n```",
                "Madrid"]
-    await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
-                            "dataset_item_id": item["id"], "output": out, "status": "succeeded"}
-                           for n, (item, out) in enumerate(zip(items, outputs, strict=True))])
+    await _post_outputs(api, run_id, items, outputs)
     summary = await api.eventually(
         f"/v1/runs/{run_id}", lambda s: s["scores"].get("shaped", {}).get("count") == 4)
     assert summary["scores"]["shaped"]["pass_rate"] == 0.5
@@ -435,9 +436,7 @@ async def test_numeric_scores(api):
         {"type": "numeric", "name": "right", "relative_tolerance": 0.05}])
     run_id = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "math"}))["id"]
     outputs = ["12 * 12 = 144.", "about 3.1416", "Paris has 2,145,906 inhabitants (2021)."]
-    await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
-                            "dataset_item_id": item["id"], "output": out, "status": "succeeded"}
-                           for n, (item, out) in enumerate(zip(items, outputs, strict=True))])
+    await _post_outputs(api, run_id, items, outputs)
     summary = await api.eventually(
         f"/v1/runs/{run_id}", lambda s: s["scores"].get("right", {}).get("count") == 3)
     results = (await api.query.get(f"/v1/runs/{run_id}/results")).json()["items"]
