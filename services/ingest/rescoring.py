@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -159,46 +159,64 @@ async def evaluate_run(pool: asyncpg.Pool, settings: Settings, run_id: str,
 async def manual_score(pool: asyncpg.Pool, cmd: RecordScore) -> Envelope:
     """Resolve the verdict's run item against the catalog and build its ScoreRecorded; raises
     FieldError naming the field when the run, item or trace is unknown."""
-    async with pool.acquire() as conn:
-        return _verdict(cmd, await _verdict_item(conn, cmd, ()))
+    return (await _manual_scores(pool, [cmd], lambda n: ()))[0]
 
 
 async def manual_scores(pool: asyncpg.Pool, cmds: Sequence[RecordScore]) -> list[Envelope]:
     """manual_score for several verdicts (`scores`), all or none: the first wrong one raises
     FieldError naming ("scores", its index, the field)."""
+    return await _manual_scores(pool, cmds, lambda n: ("scores", n))
+
+
+async def _manual_scores(pool: asyncpg.Pool, cmds: Sequence[RecordScore],
+                         at: Callable[[int], tuple[str | int, ...]]) -> list[Envelope]:
+    """Three statements whatever the number of verdicts: their runs, the run items named by
+    dataset item, and those named by trace (each trace's latest run item of its run). Then each
+    verdict is checked in order, and the first wrong one raises FieldError naming `at(n)` + the
+    field at fault."""
+    by_item = {n: run_item_key(c.run_id, c.dataset_item_id, None)
+               for n, c in enumerate(cmds) if c.dataset_item_id is not None}
+    by_trace = [n for n, c in enumerate(cmds) if c.dataset_item_id is None and c.trace_id]
     async with pool.acquire() as conn:
-        return [_verdict(cmd, await _verdict_item(conn, cmd, ("scores", n)))
-                for n, cmd in enumerate(cmds)]
-
-
-async def _verdict_item(conn: asyncpg.Connection, cmd: RecordScore,
-                        at: tuple[str | int, ...]) -> asyncpg.Record:
-    """The run item a verdict names, or FieldError naming `at` + the field at fault."""
-    if cmd.dataset_item_id is None and cmd.trace_id is None:
-        raise FieldError((*at, "dataset_item_id"), "give `dataset_item_id` or `trace_id`")
-    run = await conn.fetchrow("SELECT deleted_at FROM runs WHERE id = $1", cmd.run_id)
-    if run is None:
-        raise FieldError((*at, "run_id"), f"unknown run {cmd.run_id!r}")
-    if run["deleted_at"] is not None:
-        raise FieldError((*at, "run_id"), f"run {cmd.run_id!r} was deleted")
-    if cmd.dataset_item_id is not None:
-        item = await conn.fetchrow(
+        runs = {r["id"]: r["deleted_at"] for r in await conn.fetch(
+            "SELECT id, deleted_at FROM runs WHERE id = ANY($1::text[])",
+            list({c.run_id for c in cmds}))}
+        items = {r["run_item_id"]: r for r in await conn.fetch(
             "SELECT run_item_id, dataset_item_id, trace_id FROM run_items"
-            " WHERE run_item_id = $1", run_item_key(cmd.run_id, cmd.dataset_item_id, None))
-        if item is None:
-            raise FieldError((*at, "dataset_item_id"), f"run {cmd.run_id} has no trace of "
-                                                        f"dataset item {cmd.dataset_item_id!r}")
-        if cmd.trace_id is not None and cmd.trace_id != item["trace_id"]:
-            raise FieldError((*at, "trace_id"), f"trace {cmd.trace_id!r} is not the trace of "
-                                                f"item {cmd.dataset_item_id!r} in this run")
-        return item
-    item = await conn.fetchrow(
-        "SELECT run_item_id, dataset_item_id, trace_id FROM run_items"
-        " WHERE run_id = $1 AND trace_id = $2 ORDER BY completed_at DESC LIMIT 1",
-        cmd.run_id, cmd.trace_id)
-    if item is None:
-        raise FieldError((*at, "trace_id"), f"run {cmd.run_id} has no trace {cmd.trace_id!r}")
-    return item
+            " WHERE run_item_id = ANY($1::text[])", list(set(by_item.values())))}
+        traces = {(r["run_id"], r["trace_id"]): r for r in await conn.fetch(
+            "SELECT DISTINCT ON (i.run_id, i.trace_id) i.run_id, i.run_item_id,"
+            "       i.dataset_item_id, i.trace_id"
+            " FROM unnest($1::text[], $2::text[]) AS w(run_id, trace_id)"
+            " JOIN run_items i ON i.run_id = w.run_id AND i.trace_id = w.trace_id"
+            " ORDER BY i.run_id, i.trace_id, i.completed_at DESC",
+            [cmds[n].run_id for n in by_trace], [cmds[n].trace_id for n in by_trace])}
+    envelopes = []
+    for n, cmd in enumerate(cmds):
+        where = at(n)
+        if cmd.dataset_item_id is None and cmd.trace_id is None:
+            raise FieldError((*where, "dataset_item_id"), "give `dataset_item_id` or `trace_id`")
+        if cmd.run_id not in runs:
+            raise FieldError((*where, "run_id"), f"unknown run {cmd.run_id!r}")
+        if runs[cmd.run_id] is not None:
+            raise FieldError((*where, "run_id"), f"run {cmd.run_id!r} was deleted")
+        if cmd.dataset_item_id is not None:
+            item = items.get(by_item[n])
+            if item is None:
+                raise FieldError((*where, "dataset_item_id"),
+                                 f"run {cmd.run_id} has no trace of dataset item "
+                                 f"{cmd.dataset_item_id!r}")
+            if cmd.trace_id is not None and cmd.trace_id != item["trace_id"]:
+                raise FieldError((*where, "trace_id"),
+                                 f"trace {cmd.trace_id!r} is not the trace of item "
+                                 f"{cmd.dataset_item_id!r} in this run")
+        else:
+            item = traces.get((cmd.run_id, cmd.trace_id))
+            if item is None:
+                raise FieldError((*where, "trace_id"),
+                                 f"run {cmd.run_id} has no trace {cmd.trace_id!r}")
+        envelopes.append(_verdict(cmd, item))
+    return envelopes
 
 
 def _verdict(cmd: RecordScore, item: asyncpg.Record) -> Envelope:
