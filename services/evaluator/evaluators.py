@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from string import Template
 from typing import Annotated, Any, Literal, TypeVar
@@ -29,7 +29,7 @@ from pydantic import (
 )
 from rapidfuzz import fuzz
 
-from schemas.common import EvaluatorSpec
+from schemas.common import EvaluatorSpec, canonical_json
 from schemas.traces import ScoringCase
 
 
@@ -183,18 +183,15 @@ _RE2_KEYWORDS = {"pattern": _re2_pattern, "patternProperties": _re2_pattern_prop
 _REFUSED_KEYWORDS = ("unevaluatedProperties",)  # matches patternProperties with Python's `re`
 
 
-def _refused_keyword(schema: Any) -> str | None:
+def _objects(schema: Any) -> Iterator[dict]:
+    """Every JSON object in a schema, the schema itself first."""
     if isinstance(schema, dict):
-        for key, value in schema.items():
-            if key in _REFUSED_KEYWORDS:
-                return key
-            if (found := _refused_keyword(value)) is not None:
-                return found
+        yield schema
+        for value in schema.values():
+            yield from _objects(value)
     elif isinstance(schema, list):
         for value in schema:
-            if (found := _refused_keyword(value)) is not None:
-                return found
-    return None
+            yield from _objects(value)
 
 
 @functools.lru_cache(maxsize=256)
@@ -208,22 +205,13 @@ def _schema_validator(schema_json: str):
     return validators.extend(base, _RE2_KEYWORDS)(schema)
 
 
-def _patterns(schema: Any):
+def _patterns(schema: Any) -> Iterator[str]:
     """Every regular expression of a schema: `pattern` values and `patternProperties` keys."""
-    if isinstance(schema, dict):
-        if isinstance(schema.get("pattern"), str):
-            yield schema["pattern"]
-        if isinstance(schema.get("patternProperties"), dict):
-            yield from schema["patternProperties"]
-        for value in schema.values():
-            yield from _patterns(value)
-    elif isinstance(schema, list):
-        for value in schema:
-            yield from _patterns(value)
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    for obj in _objects(schema):
+        if isinstance(obj.get("pattern"), str):
+            yield obj["pattern"]
+        if isinstance(obj.get("patternProperties"), dict):
+            yield from obj["patternProperties"]
 
 
 class JsonSchemaOptions(Options):
@@ -235,10 +223,11 @@ class JsonSchemaOptions(Options):
     @field_validator("schema_")
     @classmethod
     def _valid_schema(cls, v: dict[str, Any]) -> dict[str, Any]:
-        text = _canonical(v)
+        text = canonical_json(v).decode()
         if len(text) > 20_000:
             raise ValueError("is longer than 20,000 characters of JSON (every trace carries it)")
-        if (refused := _refused_keyword(v)) is not None:
+        refused = next((k for obj in _objects(v) for k in _REFUSED_KEYWORDS if k in obj), None)
+        if refused is not None:
             raise ValueError(f"uses {refused!r}, which is not supported; use additionalProperties")
         try:
             _schema_validator(text)
@@ -463,7 +452,7 @@ def json_schema(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
     """1.0 when the output (a string parsed as JSON) satisfies the schema; otherwise 0.0, with
     the most relevant violation as the comment."""
     options = parse_options(JsonSchemaOptions, spec)
-    validator = _schema_validator(_canonical(options.schema_))
+    validator = _schema_validator(canonical_json(options.schema_).decode())
     error = best_match(validator.iter_errors(_json_of_output(case.output)))
     if error is None:
         return Score(1.0, "boolean")

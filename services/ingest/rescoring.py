@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -159,21 +159,21 @@ async def evaluate_run(pool: asyncpg.Pool, settings: Settings, run_id: str,
 async def manual_score(pool: asyncpg.Pool, cmd: RecordScore) -> Envelope:
     """Resolve the verdict's run item against the catalog and build its ScoreRecorded; raises
     FieldError naming the field when the run, item or trace is unknown."""
-    return (await _manual_scores(pool, [cmd], lambda n: ()))[0]
+    return (await _manual_scores(pool, [cmd], in_batch=False))[0]
 
 
 async def manual_scores(pool: asyncpg.Pool, cmds: Sequence[RecordScore]) -> list[Envelope]:
     """manual_score for several verdicts (`scores`), all or none: the first wrong one raises
     FieldError naming ("scores", its index, the field)."""
-    return await _manual_scores(pool, cmds, lambda n: ("scores", n))
+    return await _manual_scores(pool, cmds, in_batch=True)
 
 
 async def _manual_scores(pool: asyncpg.Pool, cmds: Sequence[RecordScore],
-                         at: Callable[[int], tuple[str | int, ...]]) -> list[Envelope]:
+                         in_batch: bool) -> list[Envelope]:
     """Three statements whatever the number of verdicts: their runs, the run items named by
     dataset item, and those named by trace (each trace's latest run item of its run). Then each
-    verdict is checked in order, and the first wrong one raises FieldError naming `at(n)` + the
-    field at fault."""
+    verdict is checked in order, and the first wrong one raises FieldError naming the field at
+    fault (under ("scores", its index) `in_batch`)."""
     by_item = {n: run_item_key(c.run_id, c.dataset_item_id, None)
                for n, c in enumerate(cmds) if c.dataset_item_id is not None}
     by_trace = [n for n, c in enumerate(cmds) if c.dataset_item_id is None and c.trace_id]
@@ -193,7 +193,7 @@ async def _manual_scores(pool: asyncpg.Pool, cmds: Sequence[RecordScore],
             [cmds[n].run_id for n in by_trace], [cmds[n].trace_id for n in by_trace])}
     envelopes = []
     for n, cmd in enumerate(cmds):
-        where = at(n)
+        where: tuple[str | int, ...] = ("scores", n) if in_batch else ()
         if cmd.dataset_item_id is None and cmd.trace_id is None:
             raise FieldError((*where, "dataset_item_id"), "give `dataset_item_id` or `trace_id`")
         if cmd.run_id not in runs:
