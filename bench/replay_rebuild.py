@@ -1,7 +1,9 @@
-"""Replay and rebuild rates on a log of at least 100,000 events (`python -m bench.replay_rebuild`).
+"""Replay and rebuild rates on a log of 1,000,000 events (`python -m bench.replay_rebuild`).
 
-Writes a log the way the services would have (catalog events, N finished traces over a few runs,
-and the evaluator's scores for each, made by the evaluator's own `score_batch`), then times
+Writes a log the way the services would have (catalog events, N finished traces over a few runs
+with `make bench`'s three evaluators and outputs, the evaluator's scores for each, made by the
+evaluator's own `score_batch`, and for a share of them (`--rescored`) the scores of a later
+rescoring, which displace the first ones, as `make bench`'s replay does), then times
 `evalstream replay` (read every trace back, request every run item's rescoring) and
 `evalstream projections rebuild` (every read model from offset zero into a fresh schema, then
 the switch). Starts a broker and Postgres unless KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are
@@ -22,10 +24,11 @@ import asyncpg
 import psutil
 import typer
 
+from bench.workload import SPECS, item, output
 from schemas.catalog import DatasetCreated, DatasetItem, DatasetItemsUpserted, RunStarted
-from schemas.common import EvaluatorSpec, utcnow
+from schemas.common import utcnow
 from schemas.envelope import wrap
-from schemas.traces import TraceCompleted
+from schemas.traces import ScoreRequested, TraceCompleted
 from services.cli import tune_gc
 from services.database import migrate_all
 from services.devstack import embedded_postgres, tansu_broker
@@ -37,8 +40,6 @@ from services.settings import Settings
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-SPECS = (EvaluatorSpec(type="exact_match"),
-         EvaluatorSpec(type="contains", name="mentions", keywords=["paris", "answer"]))
 CHUNK = 5000
 
 
@@ -54,19 +55,21 @@ def _settings(bootstrap: str, dsn: str, tag: str) -> Settings:
         projections_group=f"rr-projections-{tag}", log_level="WARNING")
 
 
-async def write_log(settings: Settings, traces: int, runs: int) -> dict[str, int]:
-    """Catalog events, `traces` TraceCompleted over `runs` runs of one dataset, and their
-    scores; returns how many events of each kind went to the log."""
+async def write_log(settings: Settings, traces: int, runs: int,
+                    rescored: float = 0.0) -> dict[str, int]:
+    """Catalog events, `traces` TraceCompleted over `runs` runs of one dataset, their scores,
+    and for the first `rescored` share of them the scores of one later rescoring; returns how
+    many events of each kind went to the log."""
     publisher = EventPublisher(settings, "bench")
     await publisher.start()
-    counts = {"catalog": 0, "traces": 0, "scores": 0}
+    counts = {"catalog": 0, "traces": 0, "scores": 0, "rescores": 0}
     try:
         per_run = -(-traces // runs)
         dataset_id, now = str(uuid.uuid4()), utcnow()
         catalog = [wrap(DatasetCreated(dataset_id=dataset_id, name="bench", evaluators=SPECS,
                                        created_at=now), source="bench", key=dataset_id)]
         for start in range(0, per_run, 1000):
-            items = tuple(DatasetItem(id=f"i{n}", input={"q": n}, expected_output=f"answer {n}")
+            items = tuple(DatasetItem.model_validate(item("rr", n))
                           for n in range(start, min(start + 1000, per_run)))
             catalog.append(wrap(DatasetItemsUpserted(dataset_id=dataset_id, items=items,
                                                      upserted_at=now), source="bench",
@@ -76,27 +79,41 @@ async def write_log(settings: Settings, traces: int, runs: int) -> dict[str, int
                                     evaluators=SPECS, total_items=per_run, started_at=now),
                          source="bench", key=dataset_id) for k, r in enumerate(run_ids)]
         counts["catalog"] = await publisher.publish(settings.topics.catalog, catalog)
+        request_id, rescoring = str(uuid.uuid4()), []
         for start in range(0, traces, CHUNK):
             batch = []
             for n in range(start, min(start + CHUNK, traces)):
-                run_id, item = run_ids[n // per_run], n % per_run
+                run_id, i = run_ids[n // per_run], n % per_run
+                it = item("rr", i)
                 trace = TraceCompleted(
                     trace_id=f"t{n}", run_id=run_id, dataset_id=dataset_id,
-                    dataset_item_id=f"i{item}", input={"q": item},
-                    output=f"answer {item}" if n % 4 else "Paris", expected_output=f"answer {item}",
-                    evaluators=SPECS, status="succeeded", latency_ms=float(n % 900),
-                    cost=0.001, completed_at=utcnow())
+                    dataset_item_id=it["id"], input=it["input"], output=output(i),
+                    expected_output=it["expected_output"], evaluators=SPECS, status="succeeded",
+                    latency_ms=float(n % 900), usage={"input_tokens": 20, "output_tokens": 8},
+                    cost=0.0001, completed_at=utcnow())
                 batch.append(wrap(trace, source="bench", key=trace.run_item_id,
                                   time=trace.completed_at))
             counts["traces"] += await publisher.publish(settings.topics.traces, batch)
             counts["scores"] += await publisher.publish(settings.topics.scores,
                                                         score_batch(batch))
+            rescoring += batch[:max(0, round(rescored * traces) - start)]
+        # The rescoring's requests go to their own topic, which no read model is built from;
+        # its scores come later than every first score, as a replay's do.
+        requested_at = utcnow()
+        for start in range(0, len(rescoring), CHUNK):
+            requests = [wrap(ScoreRequested(**env.event.model_dump(include=set(
+                ScoreRequested.model_fields) - {"request_id", "requested_at"}),
+                request_id=request_id, requested_at=requested_at), source="bench",
+                key=env.key) for env in rescoring[start:start + CHUNK]]
+            counts["rescores"] += await publisher.publish(settings.topics.scores,
+                                                          score_batch(requests))
     finally:
         await publisher.stop()
     return counts
 
 
-async def bench(traces: int, runs: int, replaying: bool = True, workers: int = 2) -> None:
+async def bench(traces: int, runs: int, replaying: bool = True, workers: int = 2,
+                rescored: float = 0.0) -> None:
     with contextlib.ExitStack() as stack:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or stack.enter_context(
             tansu_broker())
@@ -108,7 +125,7 @@ async def bench(traces: int, runs: int, replaying: bool = True, workers: int = 2
         await ensure_topics(settings)
         try:
             started = time.perf_counter()
-            counts = await write_log(settings, traces, runs)
+            counts = await write_log(settings, traces, runs, rescored)
             total = sum(counts.values())
             print(f"log written: {counts} = {total:,} events in "
                   f"{time.perf_counter() - started:.1f} s")
@@ -164,14 +181,20 @@ def _postgres_cpu() -> float:
 
 
 @app.command()
-def main(traces: int = typer.Option(100_000, help="Finished traces in the log (each also "
-                                                  "brings 2 scores)."),
+def main(traces: int = typer.Option(
+             400_000, help="Finished traces in the log; each brings a CaseScored of 3 scores, "
+                           "and with --rescored 0.5 the log holds 2.5 events per trace (1M by "
+                           "default)."),
+         rescored: float = typer.Option(
+             0.5, min=0.0, max=1.0, help="Share of the traces whose later rescoring's scores "
+                                         "are in the log too (make bench's replay rescores "
+                                         "100,000 of ~219,000)."),
          runs: int = typer.Option(10, help="Runs they are spread over."),
          replaying: bool = typer.Option(True, "--replay/--no-replay",
                                         help="Also time the replay."),
          workers: int = typer.Option(2, help="Rebuild worker processes.")) -> None:
     tune_gc()  # as the commands do
-    asyncio.run(bench(traces, runs, replaying, workers))
+    asyncio.run(bench(traces, runs, replaying, workers, rescored))
 
 
 if __name__ == "__main__":
