@@ -167,6 +167,79 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
                f"(topic {settings.topics.dead_letter})")
 
 
+@app.command()
+def check(
+    run_id: str = typer.Argument(..., metavar="RUN", help="The run to check."),
+    min_pass_rate: float | None = typer.Option(
+        None, min=0.0, max=1.0, help="Least overall pass rate (the run summary's pass_rate)."),
+    minimum: list[str] = typer.Option(
+        [], "--min", help="Least pass rate of one score, as NAME=RATE (repeatable), e.g. "
+                          "--min exact_match=0.9."),
+    baseline: str | None = typer.Option(
+        None, help="A run of the same dataset to compare with: its items that regressed are "
+                   "counted per score."),
+    max_regressions: int = typer.Option(
+        0, min=0, help="With --baseline: most items that may regress, per score."),
+    items: int | None = typer.Option(
+        None, min=0, help="Wait for this many items with a trace (default: every item of the "
+                          "dataset)."),
+    wait: float = typer.Option(300.0, min=0.0, help="Seconds to wait for the run's scoring."),
+    url: str | None = typer.Option(
+        None, envvar="EVALSTREAM_QUERY_URL",
+        help="Query API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_QUERY_PORT>)."),
+    api_key: str | None = typer.Option(
+        None, envvar="EVALSTREAM_API_KEY",
+        help="API key (default: the first of EVALSTREAM_API_KEYS, or the one `make up` made)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """The gate for a CI job: wait until the run is scored, then check its pass rates (and the
+    items that regressed against --baseline). Exit 0 when every check is met, 1 when one is not,
+    2 when it cannot tell (unknown run, API unreachable, still not scored after --wait)."""
+    import json
+
+    from services.check import CheckError, QueryApi, check_run, parse_minimum
+
+    try:
+        minimums = dict(parse_minimum(m) for m in minimum)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    settings = Settings()
+    key = api_key or (settings.api_keys[0] if settings.api_keys else None)
+    key_file = Path(settings.data_dir) / "api-key"
+    if key is None and key_file.exists():
+        key = key_file.read_text().strip()
+    api = QueryApi(url or f"http://{settings.host}:{settings.query_port}", key)
+    said: list[str] = []
+
+    def waiting(what: str) -> None:  # each new state once, on stderr
+        if not said or said[-1] != what:
+            said.append(what)
+            typer.echo(f"waiting: {what}", err=True)
+
+    try:
+        report = check_run(
+            api, run_id, min_pass_rate=min_pass_rate, minimums=minimums, baseline=baseline,
+            max_regressions=max_regressions, items=items, wait=wait, on_wait=waiting)
+    except CheckError as e:
+        typer.echo(f"check undecided: {e}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        api.close()
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+    else:
+        against = f", against baseline {report.baseline}" if report.baseline else ""
+        typer.echo(f"run {report.run_id} ({report.run_name}): {report.items} item(s) scored"
+                   f"{against}")
+        for c in report.checks:
+            typer.echo(f"  {'ok  ' if c.passed else 'FAIL'}  {c.describe()}")
+        failed = sum(not c.passed for c in report.checks)
+        typer.echo(f"{failed} of {len(report.checks)} check(s) failed" if failed else
+                   f"passed ({len(report.checks)} check(s))")
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 dead_letters_app = typer.Typer(
     help="The records consumers could not take (undecodable, or refused by the read model).",
     invoke_without_command=True)

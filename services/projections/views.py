@@ -29,7 +29,7 @@ SELECT r.id AS run_id, r.dataset_id, d.name AS dataset_name, r.name AS run_name,
        i.total_cost, i.total_tokens, i.latency_p50_ms, i.latency_p95_ms,
        s.items_with_scores,
        greatest(r.total_items - s.items_with_scores, 0) AS items_without_scores,
-       s.pass_rate, f.evaluation_failures
+       s.pass_rate, f.evaluation_failures, i.items_pending_scoring
 FROM {rm}runs r
 LEFT JOIN {rm}datasets d ON d.id = r.dataset_id
 CROSS JOIN LATERAL (
@@ -39,8 +39,14 @@ CROSS JOIN LATERAL (
            coalesce(sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)), 0)::bigint
                AS total_tokens,
            percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS latency_p50_ms,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS latency_p95_ms
-    FROM {rm}run_items WHERE run_id = r.id
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS latency_p95_ms,
+           -- Succeeded items whose latest trace the evaluator has not reported on yet.
+           count(*) FILTER (WHERE status = 'succeeded' AND (c.observed_at IS NULL
+                                                           OR c.observed_at < x.completed_at))
+               AS items_pending_scoring
+    FROM {rm}run_items x
+    LEFT JOIN {rm}scored_cases c ON c.run_id = x.run_id AND c.run_item_id = x.run_item_id
+    WHERE x.run_id = r.id
 ) i
 CROSS JOIN LATERAL (
     SELECT count(*) AS items_with_scores, sum(passed)::float8 / nullif(sum(n), 0) AS pass_rate

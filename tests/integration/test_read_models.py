@@ -18,7 +18,7 @@ pytestmark = pytest.mark.postgres
 
 TABLES = {"datasets": "id", "dataset_items": "id", "runs": "id", "run_items": "run_item_id",
           "scores": "score_id", "score_history": "event_id",
-          "evaluation_failures": "failure_id"}
+          "evaluation_failures": "failure_id", "scored_cases": "run_item_id"}
 
 
 def _log() -> list:
@@ -72,6 +72,7 @@ async def test_the_log_projects_to_the_expected_models(migrated, log):
     summary = answers["summary"]
     counts = (summary["total_items"], summary["completed_items"], summary["failed_items"])
     assert counts == (3, 2, 1)
+    assert summary["items_pending_scoring"] == 0
     assert summary["total_cost"] == pytest.approx(0.03)  # t2 replaced by t2b
     assert summary["scores"]["exact_match"] == {"average": 1.0, "pass_rate": 1.0, "count": 2}
     # i1's contains score was rescored by request q1 with ["paris", "france"]: 1/2
@@ -155,7 +156,7 @@ async def test_a_deleted_run_leaves_no_rows_whatever_the_order(migrated, any_log
     assert answers == {"summary": None, "results": []}
     assert {t: len(rows) for t, rows in tables.items()} == {
         "datasets": 1, "dataset_items": 3, "runs": 0, "run_items": 0, "scores": 0,
-        "score_history": 0, "evaluation_failures": 0}
+        "score_history": 0, "evaluation_failures": 0, "scored_cases": 0}
 
 
 @pytest.mark.parametrize("arrangement", ["one_at_a_time", "reversed",
@@ -214,3 +215,52 @@ async def _apply_in_transaction(conn, batch) -> None:
 
     async with conn.transaction():
         await apply_batch(conn, batch)
+
+
+async def test_items_pending_scoring_follow_the_evaluators_reports(migrated):
+    """A succeeded item is pending until the evaluator's report on its latest trace is applied,
+    in whatever order the two arrive; a report with no score (nothing to compare with) counts, a
+    person's verdict and the report on an earlier trace of the item do not."""
+    from datetime import UTC, datetime, timedelta
+
+    from schemas.catalog import RunStarted
+    from schemas.common import EvaluatorSpec, score_id
+    from schemas.scores import ScoreRecorded
+    from schemas.traces import TraceCompleted
+
+    at = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    started = wrap(RunStarted(run_id="r1", dataset_id="d1", name="v1", total_items=3,
+                              evaluators=(EvaluatorSpec(type="exact_match"),), started_at=at),
+                   source="evalstream/ingest", key="d1")
+
+    def trace(n: int, completed_at: datetime, **kw) -> object:
+        return wrap(TraceCompleted(**{
+            "trace_id": f"t{n}-{completed_at:%H%M}", "run_id": "r1", "dataset_item_id": f"i{n}",
+            "output": "Paris", "expected_output": "Paris", "status": "succeeded",
+            "completed_at": completed_at, "evaluators": (EvaluatorSpec(type="exact_match"),),
+            **kw}), source="evalstream/ingest", key=f"i{n}")
+
+    t1, t2 = trace(1, at), trace(2, at, expected_output=None)  # t2: exact_match has no score
+    t3 = trace(3, at, status="failed")  # never scored, never pending
+    t1_again = trace(1, at + timedelta(hours=1), output="Lyon")
+    verdict = wrap(ScoreRecorded(
+        score_id=score_id(t1.event.run_item_id, "manual", "manual"),
+        run_item_id=t1.event.run_item_id, run_id="r1", dataset_item_id="i1", name="manual",
+        value=1.0, data_type="boolean", source="manual", observed_at=at + timedelta(hours=2)),
+        source="evalstream/ingest", key="i1")
+
+    async def pending(batches: list[list]) -> int:
+        async def query(conn):
+            return (await views.run_summary(conn, "r1"))["items_pending_scoring"]
+        return await project(migrated.dsn, batches, query)
+
+    assert await pending([[started, t1, t2, t3]]) == 2
+    assert await pending([[started, t1, t2, t3, score_case(t1)]]) == 1
+    assert score_case(t2).event.scores == ()
+    everything = [started, t1, t2, t3, score_case(t1), score_case(t2)]
+    assert await pending([everything]) == 0
+    assert await pending([list(reversed(everything))]) == 0  # reports before their traces
+    # A later trace of i1: pending again until its own report, which an earlier report arriving
+    # late, or a person's verdict, does not replace.
+    assert await pending([everything, [t1_again, verdict], [score_case(t1)]]) == 1
+    assert await pending([everything, [score_case(t1_again)], [t1_again, score_case(t1)]]) == 0

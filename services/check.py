@@ -1,0 +1,155 @@
+"""`evalstream check RUN`: the gate a CI job runs once its agent has posted a run's traces. It waits
+until the run is scored, then checks the run's pass rates, and the items that regressed against a
+baseline run, through the query API, as a dashboard reads them.
+
+Exit status: 0 every check is met, 1 one is not, 2 it could not tell (the run is unknown, the API
+unreachable, or the run still not scored when the wait is over).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import httpx
+
+
+class CheckError(RuntimeError):
+    """The check could not be decided; the message says why."""
+
+
+@dataclass(frozen=True)
+class Check:
+    what: str
+    value: float | int | None
+    limit: float | int
+    passed: bool
+
+    def describe(self) -> str:
+        if self.value is None:
+            return f"{self.what}: none (needs {self.limit:g})"
+        sign = ("<=" if self.passed else ">") if "regress" in self.what else (
+            ">=" if self.passed else "<")
+        return f"{self.what}: {self.value:g} {sign} {self.limit:g}"
+
+
+@dataclass
+class CheckReport:
+    run_id: str
+    run_name: str | None = None
+    baseline: str | None = None
+    items: int = 0
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def as_dict(self) -> dict:
+        return {"run_id": self.run_id, "run_name": self.run_name, "baseline": self.baseline,
+                "items": self.items, "passed": self.passed,
+                "checks": [asdict(c) for c in self.checks]}
+
+
+def parse_minimum(text: str) -> tuple[str, float]:
+    """`exact_match=0.9` → ("exact_match", 0.9): a score name's least pass rate."""
+    name, sep, value = text.rpartition("=")
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not sep or not name or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"--min {text!r}: expected <score name>=<pass rate from 0 to 1>, "
+                         "e.g. exact_match=0.9")
+    return name, rate
+
+
+def waiting_for(summary: dict, items: int | None) -> str | None:
+    """What the run's scoring still waits for, or None once it is complete: every item of the
+    dataset (or `items` of them) has a trace, and the evaluator has reported on every succeeded
+    one."""
+    traced = summary["completed_items"] + summary["failed_items"]
+    if items is not None and traced < items:
+        return f"{traced} of {items} items have a trace"
+    if items is None and summary["missing_items"]:
+        return f"{summary['missing_items']} item(s) of the dataset have no trace yet"
+    if summary["items_pending_scoring"]:
+        return f"{summary['items_pending_scoring']} item(s) are being scored"
+    return None
+
+
+def evaluate(summary: dict, *, min_pass_rate: float | None, minimums: dict[str, float],
+             comparison: dict | None = None, max_regressions: int = 0) -> list[Check]:
+    """The checks on a scored run's summary (and on its comparison with a baseline, if given)."""
+    checks = []
+    if min_pass_rate is not None:
+        rate = summary["pass_rate"]
+        checks.append(Check("pass rate", rate, min_pass_rate,
+                            rate is not None and rate >= min_pass_rate))
+    for name, limit in minimums.items():
+        rate = (summary["scores"].get(name) or {}).get("pass_rate")
+        checks.append(Check(f"{name} pass rate", rate, limit, rate is not None and rate >= limit))
+    if comparison is not None:
+        for score in comparison["scores"]:
+            ours = next(r for r in score["runs"] if r["run_id"] == summary["id"])
+            regressed = ours["regressions"] or 0
+            checks.append(Check(f"{score['name']} items regressed", regressed, max_regressions,
+                                regressed <= max_regressions))
+    return checks
+
+
+class QueryApi:
+    """The few query API calls the check makes."""
+
+    def __init__(self, url: str, api_key: str | None, timeout: float = 30.0):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _get(self, path: str, **params: str) -> dict:
+        try:
+            response = self._client.get(path, params=params)
+        except httpx.HTTPError as e:
+            raise CheckError(f"query API at {self._client.base_url} unreachable: {e}") from None
+        if response.status_code == 404:
+            try:
+                found = "; ".join(d["msg"] for d in response.json()["detail"])
+            except (ValueError, KeyError, TypeError):
+                found = response.text[:200]
+            raise CheckError(f"{path}: {found}")
+        if response.status_code != 200:
+            raise CheckError(f"{path}: HTTP {response.status_code}: {response.text[:300]}")
+        return response.json()
+
+    def summary(self, run_id: str) -> dict:
+        return self._get(f"/v1/runs/{run_id}")
+
+    def comparison(self, baseline: str, run_id: str) -> dict:
+        return self._get("/v1/compare", runs=f"{baseline},{run_id}", baseline=baseline,
+                         include="scores")
+
+
+def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,
+              minimums: dict[str, float] | None = None, baseline: str | None = None,
+              max_regressions: int = 0, items: int | None = None, wait: float = 300.0,
+              poll: float = 1.0, on_wait: Callable[[str], object] = lambda _: None,
+              sleep: Callable[[float], object] = time.sleep,
+              clock: Callable[[], float] = time.monotonic) -> CheckReport:
+    """Wait up to `wait` seconds for the run to be scored, then check it."""
+    deadline = clock() + wait
+    summary = api.summary(run_id)
+    while (pending := waiting_for(summary, items)) is not None:
+        if clock() >= deadline:
+            raise CheckError(f"run {run_id} not scored after {wait:g} s: {pending}")
+        on_wait(pending)
+        sleep(poll)
+        summary = api.summary(run_id)
+    report = CheckReport(run_id=run_id, run_name=summary["name"], baseline=baseline,
+                         items=summary["completed_items"] + summary["failed_items"])
+    comparison = api.comparison(baseline, run_id) if baseline else None
+    report.checks = evaluate(summary, min_pass_rate=min_pass_rate, minimums=minimums or {},
+                             comparison=comparison, max_regressions=max_regressions)
+    return report

@@ -1,0 +1,85 @@
+"""`evalstream check`, the gate of a CI job, as a user runs it against the running services: it
+waits for the run's traces and their scores, then passes, fails on a threshold or a regression
+against a baseline run, or cannot tell."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+
+import pytest
+
+from tests.conftest import ROOT, settings_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
+
+
+async def _start_check(settings, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "check", *args, env=settings_env(settings),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def _finished(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def _check(settings, *args: str) -> tuple[int, str, str]:
+    return await _finished(await _start_check(settings, *args))
+
+
+async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressions(api,
+                                                                                  migrated):
+    prefix = uuid.uuid4().hex[:8]
+    items = [{"id": f"{prefix}-{n}", "expected_output": city}
+             for n, city in enumerate(["Paris", "Berlin", "Rome"])]
+    dataset_id = await api.dataset_with_items(items)
+
+    async def run(name: str, outputs: list[str]) -> str:
+        run_id = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": name}))["id"]
+        await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
+                                "dataset_item_id": item["id"], "output": out,
+                                "status": "succeeded"}
+                               for n, (item, out) in enumerate(zip(items, outputs, strict=True))])
+        return run_id
+
+    # The check starts before the run has a trace: it waits for all three and their scores.
+    baseline_name = f"{prefix}-v1"
+    run_id = (await api.create("/v1/runs", {"dataset_id": dataset_id,
+                                            "name": baseline_name}))["id"]
+    waiting = await _start_check(migrated, run_id, "--min-pass-rate", "0.6",
+                                 "--min", "exact_match=0.6", "--wait", "60")
+    await asyncio.sleep(1.5)
+    await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
+                            "dataset_item_id": item["id"], "output": out, "status": "succeeded"}
+                           for n, (item, out) in enumerate(zip(items, ["Paris", "Berlin", "Lyon"],
+                                                               strict=True))])
+    code, out, err = await _finished(waiting)
+    assert "waiting: 3 item(s) of the dataset have no trace yet" in err
+    assert code == 0, out + err
+    assert "ok    pass rate: 0.666667 >= 0.6" in out and out.rstrip().endswith("passed (2 check(s))")
+
+    # A second run: one item the baseline had right is now wrong, one wrong is right.
+    second = await run(f"{prefix}-v2", ["Paris", "Bonn", "Rome"])
+    code, out, err = await _check(migrated, second, "--baseline", run_id, "--min-pass-rate",
+                                  "0.6", "--json")
+    assert code == 1, out + err
+    report = json.loads(out)
+    assert report["passed"] is False
+    assert [(c["what"], c["value"], c["passed"]) for c in report["checks"]] == [
+        ("pass rate", pytest.approx(2 / 3), True),
+        ("exact_match items regressed", 1, False)]
+    # ... which a tolerance of one regression lets through
+    code, out, err = await _check(migrated, second, "--baseline", run_id,
+                                  "--max-regressions", "1")
+    assert code == 0, out + err
+
+    code, out, err = await _check(migrated, f"{prefix}-no-such-run")
+    assert code == 2 and "not found" in err
+    # A run that never gets its traces: undecided when the wait is over.
+    empty = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "empty"}))["id"]
+    code, out, err = await _check(migrated, empty, "--wait", "1")
+    assert code == 2 and "not scored after 1 s: 3 item(s) of the dataset have no trace" in err

@@ -1,0 +1,88 @@
+"""`evalstream check`'s rules on the query API's answers: when a run counts as scored, and which
+thresholds hold (the command against the running services: tests/e2e/test_check.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.check import CheckError, check_run, evaluate, parse_minimum, waiting_for
+
+
+def _summary(**kw) -> dict:
+    return {"id": "r2", "name": "v2", "completed_items": 3, "failed_items": 1,
+            "missing_items": 0, "items_pending_scoring": 0, "pass_rate": 0.75,
+            "scores": {"exact_match": {"pass_rate": 0.5}, "contains": {"pass_rate": 1.0}}, **kw}
+
+
+def test_a_run_is_scored_once_every_item_has_a_trace_and_every_trace_a_report():
+    assert waiting_for(_summary(), None) is None
+    assert waiting_for(_summary(missing_items=2), None) == (
+        "2 item(s) of the dataset have no trace yet")
+    assert waiting_for(_summary(items_pending_scoring=1), None) == "1 item(s) are being scored"
+    # --items: that many traced items, whatever the dataset holds
+    assert waiting_for(_summary(missing_items=2), 4) is None
+    assert waiting_for(_summary(missing_items=2), 5) == "4 of 5 items have a trace"
+
+
+def test_pass_rates_are_checked_overall_and_per_score():
+    checks = evaluate(_summary(), min_pass_rate=0.7,
+                      minimums={"exact_match": 0.6, "contains": 1.0, "tone": 0.5})
+    assert [(c.what, c.value, c.passed) for c in checks] == [
+        ("pass rate", 0.75, True), ("exact_match pass rate", 0.5, False),
+        ("contains pass rate", 1.0, True), ("tone pass rate", None, False)]
+    assert checks[1].describe() == "exact_match pass rate: 0.5 < 0.6"
+    assert checks[3].describe() == "tone pass rate: none (needs 0.5)"
+    # a run with no boolean or numeric score has no pass rate: it does not pass
+    assert not evaluate(_summary(pass_rate=None), min_pass_rate=0.0, minimums={})[0].passed
+
+
+def test_regressions_against_the_baseline_are_counted_per_score():
+    comparison = {"scores": [
+        {"name": "contains", "runs": [{"run_id": "r1", "regressions": None},
+                                      {"run_id": "r2", "regressions": 0}]},
+        {"name": "exact_match", "runs": [{"run_id": "r1", "regressions": None},
+                                         {"run_id": "r2", "regressions": 3}]}]}
+    checks = evaluate(_summary(), min_pass_rate=None, minimums={}, comparison=comparison,
+                      max_regressions=2)
+    assert [(c.what, c.value, c.passed) for c in checks] == [
+        ("contains items regressed", 0, True), ("exact_match items regressed", 3, False)]
+    assert checks[1].describe() == "exact_match items regressed: 3 > 2"
+
+
+@pytest.mark.parametrize("text", ["exact_match", "=0.5", "x=1.5", "x=high"])
+def test_a_wrong_minimum_is_refused(text):
+    with pytest.raises(ValueError, match="expected <score name>=<pass rate"):
+        parse_minimum(text)
+
+
+def test_a_name_may_hold_an_equals_sign():
+    assert parse_minimum("a=b=0.25") == ("a=b", 0.25)
+
+
+class _Api:
+    def __init__(self, answers: list[dict]):
+        self.answers, self.asked = answers, 0
+
+    def summary(self, run_id: str) -> dict:
+        self.asked += 1
+        return self.answers[min(self.asked, len(self.answers)) - 1]
+
+
+def test_the_check_waits_for_scoring_then_decides():
+    api = _Api([_summary(missing_items=1), _summary(items_pending_scoring=2), _summary()])
+    seen = []
+    report = check_run(api, "r2", min_pass_rate=0.7, wait=10, sleep=lambda _: None,
+                       on_wait=seen.append)
+    assert api.asked == 3 and report.passed and report.items == 4
+    assert seen == ["1 item(s) of the dataset have no trace yet", "2 item(s) are being scored"]
+
+
+def test_a_run_still_being_scored_when_the_wait_is_over_is_undecided():
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(CheckError, match=r"not scored after 3 s: 2 item\(s\) are being scored"):
+        check_run(_Api([_summary(items_pending_scoring=2)]), "r2", wait=3, sleep=sleep,
+                  clock=lambda: now[0])
