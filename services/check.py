@@ -65,17 +65,16 @@ def parse_minimum(text: str) -> tuple[str, float]:
     return name, rate
 
 
-def waiting_for(summary: dict, items: int | None) -> str | None:
-    """What the run's scoring still waits for, or None once it is complete: every item of the
-    dataset (or `items` of them) has a trace, and the evaluator has reported on every succeeded
-    one."""
-    traced = summary["completed_items"] + summary["failed_items"]
-    if items is not None and traced < items:
-        return f"{traced} of {items} items have a trace"
-    if items is None and summary["missing_items"]:
-        return f"{summary['missing_items']} item(s) of the dataset have no trace yet"
-    if summary["items_pending_scoring"]:
-        return f"{summary['items_pending_scoring']} item(s) are being scored"
+def waiting_for(scoring: dict, items: int | None) -> str | None:
+    """What the run's scoring (GET /v1/runs/{id}/scoring) still waits for, or None once it is
+    complete: every item of the dataset (or `items` of them) has a trace, and the evaluator has
+    reported on every succeeded one."""
+    if items is not None and scoring["traced_items"] < items:
+        return f"{scoring['traced_items']} of {items} items have a trace"
+    if items is None and scoring["missing_items"]:
+        return f"{scoring['missing_items']} item(s) of the dataset have no trace yet"
+    if scoring["items_pending_scoring"]:
+        return f"{scoring['items_pending_scoring']} item(s) are being scored"
     return None
 
 
@@ -124,6 +123,9 @@ class QueryApi:
             raise CheckError(f"{path}: HTTP {response.status_code}: {response.text[:300]}")
         return response.json()
 
+    def scoring(self, run_id: str) -> dict:
+        return self._get(f"/v1/runs/{run_id}/scoring")
+
     def summary(self, run_id: str) -> dict:
         return self._get(f"/v1/runs/{run_id}")
 
@@ -140,15 +142,14 @@ def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,
               clock: Callable[[], float] = time.monotonic) -> CheckReport:
     """Wait up to `wait` seconds for the run to be scored, then check it."""
     deadline = clock() + wait
-    summary = api.summary(run_id)
-    while (pending := waiting_for(summary, items)) is not None:
+    while (pending := waiting_for(scoring := api.scoring(run_id), items)) is not None:
         if clock() >= deadline:
             raise CheckError(f"run {run_id} not scored after {wait:g} s: {pending}")
         on_wait(pending)
         sleep(poll)
-        summary = api.summary(run_id)
+    summary = api.summary(run_id)
     report = CheckReport(run_id=run_id, run_name=summary["name"], baseline=baseline,
-                         items=summary["completed_items"] + summary["failed_items"])
+                         items=scoring["traced_items"])
     comparison = api.comparison(baseline, run_id) if baseline else None
     report.checks = evaluate(summary, min_pass_rate=min_pass_rate, minimums=minimums or {},
                              comparison=comparison, max_regressions=max_regressions)

@@ -55,6 +55,18 @@ async def get_run(run_id: str, request: Request) -> dict:
     return summary
 
 
+@router.get("/runs/{run_id}/scoring")
+async def get_run_scoring(run_id: str, request: Request) -> dict:
+    """Is the run scored? `traced_items` (items with a trace), `missing_items` (items of the
+    dataset without one), `items_pending_scoring` (succeeded items whose latest trace the
+    evaluator has not reported on yet) and `scored` (none missing, none pending)."""
+    async with request.app.state.pool.acquire() as conn:
+        scoring = await views.run_scoring(conn, run_id)
+    if scoring is None:
+        raise _error("path", "run_id", f"run {run_id} not found", 404)
+    return scoring
+
+
 @router.get("/runs/{run_id}/results")
 async def get_run_results(
     run_id: str, request: Request, limit: Limit = 100, offset: Offset = 0,

@@ -87,8 +87,6 @@ VIEWS: dict[str, tuple[str, str, dict[str, str]]] = {
         "pass_rate": "Share of the run's boolean and numeric scores that pass (value >= "
                      "their spec's pass_threshold, default 0.5).",
         "evaluation_failures": "Evaluators that failed on an item of the run.",
-        "items_pending_scoring": "Succeeded run items whose latest trace the evaluator has not "
-                                 "reported on yet (0: the run's scoring has caught up).",
     }),
     "score_summary": (SCORE_SUMMARY_TEMPLATE, (
         "One row per run and score name: average, pass rate (value >= the spec's "

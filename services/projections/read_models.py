@@ -327,18 +327,21 @@ _APPLY_CASE_SCORES = _upsert_scores(_CASE_SCORES)
 _APPLY_CASE_FAILURES = _upsert_failures(_CASE_FAILURES)
 
 
-async def _mark_scored(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
-    """Remember, per run item of a run, the latest time of a fact the evaluator reported on (a
-    trace's completion, a score request's time): a run item whose trace completed later is still
-    being scored (the run summary's items_pending_scoring). The greatest time wins, so the order
-    and repetition of the reports do not matter. A person's verdict is not such a report."""
+async def _scoreless(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    """Remember the evaluator's reports on run items of a run that left no score (nothing to
+    compare with, or every evaluator failed), the latest time per run item whatever the order:
+    a report's scores carry its time, and with these rows the run summary tells the succeeded
+    items whose latest trace has had no report yet (items_pending_scoring)."""
     reports = [e.event for e in batch
-               if e.event.run_id is not None  # type: ignore[attr-defined]
-               and getattr(e.event, "source", None) != "manual"]
+               if e.event.run_id is not None and not e.event.scores]  # type: ignore[attr-defined]
+    await _record_scoreless(conn, reports)
+
+
+async def _record_scoreless(conn: asyncpg.Connection, reports: Sequence[Event]) -> None:
     if not reports:
         return
     await conn.execute("""
-        INSERT INTO scored_cases AS c (run_id, run_item_id, observed_at)
+        INSERT INTO scoreless_cases AS c (run_id, run_item_id, observed_at)
         SELECT run_id, run_item_id, max(observed_at)
         FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS e(run_id, run_item_id,
                                                                      observed_at)
@@ -346,18 +349,19 @@ async def _mark_scored(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> N
         GROUP BY run_id, run_item_id
         ON CONFLICT (run_id, run_item_id) DO UPDATE SET observed_at = excluded.observed_at
         WHERE c.observed_at < excluded.observed_at
-        """, [r.run_id for r in reports], [r.run_item_id for r in reports],
-        [r.observed_at for r in reports])
+        """, [r.run_id for r in reports], [r.run_item_id for r in reports],  # type: ignore
+        [r.observed_at for r in reports])  # type: ignore[attr-defined]
 
 
 async def apply_scores(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
     await _on_bodies(conn, _APPLY_RECORDED_SCORES, batch, _observed_at(batch))
-    await _mark_scored(conn, batch)  # a log written before docs/adr/0008: a score per event
 
 
 async def apply_failures(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
     await _on_bodies(conn, _APPLY_RECORDED_FAILURES, batch, _observed_at(batch))
-    await _mark_scored(conn, batch)
+    # A log written before docs/adr/0008: an evaluator's failure was an event of its own.
+    await _record_scoreless(conn, [e.event for e in batch
+                                   if e.event.run_id is not None])  # type: ignore[attr-defined]
 
 
 # Progress of a score request, one row per (request, run item): from the ScoringCompleted events of
@@ -388,12 +392,12 @@ _APPLY_CASE_COMPLETIONS = _UPSERT_REQUEST_CASES.format(rows=f"""
 
 
 async def apply_case_scored(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
-    """A case's scores as ScoreRecorded events would be applied, then the evaluator's report on
-    the run item, its failures, and (for a score request) its completion: four set-based
-    statements per batch at most, whatever it holds."""
+    """A case's scores as ScoreRecorded events would be applied (or, with none, the case as one
+    without a score), then its failures, then (for a score request) its completion: four
+    set-based statements per batch at most, whatever it holds."""
     observed_at = _observed_at(batch)
     await _on_bodies(conn, _APPLY_CASE_SCORES, batch, observed_at)
-    await _mark_scored(conn, batch)
+    await _scoreless(conn, batch)
     if any(e.event.failures for e in batch):  # type: ignore[attr-defined]
         await _on_bodies(conn, _APPLY_CASE_FAILURES, batch, observed_at)
     if any(e.event.request_id is not None for e in batch):  # type: ignore[attr-defined]
@@ -445,7 +449,7 @@ async def _tombstones(conn: asyncpg.Connection, table: str, key: str,
 
 async def apply_runs_deleted(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
     """Remember the deleted runs, then remove their rows from every read model: the run, its
-    items, scores with their history, failures, the evaluator's reports and the progress of
+    items, scores with their history, failures, the reports without a score and the progress of
     score requests about it."""
     run_ids = await _tombstones(conn, "deleted_runs", "run_id", batch)
     await conn.execute("""
@@ -453,7 +457,7 @@ async def apply_runs_deleted(conn: asyncpg.Connection, batch: Sequence[Envelope]
         WHERE s.run_id = ANY($1::text[]) AND h.score_id = s.score_id;
         """, run_ids)
     for table in ("scores", "evaluation_failures", "score_request_cases", "score_requests",
-                  "scored_cases", "run_items"):
+                  "scoreless_cases", "run_items"):
         await conn.execute(f"DELETE FROM {table} WHERE run_id = ANY($1::text[])", run_ids)
     await conn.execute("DELETE FROM runs WHERE id = ANY($1::text[])", run_ids)
 

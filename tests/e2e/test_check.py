@@ -47,9 +47,7 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
         return run_id
 
     # The check starts before the run has a trace: it waits for all three and their scores.
-    baseline_name = f"{prefix}-v1"
-    run_id = (await api.create("/v1/runs", {"dataset_id": dataset_id,
-                                            "name": baseline_name}))["id"]
+    run_id = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "v1"}))["id"]
     waiting = await _start_check(migrated, run_id, "--min-pass-rate", "0.6",
                                  "--min", "exact_match=0.6", "--wait", "60")
     await asyncio.sleep(1.5)
@@ -59,11 +57,15 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
                                                                strict=True))])
     code, out, err = await _finished(waiting)
     assert "waiting: 3 item(s) of the dataset have no trace yet" in err
+    scoring = (await api.query.get(f"/v1/runs/{run_id}/scoring")).json()
+    assert scoring == {"run_id": run_id, "total_items": 3, "traced_items": 3,
+                       "missing_items": 0, "items_pending_scoring": 0, "scored": True}
     assert code == 0, out + err
-    assert "ok    pass rate: 0.666667 >= 0.6" in out and out.rstrip().endswith("passed (2 check(s))")
+    assert "ok    pass rate: 0.666667 >= 0.6" in out
+    assert out.rstrip().endswith("passed (2 check(s))")
 
     # A second run: one item the baseline had right is now wrong, one wrong is right.
-    second = await run(f"{prefix}-v2", ["Paris", "Bonn", "Rome"])
+    second = await run("v2", ["Paris", "Bonn", "Rome"])
     code, out, err = await _check(migrated, second, "--baseline", run_id, "--min-pass-rate",
                                   "0.6", "--json")
     assert code == 1, out + err

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.postgres
 
 TABLES = {"datasets": "id", "dataset_items": "id", "runs": "id", "run_items": "run_item_id",
           "scores": "score_id", "score_history": "event_id",
-          "evaluation_failures": "failure_id", "scored_cases": "run_item_id"}
+          "evaluation_failures": "failure_id", "scoreless_cases": "run_item_id"}
 
 
 def _log() -> list:
@@ -38,7 +38,8 @@ async def _project(dsn: str, batches: list[list]) -> tuple[dict, dict]:
             tables[table] = [dict(r) for r in rows]
         summary = await views.run_summary(conn, "r1")
         results = await views.run_results(conn, "r1")
-        return tables, {"summary": summary, "results": results}
+        scoring = await views.run_scoring(conn, "r1")
+        return tables, {"summary": summary, "results": results, "scoring": scoring}
 
     return await project(dsn, batches, everything)
 
@@ -72,7 +73,9 @@ async def test_the_log_projects_to_the_expected_models(migrated, log):
     summary = answers["summary"]
     counts = (summary["total_items"], summary["completed_items"], summary["failed_items"])
     assert counts == (3, 2, 1)
-    assert summary["items_pending_scoring"] == 0
+    assert answers["scoring"] == {"run_id": "r1", "total_items": 3, "traced_items": 3,
+                                  "missing_items": 0, "items_pending_scoring": 0,
+                                  "scored": True}
     assert summary["total_cost"] == pytest.approx(0.03)  # t2 replaced by t2b
     assert summary["scores"]["exact_match"] == {"average": 1.0, "pass_rate": 1.0, "count": 2}
     # i1's contains score was rescored by request q1 with ["paris", "france"]: 1/2
@@ -103,7 +106,10 @@ async def test_a_log_of_case_scored_events_projects_as_one_of_score_events(migra
         tables, answers = projected
         return {t: sorted(({k: v for k, v in row.items() if k != "event_id"} for row in rows),
                           key=repr)  # the tables were ordered by those ids
-                for t, rows in tables.items()}, answers
+                # A case that failed on one evaluator and scored on another is a scoreless
+                # report in the older log (its failure was an event of its own), not in today's;
+                # either way the answers, items_pending_scoring among them, are the same.
+                for t, rows in tables.items() if t != "scoreless_cases"}, answers
 
     before = without_ledger_ids(await _project(migrated.dsn, [log]))
     after = without_ledger_ids(await _project(migrated.dsn, [now]))
@@ -153,10 +159,10 @@ async def test_a_deleted_run_leaves_no_rows_whatever_the_order(migrated, any_log
     or in a rebuild's order), nothing of the run remains; its dataset does."""
     tables, answers = await _project(migrated.dsn,
                                      _arranged(_deleted(any_log), arrangement, seed=11))
-    assert answers == {"summary": None, "results": []}
+    assert answers == {"summary": None, "results": [], "scoring": None}
     assert {t: len(rows) for t, rows in tables.items()} == {
         "datasets": 1, "dataset_items": 3, "runs": 0, "run_items": 0, "scores": 0,
-        "score_history": 0, "evaluation_failures": 0, "scored_cases": 0}
+        "score_history": 0, "evaluation_failures": 0, "scoreless_cases": 0}
 
 
 @pytest.mark.parametrize("arrangement", ["one_at_a_time", "reversed",
@@ -173,7 +179,7 @@ async def test_a_deleted_dataset_leaves_no_rows_whatever_the_order(migrated, any
                                    deleted_at=run_deleted.deleted_at),
                     source="evalstream/ingest", key=run_deleted.dataset_id))
     tables, answers = await _project(migrated.dsn, _arranged(log, arrangement, seed=13))
-    assert answers == {"summary": None, "results": []}
+    assert answers == {"summary": None, "results": [], "scoring": None}
     assert {t: len(rows) for t, rows in tables.items()} == dict.fromkeys(TABLES, 0)
 
 
@@ -251,7 +257,7 @@ async def test_items_pending_scoring_follow_the_evaluators_reports(migrated):
 
     async def pending(batches: list[list]) -> int:
         async def query(conn):
-            return (await views.run_summary(conn, "r1"))["items_pending_scoring"]
+            return (await views.run_scoring(conn, "r1"))["items_pending_scoring"]
         return await project(migrated.dsn, batches, query)
 
     assert await pending([[started, t1, t2, t3]]) == 2
@@ -264,3 +270,11 @@ async def test_items_pending_scoring_follow_the_evaluators_reports(migrated):
     # late, or a person's verdict, does not replace.
     assert await pending([everything, [t1_again, verdict], [score_case(t1)]]) == 1
     assert await pending([everything, [score_case(t1_again)], [t1_again, score_case(t1)]]) == 0
+    # The same for a report without a score, and one whose every evaluator failed.
+    t2_again = trace(2, at + timedelta(hours=1), expected_output=None, output="Lyon")
+    assert await pending([everything, [t2_again], [score_case(t2)]]) == 1
+    assert await pending([everything, [score_case(t2_again)], [t2_again, score_case(t2)]]) == 0
+    t4 = trace(4, at, evaluators=(EvaluatorSpec(type="no_such_evaluator"),))
+    assert score_case(t4).event.failures and not score_case(t4).event.scores
+    assert await pending([everything, [t4]]) == 1
+    assert await pending([everything, [t4, score_case(t4)]]) == 0

@@ -9,19 +9,24 @@ from services.check import CheckError, check_run, evaluate, parse_minimum, waiti
 
 
 def _summary(**kw) -> dict:
-    return {"id": "r2", "name": "v2", "completed_items": 3, "failed_items": 1,
-            "missing_items": 0, "items_pending_scoring": 0, "pass_rate": 0.75,
+    return {"id": "r2", "name": "v2", "pass_rate": 0.75,
             "scores": {"exact_match": {"pass_rate": 0.5}, "contains": {"pass_rate": 1.0}}, **kw}
 
 
+def _scoring(**kw) -> dict:
+    return {"run_id": "r2", "total_items": 4, "traced_items": 4, "missing_items": 0,
+            "items_pending_scoring": 0, "scored": True, **kw}
+
+
 def test_a_run_is_scored_once_every_item_has_a_trace_and_every_trace_a_report():
-    assert waiting_for(_summary(), None) is None
-    assert waiting_for(_summary(missing_items=2), None) == (
+    assert waiting_for(_scoring(), None) is None
+    assert waiting_for(_scoring(traced_items=2, missing_items=2), None) == (
         "2 item(s) of the dataset have no trace yet")
-    assert waiting_for(_summary(items_pending_scoring=1), None) == "1 item(s) are being scored"
+    assert waiting_for(_scoring(items_pending_scoring=1), None) == "1 item(s) are being scored"
     # --items: that many traced items, whatever the dataset holds
-    assert waiting_for(_summary(missing_items=2), 4) is None
-    assert waiting_for(_summary(missing_items=2), 5) == "4 of 5 items have a trace"
+    assert waiting_for(_scoring(traced_items=4, missing_items=2), 4) is None
+    assert waiting_for(_scoring(traced_items=4, missing_items=2), 5) == (
+        "4 of 5 items have a trace")
 
 
 def test_pass_rates_are_checked_overall_and_per_score():
@@ -60,16 +65,22 @@ def test_a_name_may_hold_an_equals_sign():
 
 
 class _Api:
-    def __init__(self, answers: list[dict]):
-        self.answers, self.asked = answers, 0
+    """The query API's answers: the scoring states in turn (the last one stays), and a summary."""
+
+    def __init__(self, states: list[dict]):
+        self.states, self.asked = states, 0
+
+    def scoring(self, run_id: str) -> dict:
+        self.asked += 1
+        return self.states[min(self.asked, len(self.states)) - 1]
 
     def summary(self, run_id: str) -> dict:
-        self.asked += 1
-        return self.answers[min(self.asked, len(self.answers)) - 1]
+        return _summary()
 
 
 def test_the_check_waits_for_scoring_then_decides():
-    api = _Api([_summary(missing_items=1), _summary(items_pending_scoring=2), _summary()])
+    api = _Api([_scoring(traced_items=3, missing_items=1), _scoring(items_pending_scoring=2),
+                _scoring()])
     seen = []
     report = check_run(api, "r2", min_pass_rate=0.7, wait=10, sleep=lambda _: None,
                        on_wait=seen.append)
@@ -84,5 +95,5 @@ def test_a_run_still_being_scored_when_the_wait_is_over_is_undecided():
         now[0] += seconds
 
     with pytest.raises(CheckError, match=r"not scored after 3 s: 2 item\(s\) are being scored"):
-        check_run(_Api([_summary(items_pending_scoring=2)]), "r2", wait=3, sleep=sleep,
+        check_run(_Api([_scoring(items_pending_scoring=2)]), "r2", wait=3, sleep=sleep,
                   clock=lambda: now[0])
