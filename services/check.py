@@ -21,16 +21,23 @@ class CheckError(RuntimeError):
 
 @dataclass(frozen=True)
 class Check:
+    """One threshold: `value` must be at least `limit`, or with `maximum` at most."""
+
     what: str
     value: float | int | None
     limit: float | int
-    passed: bool
+    maximum: bool = False
+
+    @property
+    def passed(self) -> bool:
+        if self.value is None:
+            return False
+        return self.value <= self.limit if self.maximum else self.value >= self.limit
 
     def describe(self) -> str:
         if self.value is None:
             return f"{self.what}: none (needs {self.limit:g})"
-        sign = ("<=" if self.passed else ">") if "regress" in self.what else (
-            ">=" if self.passed else "<")
+        sign = ("<=" if self.passed else ">") if self.maximum else (">=" if self.passed else "<")
         return f"{self.what}: {self.value:g} {sign} {self.limit:g}"
 
 
@@ -49,7 +56,7 @@ class CheckReport:
     def as_dict(self) -> dict:
         return {"run_id": self.run_id, "run_name": self.run_name, "baseline": self.baseline,
                 "items": self.items, "passed": self.passed,
-                "checks": [asdict(c) for c in self.checks]}
+                "checks": [{**asdict(c), "passed": c.passed} for c in self.checks]}
 
 
 def parse_minimum(text: str) -> tuple[str, float]:
@@ -83,18 +90,15 @@ def evaluate(summary: dict, *, min_pass_rate: float | None, minimums: dict[str, 
     """The checks on a scored run's summary (and on its comparison with a baseline, if given)."""
     checks = []
     if min_pass_rate is not None:
-        rate = summary["pass_rate"]
-        checks.append(Check("pass rate", rate, min_pass_rate,
-                            rate is not None and rate >= min_pass_rate))
+        checks.append(Check("pass rate", summary["pass_rate"], min_pass_rate))
     for name, limit in minimums.items():
         rate = (summary["scores"].get(name) or {}).get("pass_rate")
-        checks.append(Check(f"{name} pass rate", rate, limit, rate is not None and rate >= limit))
+        checks.append(Check(f"{name} pass rate", rate, limit))
     if comparison is not None:
         for score in comparison["scores"]:
             ours = next(r for r in score["runs"] if r["run_id"] == summary["id"])
-            regressed = ours["regressions"] or 0
-            checks.append(Check(f"{score['name']} items regressed", regressed, max_regressions,
-                                regressed <= max_regressions))
+            checks.append(Check(f"{score['name']} items regressed", ours["regressions"] or 0,
+                                max_regressions, maximum=True))
     return checks
 
 

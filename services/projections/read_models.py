@@ -330,8 +330,8 @@ _APPLY_CASE_FAILURES = _upsert_failures(_CASE_FAILURES)
 async def _scoreless(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
     """Remember the evaluator's reports on run items of a run that left no score (nothing to
     compare with, or every evaluator failed), the latest time per run item whatever the order:
-    a report's scores carry its time, and with these rows the run summary tells the succeeded
-    items whose latest trace has had no report yet (items_pending_scoring)."""
+    a report's scores carry its time, and with these rows a run's scoring progress
+    (views.run_scoring) tells the succeeded items whose latest trace has had no report yet."""
     reports = [e.event for e in batch
                if e.event.run_id is not None and not e.event.scores]  # type: ignore[attr-defined]
     await _record_scoreless(conn, reports)

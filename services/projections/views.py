@@ -126,8 +126,9 @@ async def run_summary(conn: asyncpg.Connection, run_id: str) -> dict | None:
 
 # Is the run scored? Its traced and missing items, and the succeeded ones whose latest trace the
 # evaluator has not reported on yet: a report gives its time to the scores it records, or, with
-# none, to scoreless_cases. Apart from the summary, which it would slow down by half on a run of
-# 100,000 items; this costs one pass over the run's items and a probe of its scores per item.
+# none, to scoreless_cases (docs/adr/0011). Apart from the summary, which it slowed by ~80% on a
+# run of 100,000 items; alone it takes ~220 ms there, an anti-join of the run's items with its
+# scores.
 _RUN_SCORING_SQL = """
 SELECT r.id AS run_id, r.total_items,
        (SELECT count(*) FROM run_items x WHERE x.run_id = r.id) AS traced_items,
