@@ -16,7 +16,18 @@ import httpx
 
 
 class CheckError(RuntimeError):
-    """The check could not be decided; the message says why."""
+    """The check could not be decided; the message says why. `kind`: "not_found" (no such run,
+    or not in the read model yet), "unavailable" (the API unreachable, or answering 5xx, which
+    may pass) or "refused" (any other answer: a wrong key, say)."""
+
+    def __init__(self, message: str, kind: str = "refused"):
+        super().__init__(message)
+        self.kind = kind
+
+
+# A run created a moment ago may not be in the read model yet (its RunStarted is on its way):
+# "not found" is asked again for this long before it is believed.
+NOT_FOUND_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -116,15 +127,17 @@ class QueryApi:
         try:
             response = self._client.get(path, params=params)
         except httpx.HTTPError as e:
-            raise CheckError(f"query API at {self._client.base_url} unreachable: {e}") from None
+            raise CheckError(f"query API at {self._client.base_url} unreachable: {e}",
+                             "unavailable") from None
         if response.status_code == 404:
             try:
                 found = "; ".join(d["msg"] for d in response.json()["detail"])
             except (ValueError, KeyError, TypeError):
                 found = response.text[:200]
-            raise CheckError(f"{path}: {found}")
+            raise CheckError(f"{path}: {found}", "not_found")
         if response.status_code != 200:
-            raise CheckError(f"{path}: HTTP {response.status_code}: {response.text[:300]}")
+            raise CheckError(f"{path}: HTTP {response.status_code}: {response.text[:300]}",
+                             "unavailable" if response.status_code >= 500 else "refused")
         return response.json()
 
     def scoring(self, run_id: str) -> dict:
@@ -144,10 +157,22 @@ def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,
               poll: float = 1.0, on_wait: Callable[[str], object] = lambda _: None,
               sleep: Callable[[float], object] = time.sleep,
               clock: Callable[[], float] = time.monotonic) -> CheckReport:
-    """Wait up to `wait` seconds for the run to be scored, then check it."""
-    deadline = clock() + wait
-    while (pending := waiting_for(scoring := api.scoring(run_id), items)) is not None:
-        if clock() >= deadline:
+    """Wait up to `wait` seconds for the run to be scored, then check it. Meanwhile an API that
+    cannot answer is asked again, and a run not found is for NOT_FOUND_GRACE_S."""
+    started = clock()
+    while True:
+        try:
+            scoring = api.scoring(run_id)
+            pending = waiting_for(scoring, items)
+        except CheckError as e:
+            elapsed = clock() - started
+            if not (e.kind == "unavailable" or (
+                    e.kind == "not_found" and elapsed < min(wait, NOT_FOUND_GRACE_S))):
+                raise
+            pending = str(e)
+        if pending is None:
+            break
+        if clock() - started >= wait:
             raise CheckError(f"run {run_id} not scored after {wait:g} s: {pending}")
         on_wait(pending)
         sleep(poll)

@@ -79,7 +79,8 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
                                   "--max-regressions", "1")
     assert code == 0, out + err
 
-    code, out, err = await _check(migrated, f"{prefix}-no-such-run")
+    # An unknown run: asked again for the length of the wait (at most 30 s), then believed.
+    code, out, err = await _check(migrated, f"{prefix}-no-such-run", "--wait", "2")
     assert code == 2 and "not found" in err
     # A run that never gets its traces: undecided when the wait is over.
     empty = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "empty"}))["id"]

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from services.check import CheckError, check_run, evaluate, parse_minimum, waiting_for
+from services.check import (
+    NOT_FOUND_GRACE_S,
+    CheckError,
+    check_run,
+    evaluate,
+    parse_minimum,
+    waiting_for,
+)
 
 
 def _summary(**kw) -> dict:
@@ -65,14 +72,18 @@ def test_a_name_may_hold_an_equals_sign():
 
 
 class _Api:
-    """The query API's answers: the scoring states in turn (the last one stays), and a summary."""
+    """The query API's answers: the scoring states (or errors) in turn, the last one staying,
+    and a summary."""
 
-    def __init__(self, states: list[dict]):
+    def __init__(self, states: list):
         self.states, self.asked = states, 0
 
     def scoring(self, run_id: str) -> dict:
         self.asked += 1
-        return self.states[min(self.asked, len(self.states)) - 1]
+        state = self.states[min(self.asked, len(self.states)) - 1]
+        if isinstance(state, Exception):
+            raise state
+        return state
 
     def summary(self, run_id: str) -> dict:
         return _summary()
@@ -97,3 +108,40 @@ def test_a_run_still_being_scored_when_the_wait_is_over_is_undecided():
     with pytest.raises(CheckError, match=r"not scored after 3 s: 2 item\(s\) are being scored"):
         check_run(_Api([_scoring(items_pending_scoring=2)]), "r2", wait=3, sleep=sleep,
                   clock=lambda: now[0])
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_an_api_that_cannot_answer_yet_is_asked_again_within_the_wait():
+    clock = _Clock()
+    down = CheckError("query API at http://x unreachable: refused", "unavailable")
+    api = _Api([down, CheckError("/v1/runs/r2/scoring: HTTP 503: busy", "unavailable"),
+                _scoring()])
+    report = check_run(api, "r2", min_pass_rate=0.5, wait=10, sleep=clock.sleep,
+                       clock=lambda: clock.now)
+    assert report.passed and api.asked == 3
+    with pytest.raises(CheckError, match="not scored after 5 s: query API .* unreachable"):
+        check_run(_Api([down]), "r2", wait=5, sleep=clock.sleep, clock=lambda: clock.now)
+
+
+def test_a_run_not_found_is_believed_after_a_grace_a_wrong_key_at_once():
+    clock = _Clock()
+    missing = CheckError("/v1/runs/r2/scoring: run r2 not found", "not_found")
+    # Created a moment ago: found on the third asking.
+    assert check_run(_Api([missing, missing, _scoring()]), "r2", wait=300, sleep=clock.sleep,
+                     clock=lambda: clock.now).passed
+    clock.now = 0.0
+    api = _Api([missing])
+    with pytest.raises(CheckError, match="run r2 not found") as raised:
+        check_run(api, "r2", wait=300, sleep=clock.sleep, clock=lambda: clock.now)
+    assert raised.value.kind == "not_found" and clock.now == pytest.approx(NOT_FOUND_GRACE_S)
+    api = _Api([CheckError("/v1/runs/r2/scoring: HTTP 401: bad key")])
+    with pytest.raises(CheckError, match="401"):
+        check_run(api, "r2", wait=300, sleep=clock.sleep, clock=lambda: clock.now)
+    assert api.asked == 1
