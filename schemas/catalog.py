@@ -36,6 +36,16 @@ class DatasetItemsUpserted(Event):
     upserted_at: datetime = Field(description="When the items were written (UTC).")
 
 
+class DatasetItemsDeleted(Event):
+    """Items were removed from a dataset: runs started later do not count them, and traces can no
+    longer name them. Runs that traced them keep those traces and scores. An item upserted again
+    after `deleted_at` is back."""
+
+    dataset_id: Id = Field(description="Dataset the items belonged to.")
+    item_ids: tuple[Id, ...] = Field(min_length=1, description="Ids of the removed items.")
+    deleted_at: datetime = Field(description="When they were removed (UTC).")
+
+
 class EvaluatorsConfigured(Event):
     """The evaluator specs of a dataset were replaced; later runs snapshot them."""
 

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from schemas.catalog import (
     DatasetCreated,
     DatasetDeleted,
+    DatasetItemsDeleted,
     DatasetItemsUpserted,
     EvaluatorsConfigured,
     RunDeleted,
@@ -34,6 +35,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     TraceCompleted, ScoreRequested, ScoreRecorded, EvaluationFailed,
     DatasetCreated, DatasetItemsUpserted, EvaluatorsConfigured, RunStarted,
     ScoreRequestsIssued, ScoringCompleted, CaseScored, RunDeleted, DatasetDeleted,
+    DatasetItemsDeleted,
 )
 TYPE_BY_MODEL: dict[type[Event], str] = {m: f"evalstream.{m.__name__}.v1" for m in EVENT_MODELS}
 MODEL_BY_TYPE: dict[str, type[Event]] = {t: m for m, t in TYPE_BY_MODEL.items()}

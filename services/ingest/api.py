@@ -15,6 +15,7 @@ from services.ingest import rescoring
 from services.ingest.catalog import Catalog
 from services.ingest.commands import (
     CreateDataset,
+    DeleteItems,
     EvaluateRun,
     PostTraces,
     RecordScore,
@@ -75,6 +76,25 @@ async def delete_dataset(dataset_id: str, catalog: CatalogDep) -> dict:
     harmless."""
     event, runs = await catalog.delete_dataset(dataset_id)
     return {"dataset_id": dataset_id, "deleted_at": event.deleted_at, "runs_deleted": runs}
+
+
+@router.delete("/datasets/{dataset_id}/items/{item_id}", status_code=status.HTTP_202_ACCEPTED)
+async def delete_item(dataset_id: str, item_id: str, catalog: CatalogDep) -> dict:
+    """Remove one item from a dataset: runs started from now on do not count it and traces can
+    no longer name it; runs that traced it keep its trace and scores. Upserting it again brings
+    it back."""
+    event = await catalog.delete_items(dataset_id, [item_id])
+    return {"dataset_id": dataset_id, "item_ids": list(event.item_ids),
+            "deleted_at": event.deleted_at}
+
+
+@router.post("/datasets/{dataset_id}/items/delete", status_code=status.HTTP_202_ACCEPTED)
+async def delete_items(dataset_id: str, cmd: DeleteItems, catalog: CatalogDep) -> dict:
+    """Remove up to 1,000 items at once, all or none: an id not in the dataset is a 404 naming
+    it (`ids.<n>`), and nothing is removed."""
+    event = await catalog.delete_items(dataset_id, cmd.ids)
+    return {"dataset_id": dataset_id, "item_ids": list(event.item_ids),
+            "deleted_at": event.deleted_at}
 
 
 @router.delete("/runs/{run_id}", status_code=status.HTTP_202_ACCEPTED)

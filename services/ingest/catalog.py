@@ -13,6 +13,7 @@ from schemas.catalog import (
     DatasetCreated,
     DatasetDeleted,
     DatasetItem,
+    DatasetItemsDeleted,
     DatasetItemsUpserted,
     EvaluatorsConfigured,
     RunDeleted,
@@ -124,6 +125,33 @@ class Catalog:
                        expected_output = excluded.expected_output,
                        metadata = excluded.metadata, updated_at = excluded.updated_at""",
                 [i.model_dump(mode="json") for i in items], dataset_id, event.upserted_at)
+            await self._append_outbox(conn, [self._envelope(event, dataset_id)])
+        return event
+
+    async def delete_items(self, dataset_id: str, item_ids: list[str]) -> DatasetItemsDeleted:
+        """Remove items from a dataset and publish DatasetItemsDeleted (through the outbox):
+        runs started later do not count them, traces naming them are refused. All or none: an
+        id not in the dataset is a 404 naming it, and nothing is removed."""
+        if len(set(item_ids)) != len(item_ids):
+            dup = next(n for n, i in enumerate(item_ids) if item_ids.index(i) != n)
+            raise FieldError(("ids", dup), f"item id {item_ids[dup]!r} appears twice")
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT 1 FROM datasets WHERE id = $1"
+                                       " AND deleted_at IS NULL FOR SHARE", dataset_id):
+                raise FieldError(("path", "dataset_id"), f"dataset {dataset_id} not found", 404,
+                                 "not_found")
+            removed = set(await conn.fetchval(
+                "WITH gone AS (DELETE FROM dataset_items WHERE dataset_id = $1"
+                " AND id = ANY($2::text[]) RETURNING id) SELECT array_agg(id) FROM gone",
+                dataset_id, item_ids) or ())
+            if missing := [i for i in item_ids if i not in removed]:
+                # Raising rolls the transaction back: the items found are not removed either.
+                n = item_ids.index(missing[0])
+                raise FieldError(("ids", n) if len(item_ids) > 1 else ("path", "item_id"),
+                                 f"item {missing[0]!r} is not in dataset {dataset_id}", 404,
+                                 "not_found")
+            event = DatasetItemsDeleted(dataset_id=dataset_id, item_ids=tuple(item_ids),
+                                        deleted_at=utcnow())
             await self._append_outbox(conn, [self._envelope(event, dataset_id)])
         return event
 
@@ -265,7 +293,8 @@ class Catalog:
                     item = candidates.get(dataset_id)
                     if item is None:
                         raise FieldError(("traces", n, "dataset_item_id"),
-                                         f"item {t.dataset_item_id!r} is not in the run's dataset")
+                                         f"item {t.dataset_item_id!r} is not in the run's dataset"
+                                         " (or was removed from it)")
                 elif len(candidates) == 1:
                     item = next(iter(candidates.values()))
                     specs = dataset_specs.get(item["dataset_id"])  # type: ignore[assignment]

@@ -103,6 +103,10 @@ class UpsertItems(Command):
     items: list[ItemIn] = Field(min_length=1, max_length=1000)
 
 
+class DeleteItems(Command):
+    ids: list[Id] = Field(min_length=1, max_length=1000, description="Ids of the items to remove.")
+
+
 class StartRun(Command):
     dataset_id: Id
     name: str = Field(min_length=1, max_length=200, examples=["gpt-4o, prompt v3"])

@@ -22,6 +22,7 @@ import asyncpg
 from schemas.catalog import (
     DatasetCreated,
     DatasetDeleted,
+    DatasetItemsDeleted,
     DatasetItemsUpserted,
     EvaluatorsConfigured,
     RunDeleted,
@@ -120,11 +121,35 @@ async def apply_items_upserted(conn: asyncpg.Connection, batch: Sequence[Envelop
                                                  expected_output jsonb, metadata jsonb,
                                                  updated_at timestamptz)
         WHERE NOT EXISTS (SELECT 1 FROM deleted_datasets x WHERE x.dataset_id = e.dataset_id)
+          -- removed at or after this upsert: the removal stands
+          AND NOT EXISTS (SELECT 1 FROM deleted_dataset_items r
+                          WHERE (r.dataset_id, r.item_id) = (e.dataset_id, e.id)
+                            AND r.deleted_at >= e.updated_at)
         ON CONFLICT (dataset_id, id) DO UPDATE SET input = excluded.input,
             expected_output = excluded.expected_output, metadata = excluded.metadata,
             updated_at = excluded.updated_at
         WHERE dataset_items.updated_at < excluded.updated_at
         """, list(latest.values()))
+
+
+async def apply_items_deleted(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    """Remember each item's latest removal, then remove the items not upserted since; an upsert
+    older than the removal arriving later is skipped (apply_items_upserted)."""
+    await conn.execute("""
+        WITH removals AS (
+            INSERT INTO deleted_dataset_items AS r (dataset_id, item_id, deleted_at)
+            SELECT dataset_id, item_id, max(deleted_at)
+            FROM jsonb_to_recordset($1::jsonb) AS e(dataset_id text, item_ids text[],
+                                                     deleted_at timestamptz),
+                 unnest(e.item_ids) AS item_id
+            WHERE NOT EXISTS (SELECT 1 FROM deleted_datasets x WHERE x.dataset_id = e.dataset_id)
+            GROUP BY dataset_id, item_id
+            ON CONFLICT (dataset_id, item_id) DO UPDATE SET deleted_at = excluded.deleted_at
+            WHERE r.deleted_at < excluded.deleted_at
+            RETURNING dataset_id, item_id, deleted_at)
+        DELETE FROM dataset_items i USING removals r
+        WHERE (i.dataset_id, i.id) = (r.dataset_id, r.item_id) AND i.updated_at <= r.deleted_at
+        """, [_dump(e.event) for e in batch])
 
 
 async def apply_run_started(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
@@ -467,8 +492,9 @@ async def apply_datasets_deleted(conn: asyncpg.Connection, batch: Sequence[Envel
     own RunDeleted events, which ingest publishes before this one; a run of the dataset that
     arrives later (from a rebuild's order) is skipped by the dataset's tombstone."""
     dataset_ids = await _tombstones(conn, "deleted_datasets", "dataset_id", batch)
-    await conn.execute("DELETE FROM dataset_items WHERE dataset_id = ANY($1::text[])",
-                       dataset_ids)
+    for table in ("dataset_items", "deleted_dataset_items"):
+        await conn.execute(f"DELETE FROM {table} WHERE dataset_id = ANY($1::text[])",
+                           dataset_ids)
     await conn.execute("DELETE FROM datasets WHERE id = ANY($1::text[])", dataset_ids)
 
 
@@ -490,6 +516,7 @@ HANDLERS: dict[type[Event], Callable[[asyncpg.Connection, Sequence[Envelope]], A
     DatasetCreated: apply_dataset_created,
     EvaluatorsConfigured: apply_evaluators_configured,
     DatasetItemsUpserted: apply_items_upserted,
+    DatasetItemsDeleted: apply_items_deleted,
     RunStarted: apply_run_started,
     TraceCompleted: apply_traces,
     ScoreRecorded: apply_scores,

@@ -289,6 +289,14 @@ async def test_rebuild_answers_exactly_as_the_live_read_models(api, own_settings
         r = await api.ingest.put(f"/v1/datasets/{dataset_id}/evaluators",
                                  json=[{"type": "exact_match"}])
         assert r.status_code == 200, r.text
+        # ... an item removed, and another removed then upserted again, ...
+        extra = [{"id": f"extra-{uuid.uuid4().hex[:6]}", "expected_output": out}
+                 for out in ("a", "b")]
+        await api.create(f"/v1/datasets/{dataset_id}/items", {"items": extra})
+        r = await api.ingest.post(f"/v1/datasets/{dataset_id}/items/delete",
+                                  json={"ids": [e["id"] for e in extra]})
+        assert r.status_code == 202, r.text
+        await api.create(f"/v1/datasets/{dataset_id}/items", {"items": extra[1:]})
         # ... and a deleted run, whose trace and scores the rebuild meets before its deletion.
         other = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "doomed"}))["id"]
         await api.post_traces([{"trace_id": f"{other}-0", "run_id": other,
@@ -306,6 +314,9 @@ async def test_rebuild_answers_exactly_as_the_live_read_models(api, own_settings
         assert len(tables_before["score_history"]) > len(tables_before["scores"])
         assert len(tables_before["deleted_runs"]) == 1 and other in tables_before["deleted_runs"][0]
         assert not any(other in row for row in tables_before["runs"])
+        assert len(tables_before["deleted_dataset_items"]) == 2
+        items_left = " ".join(tables_before["dataset_items"])
+        assert extra[1]["id"] in items_left and extra[0]["id"] not in items_left
 
         # The rebuild runs while the query API keeps answering.
         rebuild = asyncio.create_task(

@@ -278,3 +278,45 @@ async def test_items_pending_scoring_follow_the_evaluators_reports(migrated):
     assert score_case(t4).event.failures and not score_case(t4).event.scores
     assert await pending([everything, [t4]]) == 1
     assert await pending([everything, [t4, score_case(t4)]]) == 0
+
+
+@pytest.mark.parametrize("arrangement", ["one_at_a_time", "reversed",
+                                         "shuffled_with_duplicates", "batches_of_3"])
+async def test_removed_items_stay_removed_unless_upserted_later_whatever_the_order(
+        migrated, arrangement):
+    from datetime import UTC, datetime, timedelta
+
+    from schemas.catalog import (
+        DatasetCreated,
+        DatasetItem,
+        DatasetItemsDeleted,
+        DatasetItemsUpserted,
+    )
+
+    at = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+
+    def catalog(event) -> object:
+        return wrap(event, source="evalstream/ingest", key="d1")
+
+    def upserted(minutes: int, *items: tuple[str, str]) -> object:
+        return catalog(DatasetItemsUpserted(
+            dataset_id="d1", upserted_at=at + timedelta(minutes=minutes),
+            items=tuple(DatasetItem(id=i, input="q", expected_output=out) for i, out in items)))
+
+    def deleted(minutes: int, *ids: str) -> object:
+        return catalog(DatasetItemsDeleted(dataset_id="d1", item_ids=ids,
+                                           deleted_at=at + timedelta(minutes=minutes)))
+
+    log = [catalog(DatasetCreated(dataset_id="d1", name="d", evaluators=(), created_at=at)),
+           upserted(1, ("i1", "Paris"), ("i2", "Berlin"), ("i3", "Rome")),
+           deleted(2, "i1", "i2"),
+           upserted(3, ("i1", "Paris, France")),  # i1 is back, i2 stays removed
+           deleted(4, "i3"), upserted(5, ("i4", "Madrid")), deleted(6, "i4")]
+
+    async def items(conn):
+        return [(r["id"], r["expected_output"]) for r in await conn.fetch(
+            "SELECT id, expected_output FROM dataset_items ORDER BY id")]
+
+    expected = [("i1", "Paris, France")]
+    assert await project(migrated.dsn, [log], items) == expected
+    assert await project(migrated.dsn, _arranged(log, arrangement, seed=5), items) == expected
