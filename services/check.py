@@ -17,8 +17,8 @@ import httpx
 
 class CheckError(RuntimeError):
     """The check could not be decided; the message says why. `kind`: "not_found" (no such run,
-    or not in the read model yet), "unavailable" (the API unreachable, or answering 5xx, which
-    may pass) or "refused" (any other answer: a wrong key, say)."""
+    or not in the read model yet), "unavailable" (the API unreachable, or answering 502, 503 or
+    504, which may pass) or "refused" (any other answer: a wrong key, an internal error)."""
 
     def __init__(self, message: str, kind: str = "refused"):
         super().__init__(message)
@@ -136,8 +136,11 @@ class QueryApi:
                 found = response.text[:200]
             raise CheckError(f"{path}: {found}", "not_found")
         if response.status_code != 200:
+            # 502/503/504: a gateway, or the API without its database for a moment (a 503, see
+            # README, HTTP API); any other answer will not change by asking again.
             raise CheckError(f"{path}: HTTP {response.status_code}: {response.text[:300]}",
-                             "unavailable" if response.status_code >= 500 else "refused")
+                             "unavailable" if response.status_code in (502, 503, 504)
+                             else "refused")
         return response.json()
 
     def scoring(self, run_id: str) -> dict:

@@ -145,3 +145,18 @@ def test_a_run_not_found_is_believed_after_a_grace_a_wrong_key_at_once():
     with pytest.raises(CheckError, match="401"):
         check_run(api, "r2", wait=300, sleep=clock.sleep, clock=lambda: clock.now)
     assert api.asked == 1
+
+
+@pytest.mark.parametrize(("status", "kind"), [(401, "refused"), (500, "refused"),
+                                              (503, "unavailable"), (504, "unavailable")])
+def test_which_answers_are_worth_asking_again(status, kind):
+    import httpx
+
+    from services.check import QueryApi
+
+    api = QueryApi("http://query", None)
+    api._client = httpx.Client(base_url="http://query", transport=httpx.MockTransport(
+        lambda request: httpx.Response(status, text="no")))
+    with pytest.raises(CheckError) as raised:
+        api.scoring("r2")
+    assert raised.value.kind == kind
