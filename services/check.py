@@ -97,9 +97,15 @@ def waiting_for(scoring: dict, items: int | None) -> str | None:
 
 
 def evaluate(summary: dict, *, min_pass_rate: float | None, minimums: dict[str, float],
-             comparison: dict | None = None, max_regressions: int = 0) -> list[Check]:
-    """The checks on a scored run's summary (and on its comparison with a baseline, if given)."""
+             comparison: dict | None = None, max_regressions: int = 0,
+             max_failures: int | None = None) -> list[Check]:
+    """The checks on a scored run's summary (and on its comparison with a baseline, if given).
+    An evaluator that failed on an item leaves no score there, so pass rates leave it out:
+    `max_failures` bounds how many such failures the run may have."""
     checks = []
+    if max_failures is not None:
+        checks.append(Check("evaluator failures", summary["evaluation_failures"], max_failures,
+                            maximum=True))
     if min_pass_rate is not None:
         checks.append(Check("pass rate", summary["pass_rate"], min_pass_rate))
     for name, limit in minimums.items():
@@ -156,7 +162,8 @@ class QueryApi:
 
 def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,
               minimums: dict[str, float] | None = None, baseline: str | None = None,
-              max_regressions: int = 0, items: int | None = None, wait: float = 300.0,
+              max_regressions: int = 0, max_failures: int | None = None,
+              items: int | None = None, wait: float = 300.0,
               poll: float = 1.0, on_wait: Callable[[str], object] = lambda _: None,
               sleep: Callable[[float], object] = time.sleep,
               clock: Callable[[], float] = time.monotonic) -> CheckReport:
@@ -184,5 +191,6 @@ def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,
                          items=scoring["traced_items"])
     comparison = api.comparison(baseline, run_id) if baseline else None
     report.checks = evaluate(summary, min_pass_rate=min_pass_rate, minimums=minimums or {},
-                             comparison=comparison, max_regressions=max_regressions)
+                             comparison=comparison, max_regressions=max_regressions,
+                             max_failures=max_failures)
     return report

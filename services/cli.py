@@ -180,6 +180,9 @@ def check(
                    "counted per score."),
     max_regressions: int = typer.Option(
         0, min=0, help="With --baseline: most items that may regress, per score."),
+    max_failures: int | None = typer.Option(
+        None, min=0, help="Most evaluator failures the run may have (an item an evaluator "
+                          "failed on has no score of it, and pass rates leave it out)."),
     items: int | None = typer.Option(
         None, min=0, help="Wait for this many items with a trace (default: every item of the "
                           "dataset)."),
@@ -219,7 +222,8 @@ def check(
     try:
         report = check_run(
             api, run_id, min_pass_rate=min_pass_rate, minimums=minimums, baseline=baseline,
-            max_regressions=max_regressions, items=items, wait=wait, on_wait=waiting)
+            max_regressions=max_regressions, max_failures=max_failures, items=items,
+            wait=wait, on_wait=waiting)
     except CheckError as e:
         typer.echo(f"check undecided: {e}", err=True)
         raise typer.Exit(2) from None

@@ -49,7 +49,8 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
     # The check starts before the run has a trace: it waits for all three and their scores.
     run_id = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "v1"}))["id"]
     waiting = await _start_check(migrated, run_id, "--min-pass-rate", "0.6",
-                                 "--min", "exact_match=0.6", "--wait", "60")
+                                 "--min", "exact_match=0.6", "--max-failures", "0",
+                                 "--wait", "60")
     await asyncio.sleep(1.5)
     await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
                             "dataset_item_id": item["id"], "output": out, "status": "succeeded"}
@@ -62,7 +63,8 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
                        "missing_items": 0, "items_pending_scoring": 0, "scored": True}
     assert code == 0, out + err
     assert "ok    pass rate: 0.666667 >= 0.6" in out
-    assert out.rstrip().endswith("passed (2 check(s))")
+    assert "ok    evaluator failures: 0 <= 0" in out
+    assert out.rstrip().endswith("passed (3 check(s))")
 
     # A second run: one item the baseline had right is now wrong, one wrong is right.
     second = await run("v2", ["Paris", "Bonn", "Rome"])

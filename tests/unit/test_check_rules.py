@@ -16,7 +16,7 @@ from services.check import (
 
 
 def _summary(**kw) -> dict:
-    return {"id": "r2", "name": "v2", "pass_rate": 0.75,
+    return {"id": "r2", "name": "v2", "pass_rate": 0.75, "evaluation_failures": 2,
             "scores": {"exact_match": {"pass_rate": 0.5}, "contains": {"pass_rate": 1.0}}, **kw}
 
 
@@ -59,6 +59,14 @@ def test_regressions_against_the_baseline_are_counted_per_score():
     assert [(c.what, c.value, c.passed) for c in checks] == [
         ("contains items regressed", 0, True), ("exact_match items regressed", 3, False)]
     assert checks[1].describe() == "exact_match items regressed: 3 > 2"
+
+
+def test_evaluator_failures_are_bounded_when_asked():
+    assert evaluate(_summary(), min_pass_rate=None, minimums={}) == []
+    [failures] = evaluate(_summary(), min_pass_rate=None, minimums={}, max_failures=1)
+    assert (failures.what, failures.value, failures.passed) == ("evaluator failures", 2, False)
+    assert failures.describe() == "evaluator failures: 2 > 1"
+    assert evaluate(_summary(), min_pass_rate=None, minimums={}, max_failures=2)[0].passed
 
 
 @pytest.mark.parametrize("text", ["exact_match", "=0.5", "x=1.5", "x=high"])
