@@ -195,9 +195,10 @@ def check(
         help="API key (default: the first of EVALSTREAM_API_KEYS, or the one `make up` made)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """The gate for a CI job: wait until the run is scored, then check its pass rates (and the
-    items that regressed against --baseline). Exit 0 when every check is met, 1 when one is not,
-    2 when it cannot tell (unknown run, API unreachable, still not scored after --wait)."""
+    """The gate for a CI job: wait until the run is scored, then check its pass rates, the items
+    that regressed against --baseline and its evaluator failures. Exit 0 when every check is met,
+    1 when one is not, 2 when it cannot tell (unknown run, API unreachable, still not scored
+    after --wait)."""
     import json
 
     from services.check import CheckError, QueryApi, check_run, parse_minimum

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Depends, Request, Response, status
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
+from schemas.catalog import DatasetItemsDeleted
 from schemas.scores import ScoreRecorded
 from services.ingest import rescoring
 from services.ingest.catalog import Catalog
@@ -83,17 +84,18 @@ async def delete_item(dataset_id: str, item_id: str, catalog: CatalogDep) -> dic
     """Remove one item from a dataset: runs started from now on do not count it and traces can
     no longer name it; runs that traced it keep its trace and scores. Upserting it again brings
     it back."""
-    event = await catalog.delete_items(dataset_id, [item_id])
-    return {"dataset_id": dataset_id, "item_ids": list(event.item_ids),
-            "deleted_at": event.deleted_at}
+    return _removed(await catalog.delete_items(dataset_id, [item_id]))
 
 
 @router.post("/datasets/{dataset_id}/items/delete", status_code=status.HTTP_202_ACCEPTED)
 async def delete_items(dataset_id: str, cmd: DeleteItems, catalog: CatalogDep) -> dict:
     """Remove up to 1,000 items at once, all or none: an id not in the dataset is a 404 naming
     it (`ids.<n>`), and nothing is removed."""
-    event = await catalog.delete_items(dataset_id, cmd.ids)
-    return {"dataset_id": dataset_id, "item_ids": list(event.item_ids),
+    return _removed(await catalog.delete_items(dataset_id, cmd.ids))
+
+
+def _removed(event: DatasetItemsDeleted) -> dict:
+    return {"dataset_id": event.dataset_id, "item_ids": list(event.item_ids),
             "deleted_at": event.deleted_at}
 
 

@@ -42,6 +42,16 @@ SOURCE = "evalstream/ingest"
 OUTBOX_CHANNEL = "evalstream_outbox"
 
 
+def _first_repeat(ids: Sequence[str]) -> int | None:
+    """The position of the first id that appeared before it, if any."""
+    seen: set[str] = set()
+    for n, i in enumerate(ids):
+        if i in seen:
+            return n
+        seen.add(i)
+    return None
+
+
 def _specs(specs: Sequence[EvaluatorSpec] | None) -> tuple[EvaluatorSpec, ...]:
     return tuple(specs) if specs else DEFAULT_EVALUATORS
 
@@ -105,10 +115,8 @@ class Catalog:
         items = tuple(DatasetItem(id=i.id or str(uuid.uuid4()), input=i.input,
                                   expected_output=i.expected_output, metadata=i.metadata)
                       for i in cmd.items)
-        ids = [i.id for i in items]
-        if len(set(ids)) != len(ids):
-            dup = next(n for n, i in enumerate(ids) if ids.index(i) != n)
-            raise FieldError(("items", dup, "id"), f"item id {ids[dup]!r} appears twice")
+        if (dup := _first_repeat([i.id for i in items])) is not None:
+            raise FieldError(("items", dup, "id"), f"item id {items[dup].id!r} appears twice")
         event = DatasetItemsUpserted(dataset_id=dataset_id, items=items, upserted_at=utcnow())
         async with self.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT 1 FROM datasets WHERE id = $1"
@@ -132,8 +140,7 @@ class Catalog:
         """Remove items from a dataset and publish DatasetItemsDeleted (through the outbox):
         runs started later do not count them, traces naming them are refused. All or none: an
         id not in the dataset is a 404 naming it, and nothing is removed."""
-        if len(set(item_ids)) != len(item_ids):
-            dup = next(n for n, i in enumerate(item_ids) if item_ids.index(i) != n)
+        if (dup := _first_repeat(item_ids)) is not None:
             raise FieldError(("ids", dup), f"item id {item_ids[dup]!r} appears twice")
         async with self.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT 1 FROM datasets WHERE id = $1"

@@ -38,6 +38,13 @@ async def test_removed_items_leave_the_dataset_and_later_runs(api):
     r = await api.ingest.delete(f"/v1/datasets/{dataset_id}/items/{items[0]['id']}")
     assert r.status_code == 202, r.text
     assert r.json()["item_ids"] == [items[0]["id"]]
+    # An id twice, in a removal or an upsert, is a 422 naming the second.
+    for path, body, loc in (
+            ("items/delete", {"ids": [items[1]["id"], items[1]["id"]]}, ["body", "ids", 1]),
+            ("items", {"items": [items[1], items[1]]}, ["body", "items", 1, "id"])):
+        r = await api.ingest.post(f"/v1/datasets/{dataset_id}/{path}", json=body)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == loc, r.text
+        assert "appears twice" in r.json()["detail"][0]["msg"]
     # Several at once, all or none: one unknown id and nothing is removed.
     r = await api.ingest.post(f"/v1/datasets/{dataset_id}/items/delete",
                               json={"ids": [items[1]["id"], "no-such-item"]})
