@@ -352,17 +352,12 @@ _APPLY_CASE_SCORES = _upsert_scores(_CASE_SCORES)
 _APPLY_CASE_FAILURES = _upsert_failures(_CASE_FAILURES)
 
 
-async def _scoreless(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+async def _record_scoreless(conn: asyncpg.Connection, reports: Sequence[Event]) -> None:
     """Remember the evaluator's reports on run items of a run that left no score (nothing to
     compare with, or every evaluator failed), the latest time per run item whatever the order:
     a report's scores carry its time, and with these rows a run's scoring progress
     (views.run_scoring) tells the succeeded items whose latest trace has had no report yet."""
-    reports = [e.event for e in batch
-               if e.event.run_id is not None and not e.event.scores]  # type: ignore[attr-defined]
-    await _record_scoreless(conn, reports)
-
-
-async def _record_scoreless(conn: asyncpg.Connection, reports: Sequence[Event]) -> None:
+    reports = [r for r in reports if r.run_id is not None]  # type: ignore[attr-defined]
     if not reports:
         return
     await conn.execute("""
@@ -385,8 +380,7 @@ async def apply_scores(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> N
 async def apply_failures(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
     await _on_bodies(conn, _APPLY_RECORDED_FAILURES, batch, _observed_at(batch))
     # A log written before docs/adr/0008: an evaluator's failure was an event of its own.
-    await _record_scoreless(conn, [e.event for e in batch
-                                   if e.event.run_id is not None])  # type: ignore[attr-defined]
+    await _record_scoreless(conn, [e.event for e in batch])
 
 
 # Progress of a score request, one row per (request, run item): from the ScoringCompleted events of
@@ -422,7 +416,8 @@ async def apply_case_scored(conn: asyncpg.Connection, batch: Sequence[Envelope])
     set-based statements per batch at most, whatever it holds."""
     observed_at = _observed_at(batch)
     await _on_bodies(conn, _APPLY_CASE_SCORES, batch, observed_at)
-    await _scoreless(conn, batch)
+    await _record_scoreless(conn, [e.event for e in batch
+                                   if not e.event.scores])  # type: ignore[attr-defined]
     if any(e.event.failures for e in batch):  # type: ignore[attr-defined]
         await _on_bodies(conn, _APPLY_CASE_FAILURES, batch, observed_at)
     if any(e.event.request_id is not None for e in batch):  # type: ignore[attr-defined]

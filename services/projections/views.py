@@ -23,6 +23,13 @@ ITEM_SCORE_JSON = ("coalesce(to_jsonb(avg(value) FILTER (WHERE data_type <> 'cat
 # schema name plus "." for the dashboard views. {pass} is PASS_THRESHOLD as a literal, since a
 # view cannot take parameters. Per-run figures are LATERAL subqueries so that a filter on the
 # run (`= $1`, `= ANY($1)` or a dashboard's WHERE) is applied before anything is aggregated.
+# The items of run r's dataset it has no trace for (the summary's and the scoring's).
+_MISSING_ITEMS = """
+    FROM {rm}dataset_items di
+    WHERE di.dataset_id = r.dataset_id
+      AND NOT EXISTS (SELECT 1 FROM {rm}run_items x
+                      WHERE x.run_id = r.id AND x.dataset_item_id = di.id)"""
+
 RUN_SUMMARY_TEMPLATE = """
 SELECT r.id AS run_id, r.dataset_id, d.name AS dataset_name, r.name AS run_name, r.started_at,
        r.total_items, i.completed_items, i.failed_items, m.missing_items,
@@ -52,12 +59,7 @@ CROSS JOIN LATERAL (
 CROSS JOIN LATERAL (
     SELECT count(*) AS evaluation_failures FROM {rm}evaluation_failures WHERE run_id = r.id
 ) f
-CROSS JOIN LATERAL (
-    SELECT count(*) AS missing_items FROM {rm}dataset_items di
-    WHERE di.dataset_id = r.dataset_id
-      AND NOT EXISTS (SELECT 1 FROM {rm}run_items x
-                      WHERE x.run_id = r.id AND x.dataset_item_id = di.id)
-) m
+CROSS JOIN LATERAL (SELECT count(*) AS missing_items """ + _MISSING_ITEMS + """) m
 """
 
 # Per name, from one pass over the run's scores grouped by (name, label of a categorical score):
@@ -129,13 +131,10 @@ async def run_summary(conn: asyncpg.Connection, run_id: str) -> dict | None:
 # none, to scoreless_cases (docs/adr/0011). Apart from the summary, which it slowed by ~80% on a
 # run of 100,000 items; alone it takes ~220 ms there, an anti-join of the run's items with its
 # scores.
-_RUN_SCORING_SQL = """
+_RUN_SCORING_SQL = sql_template("""
 SELECT r.id AS run_id, r.total_items,
        (SELECT count(*) FROM run_items x WHERE x.run_id = r.id) AS traced_items,
-       (SELECT count(*) FROM dataset_items di
-        WHERE di.dataset_id = r.dataset_id
-          AND NOT EXISTS (SELECT 1 FROM run_items x
-                          WHERE x.run_id = r.id AND x.dataset_item_id = di.id)) AS missing_items,
+       (SELECT count(*) """ + _MISSING_ITEMS + """) AS missing_items,
        (SELECT count(*) FROM run_items x
         WHERE x.run_id = r.id AND x.status = 'succeeded'
           AND NOT EXISTS (SELECT 1 FROM scores s
@@ -145,7 +144,7 @@ SELECT r.id AS run_id, r.total_items,
                           WHERE c.run_id = $1 AND c.run_item_id = x.run_item_id
                             AND c.observed_at >= x.completed_at)) AS items_pending_scoring
 FROM runs r WHERE r.id = $1
-"""
+""")
 
 
 async def run_scoring(conn: asyncpg.Connection, run_id: str) -> dict | None:
