@@ -6,8 +6,15 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from datetime import timedelta
 
 import pytest
+
+from schemas.catalog import DatasetCreated, DatasetItem, DatasetItemsUpserted, RunStarted
+from schemas.common import EvaluatorSpec, utcnow
+from schemas.envelope import Envelope, wrap
+from schemas.traces import TraceCompleted, Usage
+from services.evaluator.scoring import score_batch
 
 KEYWORDS = ["capital", "city"]
 EVALUATORS = [{"type": "exact_match"},
@@ -27,11 +34,22 @@ OUTPUTS = {
           "Lisbon city", "Vienna"],
 }
 RUN_KEYS = tuple(OUTPUTS)
+# The items' metadata, to break the figures down by: a region each, tags (Portugal's are empty,
+# Austria has none), and a nested flag.
+REGIONS = ["west", "central", "south", "south", "west", "central"]
+TAGS: list[list[str] | None] = [["g7", "large"], ["g7", "large"], ["g7", "large"], ["large"],
+                                [], None]
+COASTAL = [True, True, True, True, True, False]
+
+
+def metadata(n: int) -> dict:
+    tags = {} if TAGS[n] is None else {"tags": TAGS[n]}
+    return {"region": REGIONS[n], "geo": {"coastal": COASTAL[n]}, **tags}
 
 
 def items(prefix: str) -> list[dict]:
-    return [{"id": f"{prefix}-i{n}", "input": {"q": q}, "expected_output": answer}
-            for n, (q, answer) in enumerate(QUESTIONS)]
+    return [{"id": f"{prefix}-i{n}", "input": {"q": q}, "expected_output": answer,
+             "metadata": metadata(n)} for n, (q, answer) in enumerate(QUESTIONS)]
 
 
 def trace(run: str, n: int) -> dict | None:
@@ -45,7 +63,8 @@ def trace(run: str, n: int) -> dict | None:
             "error": "timeout" if failed else None,
             "latency_ms": 100.0 + 37 * n + 11 * k + n * n,
             "usage": {"input_tokens": 10 + n, "output_tokens": 3 + k},
-            "cost": round(0.001 * (n + 1) + 0.0005 * k, 6)}
+            "cost": round(0.001 * (n + 1) + 0.0005 * k, 6),
+            "metadata": {"attempt": 1 + n % 2}}
 
 
 def scores(run: str, n: int) -> dict[str, float]:
@@ -233,3 +252,75 @@ def subset(actual: dict, like: dict) -> dict:
     """The entries of `actual` that `like` has (recursively for dicts)."""
     return {k: subset(actual[k], v) if isinstance(v, dict) and isinstance(actual.get(k), dict)
             else actual.get(k) for k, v in like.items()}
+
+
+def groups_of(by: str, n: int) -> list:
+    """The groups item n falls into when broken down `by` (item.region, item.tags,
+    item.geo.coastal or trace.attempt): its value, each element of an array, None for none."""
+    source, _, key = by.partition(".")
+    value: object = metadata(n) if source == "item" else {"attempt": 1 + n % 2}
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, list):
+        return sorted(set(value)) or [None]
+    return [value]
+
+
+def breakdown_figures(run: str, by: str) -> dict:
+    """group value → run `run`'s figures for its traced items in the group."""
+    members: dict = defaultdict(list)
+    for n in range(len(QUESTIONS)):
+        if trace(run, n) is not None:
+            for value in groups_of(by, n):
+                members[value].append(n)
+    out = {}
+    for value, ns in members.items():
+        by_name: dict[str, list[float]] = defaultdict(list)
+        for n in ns:
+            for name, v in scores(run, n).items():
+                by_name[name].append(v)
+        every = [v for values in by_name.values() for v in values]
+        out[value] = {
+            "items": len(ns),
+            "completed_items": sum(status(run, n) == "succeeded" for n in ns),
+            "failed_items": sum(status(run, n) == "failed" for n in ns),
+            "items_with_scores": sum(bool(scores(run, n)) for n in ns),
+            "pass_rate": mean([v >= PASS for v in every]) if every else None,
+            "evaluation_failures": 0,
+            "scores": {name: {"average": mean(values),
+                              "pass_rate": mean([v >= PASS for v in values]),
+                              "count": len(values)} for name, values in by_name.items()}}
+    return out
+
+
+def log(prefix: str, runs: str = "ABC") -> tuple[list[Envelope], dict[str, str], list[str]]:
+    """The scenario as the events the pipeline would log, the evaluator's scores included: the
+    log, run key → run id, and the item ids."""
+    now = utcnow()
+    specs = tuple(EvaluatorSpec.model_validate(s) for s in EVALUATORS)
+    dataset_id = f"{prefix}-dataset"
+    dataset_items = items(prefix)
+    run_ids = {key: f"{prefix}-run-{key}" for key in runs}
+    events = [wrap(DatasetCreated(dataset_id=dataset_id, name="capitals", evaluators=specs,
+                                  created_at=now), source="test", key=dataset_id),
+              wrap(DatasetItemsUpserted(dataset_id=dataset_id, upserted_at=now, items=tuple(
+                  DatasetItem.model_validate(i) for i in dataset_items)),
+                   source="test", key=dataset_id)]
+    traces = []
+    for k, key in enumerate(runs):
+        events.append(wrap(RunStarted(run_id=run_ids[key], dataset_id=dataset_id,
+                                      name=f"run {key}", evaluators=specs,
+                                      total_items=len(dataset_items),
+                                      started_at=now + timedelta(seconds=k)),
+                           source="test", key=dataset_id))
+        for n, item in enumerate(dataset_items):
+            if (t := trace(key, n)) is None:
+                continue
+            traces.append(wrap(TraceCompleted(
+                trace_id=f"{prefix}-{key}-{n}", run_id=run_ids[key], dataset_id=dataset_id,
+                dataset_item_id=item["id"], input=item["input"], output=t["output"],
+                expected_output=item["expected_output"], evaluators=specs, status=t["status"],
+                error=t["error"], latency_ms=t["latency_ms"], usage=Usage(**t["usage"]),
+                cost=t["cost"], metadata=t["metadata"], completed_at=now),
+                source="test", key=run_ids[key]))
+    return events + traces + score_batch(traces), run_ids, [i["id"] for i in dataset_items]

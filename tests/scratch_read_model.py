@@ -34,3 +34,17 @@ async def project(dsn: str, batches: Sequence[Sequence[Envelope]],
             await admin.execute(f"DROP SCHEMA {schema} CASCADE")
         finally:
             await admin.close()
+
+
+async def build(dsn: str, events: Sequence[Envelope]) -> str:
+    """A read-model schema holding `events` (applied as one batch), left for the caller to read
+    and drop; its name."""
+    schema = f"rm_{uuid.uuid4().hex[:10]}"
+    await migrate(dsn, "read_model", schema)
+    pool = await create_pool(dsn, schema, max_size=1)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await apply_batch(conn, events)
+    finally:
+        await pool.close()
+    return schema

@@ -14,13 +14,17 @@ from urllib.parse import quote
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
-from services.projections import comparison, views
+from services.projections import breakdown, comparison, views
 from services.projections.views import InvalidQuery
 
 router = APIRouter(prefix="/v1")
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, description="Items to skip.")]
+By = Annotated[str, Query(
+    description="Where each run item's group is read: item.<key> in the dataset item's metadata, "
+                "trace.<key> in the trace's; dots go into nested objects. An array value (tags) "
+                "puts the item in the group of each element.", examples=["item.category"])]
 
 
 def _error(where: str, field: str, message: str, status: int) -> HTTPException:
@@ -65,6 +69,26 @@ async def get_run_scoring(run_id: str, request: Request) -> dict:
     if scoring is None:
         raise _error("path", "run_id", f"run {run_id} not found", 404)
     return scoring
+
+
+def _group_by(by: str) -> breakdown.GroupBy:
+    try:
+        return breakdown.parse_group_by(by)
+    except InvalidQuery as e:
+        raise _invalid(e) from None
+
+
+@router.get("/runs/{run_id}/breakdown")
+async def get_run_breakdown(run_id: str, request: Request, by: By, limit: Limit = 100,
+                            offset: Offset = 0) -> dict:
+    """The run's figures per value of a metadata key (a page of groups, in value order, the
+    items with no value last): items, completed, failed, items with scores, pass rate,
+    evaluator failures and per score name average, pass rate and count."""
+    group_by = _group_by(by)
+    async with request.app.state.pool.acquire() as conn:
+        if await conn.fetchval("SELECT 1 FROM runs WHERE id = $1", run_id) is None:
+            raise _error("path", "run_id", f"run {run_id} not found", 404)
+        return await breakdown.run_breakdown(conn, run_id, group_by, limit=limit, offset=offset)
 
 
 @router.get("/runs/{run_id}/results")
@@ -215,6 +239,27 @@ async def compare(
         return await comparison.compare_runs(
             request.app.state.pool, run_ids, base, sections=sections, item_filter=filter,
             score=score, limit=limit, offset=offset, trace_url=_trace_url(request))
+    except InvalidQuery as e:
+        raise _invalid(e) from None
+
+
+@router.get("/compare/breakdown")
+async def compare_breakdown(
+    request: Request,
+    runs: Annotated[str, Query(description="Comma-separated ids of 2-10 runs of one dataset.",
+                               examples=["run-a,run-b"])],
+    by: By,
+    baseline: Annotated[str | None, Query(
+        description="The run the others are compared with; default: the first.")] = None,
+    limit: Limit = 100, offset: Offset = 0,
+) -> dict:
+    """Runs of one dataset side by side per value of a metadata key, with each run's deltas
+    against the baseline in every group: which category got better or worse."""
+    group_by = _group_by(by)
+    try:
+        run_ids, base = comparison.parse_runs(runs, baseline)
+        return await breakdown.compare_breakdown(request.app.state.pool, run_ids, base, group_by,
+                                                 limit=limit, offset=offset)
     except InvalidQuery as e:
         raise _invalid(e) from None
 

@@ -275,7 +275,7 @@ async def item_comparison(conn: asyncpg.Connection, dataset_id: str, run_ids: Se
             "filter": item_filter, "score": score, "items": items}
 
 
-async def _read_tuned(conn: asyncpg.Connection) -> None:
+async def read_tuned(conn: asyncpg.Connection) -> None:
     # The comparison reads a run's slice of the scores index; with the default page costs
     # (spinning disks) the planner prefers scanning the whole table once a run is a large part
     # of it, which is three times slower on cached or solid-state storage.
@@ -300,7 +300,7 @@ async def _same_snapshot(pool: asyncpg.Pool,
         snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
         async with helper.transaction(isolation="repeatable_read", readonly=True):
             await helper.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-            await _read_tuned(helper)
+            await read_tuned(helper)
             yield helper
     finally:
         await pool.release(helper)
@@ -317,7 +317,7 @@ async def compare_runs(pool: asyncpg.Pool, run_ids: Sequence[str], baseline: str
     one to spare."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                          readonly=True):
-        await _read_tuned(conn)
+        await read_tuned(conn)
         dataset_id = await dataset_of(conn, run_ids)
         out: dict = {"dataset_id": dataset_id, "baseline": baseline, "run_ids": list(run_ids)}
 

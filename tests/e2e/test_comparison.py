@@ -206,6 +206,62 @@ async def test_bad_comparisons_name_the_parameter(built: Built):
             ).status_code == 401
 
 
+async def test_a_run_broken_down_by_item_and_trace_metadata(built: Built):
+    """Through HTTP: each group of a run's items (by a metadata key of the dataset items, their
+    tags, or the traces' metadata) has the figures the scenario gives it."""
+    for key in sc.RUN_KEYS:
+        for by in ("item.region", "item.tags", "trace.attempt"):
+            r = await built.api.query.get(f"/v1/runs/{built.runs[key]}/breakdown?by={by}")
+            assert r.status_code == 200, r.text
+            expected = sc.breakdown_figures(key, by)
+            body = r.json()
+            assert body["total"] == len(expected) and body["by"] == by
+            assert {g.pop("value"): g for g in body["groups"]} == sc.close(expected), (key, by)
+
+
+async def test_runs_compared_per_group(built: Built):
+    r = await built.api.query.get(built.compare("ABC", "B", by="item.region").replace(
+        "/v1/compare?", "/v1/compare/breakdown?"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["baseline"] == built.runs["B"] and body["dataset_id"] == built.dataset_id
+    expected = {k: sc.breakdown_figures(k, "item.region") for k in "ABC"}
+    assert [g["value"] for g in body["groups"]] == ["central", "south", "west"]
+    for group in body["groups"]:
+        a, b, c = group["runs"]
+        assert [e["run_id"] for e in group["runs"]] == [built.runs[k] for k in "ABC"]
+        assert b["is_baseline"] and b["delta_pass_rate"] is None
+        for key, entry in (("A", a), ("C", c)):
+            own, base = expected[key][group["value"]], expected["B"][group["value"]]
+            assert entry["items"] == own["items"]
+            assert entry["delta_pass_rate"] == pytest.approx(own["pass_rate"] - base["pass_rate"])
+            for name, score in entry["scores"].items():
+                assert score["delta_average"] == pytest.approx(
+                    own["scores"][name]["average"] - base["scores"][name]["average"])
+
+
+async def test_bad_breakdowns_name_the_parameter(built: Built):
+    q = built.api.query
+    a, b = built.runs["A"], built.runs["B"]
+    cases = [
+        (f"/v1/runs/{a}/breakdown", 422, ["query", "by"]),
+        (f"/v1/runs/{a}/breakdown?by=category", 422, ["query", "by"]),
+        (f"/v1/runs/{a}/breakdown?by=item..x", 422, ["query", "by"]),
+        (f"/v1/runs/{a}/breakdown?by=item.region&limit=0", 422, ["query", "limit"]),
+        ("/v1/runs/nope/breakdown?by=item.region", 404, ["path", "run_id"]),
+        (f"/v1/compare/breakdown?runs={a},nope&by=item.region", 404, ["query", "runs"]),
+        (f"/v1/compare/breakdown?runs={a},{built.foreign_run}&by=item.region", 422,
+         ["query", "runs"]),
+        (f"/v1/compare/breakdown?runs={a},{b}&by=items.region", 422, ["query", "by"]),
+        (f"/v1/compare/breakdown?runs={a},{b}&by=item.region&baseline=x", 422,
+         ["query", "baseline"]),
+    ]
+    for path, status, loc in cases:
+        r = await q.get(path)
+        assert r.status_code == status, (path, r.text)
+        assert r.json()["detail"][0]["loc"] == loc, (path, r.text)
+
+
 async def test_views_give_the_same_figures_to_a_read_only_role(built: Built):
     conn = await asyncpg.connect(built.settings.dsn)
     try:

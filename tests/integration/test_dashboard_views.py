@@ -8,75 +8,27 @@ import asyncio
 import shutil
 import subprocess
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from schemas.catalog import DatasetCreated, DatasetItem, DatasetItemsUpserted, RunStarted
-from schemas.common import EvaluatorSpec, utcnow
-from schemas.envelope import Envelope, wrap
-from schemas.traces import TraceCompleted, Usage
-from services.database import create_pool, migrate
-from services.evaluator.scoring import score_batch
+from services.database import create_pool
 from services.projections import comparison
 from services.projections.dashboard import READER_ROLE, VIEWS, create_dashboard_views
-from services.projections.read_models import apply_batch
 from tests import comparison_scenario as sc
+from tests.scratch_read_model import build
 
 pytestmark = pytest.mark.postgres
-
-
-def scenario_log(prefix: str, runs: str = "ABC") -> tuple[list[Envelope], dict[str, str],
-                                                          list[str]]:
-    """The scenario as the events the pipeline would log, scores included."""
-    now = utcnow()
-    specs = tuple(EvaluatorSpec.model_validate(s) for s in sc.EVALUATORS)
-    dataset_id = f"{prefix}-dataset"
-    items = sc.items(prefix)
-    run_ids = {key: f"{prefix}-run-{key}" for key in runs}
-    log = [wrap(DatasetCreated(dataset_id=dataset_id, name="capitals", evaluators=specs,
-                               created_at=now), source="test", key=dataset_id),
-           wrap(DatasetItemsUpserted(dataset_id=dataset_id, upserted_at=now, items=tuple(
-               DatasetItem.model_validate(i) for i in items)), source="test", key=dataset_id)]
-    traces = []
-    for k, key in enumerate(runs):
-        log.append(wrap(RunStarted(run_id=run_ids[key], dataset_id=dataset_id,
-                                   name=f"run {key}", evaluators=specs, total_items=len(items),
-                                   started_at=now + timedelta(seconds=k)),
-                        source="test", key=dataset_id))
-        for n, item in enumerate(items):
-            if (t := sc.trace(key, n)) is None:
-                continue
-            traces.append(wrap(TraceCompleted(
-                trace_id=f"{prefix}-{key}-{n}", run_id=run_ids[key], dataset_id=dataset_id,
-                dataset_item_id=item["id"], input=item["input"], output=t["output"],
-                expected_output=item["expected_output"], evaluators=specs, status=t["status"],
-                error=t["error"], latency_ms=t["latency_ms"], usage=Usage(**t["usage"]),
-                cost=t["cost"], completed_at=now), source="test", key=run_ids[key]))
-    return log + traces + score_batch(traces), run_ids, [i["id"] for i in items]
-
-
-async def _read_model(dsn: str, log: list[Envelope]) -> str:
-    schema = f"rm_{uuid.uuid4().hex[:10]}"
-    await migrate(dsn, "read_model", schema)
-    pool = await create_pool(dsn, schema, max_size=1)
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            await apply_batch(conn, log)
-    finally:
-        await pool.close()
-    return schema
 
 
 @pytest.fixture(scope="module")
 async def dashboard(migrated):
     """Two read-model schemas (all three runs; runs A and B only) and views over the first."""
     prefix = uuid.uuid4().hex[:8]
-    log, run_ids, item_ids = scenario_log(prefix)
-    full = await _read_model(migrated.dsn, log)
-    partial = await _read_model(migrated.dsn, scenario_log(prefix, "AB")[0])
+    log, run_ids, item_ids = sc.log(prefix)
+    full = await build(migrated.dsn, log)
+    partial = await build(migrated.dsn, sc.log(prefix, "AB")[0])
     dash = f"dash_{prefix}"
     conn = await asyncpg.connect(migrated.dsn)
     await create_dashboard_views(conn, full, dash)
