@@ -1,6 +1,7 @@
 """`evalstream check RUN`: the gate a CI job runs once its agent has posted a run's traces. It waits
-until the run is scored, then checks the run's pass rates, and the items that regressed against a
-baseline run, through the query API, as a dashboard reads them.
+until the run is scored, then checks the run's pass rates (overall, and with --by in every group
+of a metadata key), and the items that regressed against a baseline run, through the query API,
+as a dashboard reads them.
 
 Exit status: 0 every check is met, 1 one is not, 2 it could not tell (the run is unknown, the API
 unreachable, or the run still not scored when the wait is over).
@@ -8,6 +9,7 @@ unreachable, or the run still not scored when the wait is over).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -96,12 +98,23 @@ def waiting_for(scoring: dict, items: int | None) -> str | None:
     return None
 
 
+def group_label(by: str, value: object) -> str:
+    """`item.category=math`; the group of the items with no value is `item.category=(none)`."""
+    if value is None:
+        return f"{by}=(none)"
+    return f"{by}={value if isinstance(value, str) else json.dumps(value)}"
+
+
 def evaluate(summary: dict, *, min_pass_rate: float | None, minimums: dict[str, float],
              comparison: dict | None = None, max_regressions: int = 0,
-             max_failures: int | None = None) -> list[Check]:
+             max_failures: int | None = None, by: str | None = None,
+             groups: list[dict] | None = None) -> list[Check]:
     """The checks on a scored run's summary (and on its comparison with a baseline, if given).
     An evaluator that failed on an item leaves no score there, so pass rates leave it out:
-    `max_failures` bounds how many such failures the run may have."""
+    `max_failures` bounds how many such failures the run may have.
+
+    With `groups` (the run's breakdown `by` a metadata key), the pass rates must be met in every
+    group too: the overall rate in each, and a score's in each group that has that score."""
     checks = []
     if max_failures is not None:
         checks.append(Check("evaluator failures", summary["evaluation_failures"], max_failures,
@@ -111,6 +124,14 @@ def evaluate(summary: dict, *, min_pass_rate: float | None, minimums: dict[str, 
     for name, limit in minimums.items():
         rate = (summary["scores"].get(name) or {}).get("pass_rate")
         checks.append(Check(f"{name} pass rate", rate, limit))
+    for group in groups or []:
+        label = group_label(by or "group", group["value"])
+        if min_pass_rate is not None:
+            checks.append(Check(f"pass rate of {label}", group["pass_rate"], min_pass_rate))
+        for name, limit in minimums.items():
+            if name in group["scores"]:
+                checks.append(Check(f"{name} pass rate of {label}",
+                                    group["scores"][name]["pass_rate"], limit))
     if comparison is not None:
         for score in comparison["scores"]:
             ours = next(r for r in score["runs"] if r["run_id"] == summary["id"])
@@ -155,6 +176,17 @@ class QueryApi:
     def summary(self, run_id: str) -> dict:
         return self._get(f"/v1/runs/{run_id}")
 
+    def breakdown(self, run_id: str, by: str) -> list[dict]:
+        """Every group of the run's breakdown, page after page."""
+        groups: list[dict] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = self._get(f"/v1/runs/{run_id}/breakdown", by=by, limit="1000",
+                             offset=str(offset))
+            groups += page["groups"]
+            offset = page["next_offset"]
+        return groups
+
     def comparison(self, baseline: str, run_id: str) -> dict:
         return self._get("/v1/compare", runs=f"{baseline},{run_id}", baseline=baseline,
                          include="scores")
@@ -163,7 +195,7 @@ class QueryApi:
 def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,
               minimums: dict[str, float] | None = None, baseline: str | None = None,
               max_regressions: int = 0, max_failures: int | None = None,
-              items: int | None = None, wait: float = 300.0,
+              by: str | None = None, items: int | None = None, wait: float = 300.0,
               poll: float = 1.0, on_wait: Callable[[str], object] = lambda _: None,
               sleep: Callable[[float], object] = time.sleep,
               clock: Callable[[], float] = time.monotonic) -> CheckReport:
@@ -190,7 +222,8 @@ def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,
     report = CheckReport(run_id=run_id, run_name=summary["name"], baseline=baseline,
                          items=scoring["traced_items"])
     comparison = api.comparison(baseline, run_id) if baseline else None
+    groups = api.breakdown(run_id, by) if by else None
     report.checks = evaluate(summary, min_pass_rate=min_pass_rate, minimums=minimums or {},
                              comparison=comparison, max_regressions=max_regressions,
-                             max_failures=max_failures)
+                             max_failures=max_failures, by=by, groups=groups)
     return report

@@ -183,6 +183,9 @@ def check(
     max_failures: int | None = typer.Option(
         None, min=0, help="Most evaluator failures the run may have (an item an evaluator "
                           "failed on has no score of it, and pass rates leave it out)."),
+    by: str | None = typer.Option(
+        None, help="A metadata key, item.<key> or trace.<key> (e.g. item.category): "
+                   "--min-pass-rate and --min must also be met in each of its groups."),
     items: int | None = typer.Option(
         None, min=0, help="Wait for this many items with a trace (default: every item of the "
                           "dataset)."),
@@ -203,10 +206,17 @@ def check(
 
     from services.check import CheckError, QueryApi, check_run, parse_minimum
 
+    from services.projections.breakdown import parse_group_by
+    from services.projections.views import InvalidQuery
+
     try:
         minimums = dict(parse_minimum(m) for m in minimum)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    try:
+        by = str(parse_group_by(by)) if by is not None else None
+    except InvalidQuery as e:  # before any wait
+        raise typer.BadParameter(e.message, param_hint="--by") from None
     settings = Settings()
     key = api_key or (settings.api_keys[0] if settings.api_keys else None)
     key_file = Path(settings.data_dir) / "api-key"
@@ -223,7 +233,7 @@ def check(
     try:
         report = check_run(
             api, run_id, min_pass_rate=min_pass_rate, minimums=minimums, baseline=baseline,
-            max_regressions=max_regressions, max_failures=max_failures, items=items,
+            max_regressions=max_regressions, max_failures=max_failures, by=by, items=items,
             wait=wait, on_wait=waiting)
     except CheckError as e:
         typer.echo(f"check undecided: {e}", err=True)

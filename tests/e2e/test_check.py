@@ -34,8 +34,9 @@ async def _check(settings, *args: str) -> tuple[int, str, str]:
 async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressions(api,
                                                                                   migrated):
     prefix = uuid.uuid4().hex[:8]
-    items = [{"id": f"{prefix}-{n}", "expected_output": city}
-             for n, city in enumerate(["Paris", "Berlin", "Rome"])]
+    items = [{"id": f"{prefix}-{n}", "expected_output": city, "metadata": {"region": region}}
+             for n, (city, region) in enumerate([("Paris", "north"), ("Berlin", "north"),
+                                                 ("Rome", "south")])]
     dataset_id = await api.dataset_with_items(items)
 
     async def run(name: str, outputs: list[str]) -> str:
@@ -65,6 +66,14 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
     assert "ok    pass rate: 0.666667 >= 0.6" in out
     assert "ok    evaluator failures: 0 <= 0" in out
     assert out.rstrip().endswith("passed (3 check(s))")
+    # Per region: the north passes, the south (its one item wrong) does not.
+    code, out, err = await _check(migrated, run_id, "--min-pass-rate", "0.6",
+                                  "--by", "item.region")
+    assert code == 1, out + err
+    assert "ok    pass rate of item.region=north: 1 >= 0.6" in out
+    assert "FAIL  pass rate of item.region=south: 0 < 0.6" in out
+    code, out, err = await _check(migrated, run_id, "--by", "region")
+    assert code == 2 and "Invalid value for --by" in err  # told at once, before any wait
 
     # A second run: one item the baseline had right is now wrong, one wrong is right.
     second = await run("v2", ["Paris", "Bonn", "Rome"])

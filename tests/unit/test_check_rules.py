@@ -48,6 +48,22 @@ def test_pass_rates_are_checked_overall_and_per_score():
     assert not evaluate(_summary(pass_rate=None), min_pass_rate=0.0, minimums={})[0].passed
 
 
+def test_with_a_breakdown_the_pass_rates_hold_in_every_group():
+    groups = [{"value": "math", "pass_rate": 0.9, "scores": {"exact_match": {"pass_rate": 0.8}}},
+              {"value": 3, "pass_rate": 0.4, "scores": {"exact_match": {"pass_rate": 0.4}}},
+              {"value": None, "pass_rate": None, "scores": {}}]  # every trace failed
+    checks = evaluate(_summary(), min_pass_rate=0.5, minimums={"exact_match": 0.5},
+                      by="item.category", groups=groups)
+    assert [(c.what, c.value, c.passed) for c in checks] == [
+        ("pass rate", 0.75, True), ("exact_match pass rate", 0.5, True),
+        ("pass rate of item.category=math", 0.9, True),
+        ("exact_match pass rate of item.category=math", 0.8, True),
+        ("pass rate of item.category=3", 0.4, False),
+        ("exact_match pass rate of item.category=3", 0.4, False),
+        # a group without the score is not checked on it; one with no pass rate fails
+        ("pass rate of item.category=(none)", None, False)]
+
+
 def test_regressions_against_the_baseline_are_counted_per_score():
     comparison = {"scores": [
         {"name": "contains", "runs": [{"run_id": "r1", "regressions": None},
