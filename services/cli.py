@@ -205,7 +205,6 @@ def check(
     import json
 
     from services.check import CheckError, QueryApi, check_run, parse_minimum
-
     from services.projections.breakdown import parse_group_by
     from services.projections.views import InvalidQuery
 

@@ -30,7 +30,8 @@ SELECT r.id AS run_id, r.name AS run_name, r.dataset_id, d.id AS dataset_item_id
        ri.output, ri.error, ri.latency_ms, ri.input_tokens, ri.output_tokens, ri.cost,
        (SELECT jsonb_object_agg(name, value)
         FROM (SELECT name, """ + ITEM_SCORE_JSON + """ AS value FROM {rm}scores s
-              WHERE s.run_item_id = ri.run_item_id GROUP BY name) n) AS scores
+              WHERE s.run_item_id = ri.run_item_id GROUP BY name) n) AS scores,
+       d.metadata AS item_metadata, ri.metadata AS trace_metadata
 FROM {rm}runs r
 JOIN {rm}dataset_items d ON d.dataset_id = r.dataset_id
 LEFT JOIN {rm}run_items ri ON ri.run_id = r.id AND ri.dataset_item_id = d.id
@@ -106,6 +107,8 @@ VIEWS: dict[str, tuple[str, str, dict[str, str]]] = {
         "status": "succeeded, failed, or missing (no trace of the run for this item).",
         "scores": "Score name -> the item's value (mean over sources, normally one), or the "
                   "label of a categorical score.",
+        "item_metadata": "The dataset item's metadata (its category, tags ...), to group by.",
+        "trace_metadata": "The metadata the run's trace of the item was posted with.",
     }),
     "item_comparison": (ITEM_COMPARISON_TEMPLATE, (
         "One row per baseline run, compared run (same dataset), item and boolean or numeric "

@@ -5,6 +5,7 @@ with asyncpg and with psql, and give the scenario's figures and the comparison A
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import uuid
@@ -17,9 +18,12 @@ from services.database import create_pool
 from services.projections import comparison
 from services.projections.dashboard import READER_ROLE, VIEWS, create_dashboard_views
 from tests import comparison_scenario as sc
+from tests.conftest import ROOT
 from tests.scratch_read_model import build
 
 pytestmark = pytest.mark.postgres
+
+DOCUMENTED = (ROOT / "docs" / "dashboards.md").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +118,31 @@ async def test_item_comparison_rows_hold_both_values(dashboard):
                 "baseline_status": sc.status("A", n), "status": sc.status("B", n)}
     assert got == sc.close(expected)
     assert {r["change"] for r in rows} >= {"improved", "regressed", "only_in_baseline"}
+
+
+async def test_the_documented_per_category_query_gives_the_breakdowns_averages(dashboard):
+    """docs/dashboards.md's query of each score's average per value of an item metadata key,
+    as the reader, against the scenario's breakdown; the items' and traces' metadata are
+    columns of item_results."""
+    query = DOCUMENTED.split("Each score's average per category")[1].split("```sql")[1].split(
+        "```")[0].replace("dashboard.", f"{dashboard['schema']}.").replace(
+        "'category'", "'region'").replace(":'run'", "$1")
+    for run in sc.RUN_KEYS:
+        rows = await _as_reader(dashboard["dsn"], lambda conn, run=run: conn.fetch(
+            query, dashboard["runs"][run]))
+        got = {(r["category"], r["score_name"]): (float(r["average"]), r["items"]) for r in rows}
+        expected = {(region, name): (round(figures["average"], 3), figures["count"])
+                    for region, group in sc.breakdown_figures(run, "item.region").items()
+                    for name, figures in group["scores"].items()}
+        assert got == expected, run
+    metadata = await _as_reader(dashboard["dsn"], lambda conn: conn.fetch(
+        f"SELECT dataset_item_id, item_metadata, trace_metadata"
+        f" FROM {dashboard['schema']}.item_results WHERE run_id = $1", dashboard["runs"]["B"]))
+    assert {r["dataset_item_id"]: (json.loads(r["item_metadata"]),
+                                   r["trace_metadata"] and json.loads(r["trace_metadata"]))
+            for r in metadata} == {
+        item_id: (sc.metadata(n), (sc.trace("B", n) or {}).get("metadata"))
+        for n, item_id in enumerate(dashboard["item_ids"])}
 
 
 async def test_the_reader_reads_the_views_and_nothing_else(dashboard):
