@@ -74,7 +74,8 @@ async def _run(api: Api, dataset_id: str, items: list[str], outputs: list) -> st
     await api.post_traces([
         {"trace_id": f"{run_id}-{n}", "run_id": run_id, "dataset_item_id": item,
          "output": out, "status": "succeeded" if out else "failed", "latency_ms": 10.0 * n,
-         "cost": 0.25, "usage": {"input_tokens": 4, "output_tokens": 2}}
+         "cost": 0.25, "usage": {"input_tokens": 4, "output_tokens": 2},
+         "metadata": {"attempt": n % 2}}
         for n, (item, out) in enumerate(zip(items, outputs, strict=True))])
     return run_id
 
@@ -105,7 +106,8 @@ async def test_replay_after_a_version_change_rescores_only_the_chosen_runs(
     prefix = uuid.uuid4().hex[:8]
     items = [f"{prefix}-{n}" for n in range(len(ITEMS))]
     dataset_id = await api.dataset_with_items(
-        [{"id": i, "input": {"q": f"Capital of {c}?"}, "expected_output": e}
+        [{"id": i, "input": {"q": f"Capital of {c}?"}, "expected_output": e,
+          "metadata": {"tags": ["capital", c[0].lower()]}}
          for i, (c, e) in zip(items, ITEMS, strict=True)], SPECS)
     chosen = await _run(api, dataset_id, items, OUTPUTS)
     other = await _run(api, dataset_id, items, OUTPUTS)
@@ -220,6 +222,12 @@ async def _answers(api: Api, conn: asyncpg.Connection) -> dict[str, object]:
         " AND dataset_item_id IS NOT NULL ORDER BY 1, 2")]
     compared = [",".join(sorted(r[0])) for r in await conn.fetch(
         "SELECT array_agg(id) FROM runs GROUP BY dataset_id HAVING count(*) > 1")]
+    # Every metadata key the items and traces have, to break the runs down by.
+    bys = [r[0] for r in await conn.fetch("""
+        SELECT DISTINCT 'item.' || jsonb_object_keys(metadata) FROM dataset_items
+        WHERE jsonb_typeof(metadata) = 'object'
+        UNION SELECT DISTINCT 'trace.' || jsonb_object_keys(metadata) FROM run_items
+        WHERE jsonb_typeof(metadata) = 'object' ORDER BY 1""")] or ["item.category"]
     spec = (await api.query.get("/openapi.json")).json()
     answers: dict[str, object] = {}
     for path, operations in sorted(spec["paths"].items()):
@@ -239,8 +247,11 @@ async def _answers(api: Api, conn: asyncpg.Connection) -> dict[str, object]:
             assert not params, f"the rebuild test knows no ids for {path}: teach it"
             urls = [path]
         queries = [query]
+        if "by" in required:
+            required.remove("by")
+            queries = [{**q, "by": by} for q in queries for by in bys]
         if required == ["runs"]:
-            queries = [{**query, "runs": runs} for runs in compared]
+            queries = [{**q, "runs": runs} for q in queries for runs in compared]
         else:
             assert not required, f"the rebuild test cannot fill {required} of {path}: teach it"
         for url in urls:
