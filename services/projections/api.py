@@ -78,6 +78,26 @@ def _group_by(by: str) -> breakdown.GroupBy:
         raise _invalid(e) from None
 
 
+GroupOf = Annotated[str | None, Query(
+    description="With `group`: only the items of one group of a breakdown by this key "
+                "(item.<key> or trace.<key>, as /breakdown takes).", examples=["item.category"])]
+GroupValue = Annotated[str | None, Query(
+    description="With `by`: the group's value as text (a string as is, a number's digits, "
+                "true/false); an item whose value is an array is in the group of each element.")]
+
+
+def _group(by: str | None, group: str | None) -> views.Group | None:
+    """The group `by` and `group` name together, or None when neither is given."""
+    if by is None and group is None:
+        return None
+    if by is None or group is None:
+        missing = "by" if by is None else "group"
+        raise _error("query", missing, "give both by (a metadata key) and group (its value)",
+                     422)
+    key = _group_by(by)
+    return key.source, list(key.path), group
+
+
 @router.get("/runs/{run_id}/breakdown")
 async def get_run_breakdown(run_id: str, request: Request, by: By, limit: Limit = 100,
                             offset: Offset = 0) -> dict:
@@ -106,13 +126,17 @@ async def get_run_results(
     score: Annotated[str | None, Query(description="Score name `filter` looks at.")] = None,
     status: Annotated[Literal["succeeded", "failed"] | None,
                       Query(description="Trace status.")] = None,
+    by: GroupOf = None, group: GroupValue = None,
 ) -> dict:
-    """A page of the run's items with their scores embedded and a link to each trace."""
+    """A page of the run's items with their scores embedded, a link to each trace, and the
+    item's and the trace's metadata; `by` and `group` keep one group of a breakdown."""
+    in_group = _group(by, group)
     async with request.app.state.pool.acquire() as conn:
         try:
             page = await views.run_results_page(
                 conn, run_id, limit=limit, offset=offset, sort=sort,
-                descending=order == "desc", outcome=filter, score=score, status=status)
+                descending=order == "desc", outcome=filter, score=score, status=status,
+                group=in_group)
         except InvalidQuery as e:
             raise _invalid(e) from None
         if page["total"] == 0 and await conn.fetchval(
@@ -127,7 +151,7 @@ async def get_run_results(
 # The fixed columns of a results export, then one per score name, then the failures.
 CSV_COLUMNS = ["dataset_item_id", "trace_id", "status", "input", "expected_output", "output",
                "error", "latency_ms", "input_tokens", "output_tokens", "cost", "completed_at",
-               "trace_url"]
+               "trace_url", "item_metadata", "metadata"]
 CSV_PAGE = 1000
 
 
@@ -160,6 +184,7 @@ async def get_run_results_csv(
     score: Annotated[str | None, Query(description="As for /results.")] = None,
     status: Annotated[Literal["succeeded", "failed"] | None,
                       Query(description="As for /results.")] = None,
+    by: GroupOf = None, group: GroupValue = None,
 ) -> StreamingResponse:
     """Every item of the run (filtered and sorted as /results, all pages) as CSV, for a
     spreadsheet: the item, trace and output, one column per score name (its value, or a
@@ -168,6 +193,7 @@ async def get_run_results_csv(
         sort = views.parse_result_sort(sort)
     except InvalidQuery as e:
         raise _invalid(e) from None
+    in_group = _group(by, group)
     pool = request.app.state.pool
     async with pool.acquire() as conn:
         if await conn.fetchval("SELECT 1 FROM runs WHERE id = $1", run_id) is None:
@@ -194,7 +220,8 @@ async def get_run_results_csv(
             while True:
                 page = await views.run_results_page(
                     conn, run_id, limit=CSV_PAGE, offset=offset, sort=sort,
-                    descending=order == "desc", outcome=filter, score=score, status=status)
+                    descending=order == "desc", outcome=filter, score=score, status=status,
+                    group=in_group)
                 for item in page["items"]:
                     item["trace_url"] = trace_url(item["trace_id"])
                     by_name: dict[str, list[dict]] = {}

@@ -171,8 +171,18 @@ class InvalidQuery(ValueError):
         self.field, self.message, self.status = field, message, status
 
 
+# A run item r's dataset item's metadata (none once the item is removed from the dataset).
+_ITEM_METADATA = """(SELECT di.metadata FROM runs rr
+    JOIN dataset_items di ON di.dataset_id = rr.dataset_id AND di.id = r.dataset_item_id
+    WHERE rr.id = r.run_id)"""
+
+# A group of a breakdown (services/projections/breakdown.py): where the value is read ("item" or
+# "trace"), the key path, and the value as text (a string's own text, a number's digits, true).
+Group = tuple[str, list[str], str]
+
+
 def _results_sql(sort: str, descending: bool, outcome: Outcome | None, score: str | None,
-                 status: str | None) -> tuple[str, list]:
+                 status: str | None, group: Group | None = None) -> tuple[str, list]:
     """The results query for one combination of options. $1 is the run, $2 the pass threshold,
     $3/$4 limit/offset (NULL limit: all); further parameters are returned in order."""
     params: list = []
@@ -182,6 +192,15 @@ def _results_sql(sort: str, descending: bool, outcome: Outcome | None, score: st
         return f"${len(params) + 4}"
 
     where = ["r.run_id = $1"]
+    if group is not None:
+        # In the group: the value, or an element of an array value, has that text.
+        source, path, text = group
+        value = (f"({'r.metadata' if source == 'trace' else _ITEM_METADATA}"
+                 f" #> {param(path)}::text[])")
+        wanted = param(text)
+        where.append(f"CASE WHEN jsonb_typeof({value}) = 'array' THEN EXISTS ("
+                     f"SELECT 1 FROM jsonb_array_elements({value}) e"
+                     f" WHERE e #>> '{{}}' = {wanted}) ELSE {value} #>> '{{}}' = {wanted} END")
     if status is not None:
         where.append(f"r.status = {param(status)}")
     if outcome is not None:
@@ -229,7 +248,7 @@ WITH matching AS (
 )
 SELECT t.total, r.run_item_id, r.dataset_item_id, r.trace_id, r.status, r.input,
        r.expected_output, r.output, r.error, r.latency_ms, r.input_tokens, r.output_tokens,
-       r.cost, r.completed_at,
+       r.cost, r.completed_at, r.metadata, {_ITEM_METADATA} AS item_metadata,
        coalesce(s.scores, '[]'::jsonb) AS scores,
        coalesce(f.failures, '[]'::jsonb) AS evaluation_failures
 FROM (SELECT count(*) AS total FROM matching) t
@@ -264,13 +283,15 @@ def parse_result_sort(sort: str) -> str:
 async def run_results_page(conn: asyncpg.Connection, run_id: str, *, limit: int | None = None,
                            offset: int = 0, sort: str = "dataset_item_id",
                            descending: bool = False, outcome: Outcome | None = None,
-                           score: str | None = None, status: str | None = None) -> dict:
+                           score: str | None = None, status: str | None = None,
+                           group: Group | None = None) -> dict:
     """One page of a run's items with their scores embedded, and how many items match.
 
     `sort` is a column of RESULT_SORTS or `score:<name>` (items without that score come last);
     `outcome` keeps items whose scores (of `score`, if given) all pass, of which one fails, or
-    that have none."""
-    sql, params = _results_sql(parse_result_sort(sort), descending, outcome, score, status)
+    that have none; `group` the items of one group of a breakdown."""
+    sql, params = _results_sql(parse_result_sort(sort), descending, outcome, score, status,
+                               group)
     rows = await conn.fetch(sql, run_id, PASS_THRESHOLD, limit, offset, *params)
     items = []
     for row in rows:

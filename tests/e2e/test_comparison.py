@@ -5,6 +5,9 @@ tests/comparison_scenario.py computes from the scenario alone."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import uuid
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -238,6 +241,46 @@ async def test_runs_compared_per_group(built: Built):
             for name, score in entry["scores"].items():
                 assert score["delta_average"] == pytest.approx(
                     own["scores"][name]["average"] - base["scores"][name]["average"])
+
+
+async def test_a_groups_items_are_a_results_filter_away(built: Built):
+    """Each group of a breakdown drills down to its items: /results with `by` and `group`
+    lists exactly the group's traced items (as many as the breakdown counts), each with the
+    item's and the trace's metadata; the CSV export filters the same way."""
+    q = built.api.query
+    for key in sc.RUN_KEYS:
+        run_id = built.runs[key]
+        for by in ("item.region", "item.tags", "item.geo.coastal", "trace.attempt"):
+            groups = (await q.get(f"/v1/runs/{run_id}/breakdown", params={"by": by})).json()
+            for g in groups["groups"]:
+                if g["value"] is None:
+                    continue
+                text = json.dumps(g["value"]) if not isinstance(g["value"], str) else g["value"]
+                r = await q.get(f"/v1/runs/{run_id}/results",
+                                params={"by": by, "group": text, "limit": 100})
+                assert r.status_code == 200, r.text
+                got = sorted(i["dataset_item_id"] for i in r.json()["items"])
+                want = sorted(built.items[n]["id"] for n in range(len(built.items))
+                              if sc.trace(key, n) is not None and g["value"] in sc.groups_of(by, n))
+                assert got == want and len(got) == g["items"], (key, by, g["value"])
+    page = (await q.get(f"/v1/runs/{built.runs['B']}/results",
+                        params={"by": "item.tags", "group": "large"})).json()
+    for item in page["items"]:
+        n = [i["id"] for i in built.items].index(item["dataset_item_id"])
+        assert item["item_metadata"] == sc.metadata(n)
+        assert item["metadata"] == sc.trace("B", n)["metadata"]
+    r = await q.get(f"/v1/runs/{built.runs['A']}/results.csv",
+                    params={"by": "item.region", "group": "south"})
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert [row["dataset_item_id"] for row in rows] == [built.items[2]["id"], built.items[3]["id"]]
+    assert json.loads(rows[0]["item_metadata"]) == sc.metadata(2)
+    assert json.loads(rows[0]["metadata"]) == {"attempt": 1}
+    for params, field in (({"by": "item.region"}, "group"), ({"group": "south"}, "by"),
+                          ({"by": "region", "group": "south"}, "by")):
+        for path in ("results", "results.csv"):
+            r = await q.get(f"/v1/runs/{built.runs['A']}/{path}", params=params)
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", field], (
+                path, params, r.text)
 
 
 async def test_bad_breakdowns_name_the_parameter(built: Built):
