@@ -49,7 +49,8 @@ def parse_group_by(by: str) -> GroupBy:
                                  f"{by!r}")
     path = tuple(rest.split("."))
     if any(not _KEY.fullmatch(key) for key in path):
-        raise InvalidQuery("by", f"an empty key in {by!r}: keys are separated by single dots")
+        raise InvalidQuery("by", f"an empty or blank key in {by!r}: keys are separated by single "
+                                 "dots")
     if len(path) > MAX_PATH:
         raise InvalidQuery("by", f"at most {MAX_PATH} nested keys")
     return GroupBy(source, path)  # type: ignore[arg-type]
