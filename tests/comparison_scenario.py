@@ -280,10 +280,17 @@ def breakdown_figures(run: str, by: str) -> dict:
             for name, v in scores(run, n).items():
                 by_name[name].append(v)
         every = [v for values in by_name.values() for v in values]
+        traces = [trace(run, n) for n in ns]
+        latencies = [t["latency_ms"] for t in traces]
         out[value] = {
             "items": len(ns),
             "completed_items": sum(status(run, n) == "succeeded" for n in ns),
             "failed_items": sum(status(run, n) == "failed" for n in ns),
+            "total_cost": sum(t["cost"] for t in traces),
+            "total_tokens": sum(t["usage"]["input_tokens"] + t["usage"]["output_tokens"]
+                                for t in traces),
+            "latency_p50_ms": percentile(latencies, 0.5),
+            "latency_p95_ms": percentile(latencies, 0.95),
             "items_with_scores": sum(bool(scores(run, n)) for n in ns),
             "pass_rate": mean([v >= PASS for v in every]) if every else None,
             "evaluation_failures": 0,

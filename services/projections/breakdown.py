@@ -7,11 +7,12 @@ the agent ran: model, prompt version). A dotted key goes into nested objects
 array (tags), in the group of each distinct element; with no value (no such key, JSON null, an
 empty array) in the group whose value is null.
 
-Each group has the figures of the run summary for its run items: items (completed, failed),
-items with scores, overall pass rate, evaluator failures and, per score name, average, pass rate
-and count (labels for categorical scores). Only traced items are counted: an item of the
-dataset that the run has no trace for is in no group. Comparing runs (`compare_breakdown`) puts
-each run's figures of a group side by side, with deltas against the baseline.
+Each group has the figures of the run summary for its run items: items (completed, failed), cost,
+tokens, latency p50/p95, items with scores, overall pass rate, evaluator failures and, per score
+name, average, pass rate and count (labels for categorical scores). Only traced items are
+counted: an item of the dataset that the run has no trace for is in no group. Comparing runs
+(`compare_breakdown`) puts each run's figures of a group side by side, with deltas against the
+baseline.
 """
 
 from __future__ import annotations
@@ -71,17 +72,18 @@ _METADATA = {
 # the end still says how many there are.
 _SQL = """
 WITH valued AS (
-    SELECT ri.run_id, ri.run_item_id, ri.status,
+    SELECT ri.run_id, ri.run_item_id, ri.status, ri.cost, ri.latency_ms,
+           coalesce(ri.input_tokens, 0) + coalesce(ri.output_tokens, 0) AS tokens,
            nullif({metadata} #> $2::text[], 'null'::jsonb) AS v
     FROM run_items ri {join}
     WHERE ri.run_id = ANY($1::text[])
 ),
 members AS (
-    SELECT run_id, run_item_id, status, CASE WHEN v = '[]' THEN '' ELSE coalesce(v::text, '') END
-           AS k
+    SELECT run_id, run_item_id, status, cost, latency_ms, tokens,
+           CASE WHEN v = '[]' THEN '' ELSE coalesce(v::text, '') END AS k
     FROM valued WHERE jsonb_typeof(v) IS DISTINCT FROM 'array' OR v = '[]'
     UNION ALL
-    SELECT run_id, run_item_id, status, e.k
+    SELECT run_id, run_item_id, status, cost, latency_ms, tokens, e.k
     FROM valued CROSS JOIN LATERAL (
         SELECT DISTINCT coalesce(nullif(e, 'null')::text, '') AS k
         FROM jsonb_array_elements(CASE WHEN jsonb_typeof(v) = 'array' THEN v END) e) e
@@ -123,12 +125,17 @@ SELECT t.total, x.*
 FROM (SELECT count(DISTINCT k) AS total FROM members) t
 LEFT JOIN (
     SELECT c.run_id, c.k, nullif(c.k, '')::jsonb AS value, c.items,
-           c.completed_items, c.failed_items, coalesce(s.items_with_scores, 0) AS items_with_scores,
+           c.completed_items, c.failed_items, c.total_cost, c.total_tokens, c.latency_p50_ms,
+           c.latency_p95_ms, coalesce(s.items_with_scores, 0) AS items_with_scores,
            s.pass_rate, coalesce(f.evaluation_failures, 0) AS evaluation_failures,
            coalesce(n.scores, '{{}}'::jsonb) AS scores
     FROM (SELECT run_id, k, count(*) AS items,
                  count(*) FILTER (WHERE status = 'succeeded') AS completed_items,
-                 count(*) FILTER (WHERE status = 'failed') AS failed_items
+                 count(*) FILTER (WHERE status = 'failed') AS failed_items,
+                 coalesce(sum(cost), 0)::float8 AS total_cost,
+                 sum(tokens)::bigint AS total_tokens,
+                 percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS latency_p50_ms,
+                 percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS latency_p95_ms
           FROM paged GROUP BY run_id, k) c
     LEFT JOIN (SELECT run_id, k, count(*) AS items_with_scores,
                       sum(passed)::float8 / nullif(sum(n), 0) AS pass_rate
@@ -147,7 +154,8 @@ def _sql(by: GroupBy) -> str:
     return _SQL.format(metadata=metadata, join=join)
 
 
-_FIGURES = ("items", "completed_items", "failed_items", "items_with_scores", "pass_rate",
+_FIGURES = ("items", "completed_items", "failed_items", "total_cost", "total_tokens",
+            "latency_p50_ms", "latency_p95_ms", "items_with_scores", "pass_rate",
             "evaluation_failures", "scores")
 
 
@@ -181,8 +189,10 @@ async def run_breakdown(conn: asyncpg.Connection, run_id: str, by: GroupBy, *, l
             "groups": [{"value": value, **runs[run_id]} for value, runs in groups]}
 
 
-_NO_FIGURES = {"items": 0, "completed_items": 0, "failed_items": 0, "items_with_scores": 0,
-               "pass_rate": None, "evaluation_failures": 0, "scores": {}}
+_NO_FIGURES = {"items": 0, "completed_items": 0, "failed_items": 0, "total_cost": 0.0,
+               "total_tokens": 0, "latency_p50_ms": None, "latency_p95_ms": None,
+               "items_with_scores": 0, "pass_rate": None, "evaluation_failures": 0,
+               "scores": {}}
 
 
 def _delta(value: float | None, base: float | None) -> float | None:

@@ -80,8 +80,9 @@ async def test_groups_are_paged_in_value_order(scenario):
     assert past["groups"] == [] and past["total"] == 3
 
 
-NO_ITEMS = {"items": 0, "completed_items": 0, "failed_items": 0, "items_with_scores": 0,
-            "pass_rate": None, "evaluation_failures": 0, "scores": {}}
+NO_ITEMS = {"items": 0, "completed_items": 0, "failed_items": 0, "total_cost": 0.0,
+            "total_tokens": 0, "latency_p50_ms": None, "latency_p95_ms": None,
+            "items_with_scores": 0, "pass_rate": None, "evaluation_failures": 0, "scores": {}}
 
 
 def _delta(own: float | None, base: float | None) -> float | None:
