@@ -4,20 +4,28 @@ from schemas.catalog import (
     DatasetCreated,
     DatasetDeleted,
     DatasetItem,
+    DatasetItemsDeleted,
     DatasetItemsUpserted,
     EvaluatorsConfigured,
     RunDeleted,
     RunStarted,
 )
 from schemas.common import DEFAULT_EVALUATORS, EvaluatorSpec, run_item_key, score_id
-from schemas.scores import CaseFailure, CaseScore, CaseScored, EvaluationFailed, ScoreRecorded
+from schemas.scores import (
+    CaseFailure,
+    CaseScore,
+    CaseScored,
+    EvaluationFailed,
+    ScoreRecorded,
+    ScoreRetracted,
+)
 from schemas.traces import ScoreRequested, ScoringCase, TraceCompleted, Usage
 
 __all__ = [
     "DEFAULT_EVALUATORS", "CaseFailure", "CaseScore", "CaseScored", "DatasetCreated",
     "DatasetDeleted",
-    "DatasetItem", "DatasetItemsUpserted",
+    "DatasetItem", "DatasetItemsDeleted", "DatasetItemsUpserted",
     "EvaluationFailed", "EvaluatorSpec", "EvaluatorsConfigured", "RunDeleted", "RunStarted",
-    "ScoreRecorded",
+    "ScoreRecorded", "ScoreRetracted",
     "ScoreRequested", "ScoringCase", "TraceCompleted", "Usage", "run_item_key", "score_id",
 ]

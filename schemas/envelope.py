@@ -25,7 +25,7 @@ from schemas.catalog import (
 )
 from schemas.common import Event, utcnow
 from schemas.rescoring import ScoreRequestsIssued, ScoringCompleted
-from schemas.scores import CaseScored, EvaluationFailed, ScoreRecorded
+from schemas.scores import CaseScored, EvaluationFailed, ScoreRecorded, ScoreRetracted
 from schemas.traces import ScoreRequested, TraceCompleted
 
 SPEC_VERSION = "1.0"
@@ -35,7 +35,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     TraceCompleted, ScoreRequested, ScoreRecorded, EvaluationFailed,
     DatasetCreated, DatasetItemsUpserted, EvaluatorsConfigured, RunStarted,
     ScoreRequestsIssued, ScoringCompleted, CaseScored, RunDeleted, DatasetDeleted,
-    DatasetItemsDeleted,
+    DatasetItemsDeleted, ScoreRetracted,
 )
 TYPE_BY_MODEL: dict[type[Event], str] = {m: f"evalstream.{m.__name__}.v1" for m in EVENT_MODELS}
 MODEL_BY_TYPE: dict[str, type[Event]] = {t: m for m, t in TYPE_BY_MODEL.items()}

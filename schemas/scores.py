@@ -37,6 +37,22 @@ class ScoreRecorded(Event):
                     "the latest one wins.")
 
 
+class ScoreRetracted(Event):
+    """A person took back a verdict: the run item's manual score of that name goes (its value
+    stays in the history), unless a verdict newer than the retraction replaced it; a verdict
+    older than the retraction, arriving later, is history only."""
+
+    score_id: Id = Field(description="uuid5 of (run item, name, `manual`): the verdict's id.")
+    run_item_id: Id = Field(description="Run item of the verdict.")
+    run_id: Id | None = Field(None, description="Run of the item.")
+    dataset_item_id: Id | None = Field(None, description="Dataset item of the scored trace.")
+    trace_id: Id | None = Field(None, description="Scored trace.")
+    name: str = Field(description="Name of the verdict taken back, e.g. `manual`.")
+    retracted_by: str | None = Field(None, description="Who took it back.")
+    reason: str | None = Field(None, description="Why, in a few words.")
+    retracted_at: datetime = Field(description="When; verdicts up to this time are taken back.")
+
+
 class EvaluationFailed(Event):
     """An evaluator raised on a case. The other evaluators of the case are unaffected. Emitted
     until ADR 0008; the evaluator now reports failures inside `CaseScored`."""

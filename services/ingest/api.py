@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from schemas.catalog import DatasetItemsDeleted
-from schemas.scores import ScoreRecorded
+from schemas.scores import ScoreRecorded, ScoreRetracted
 from services.ingest import rescoring
 from services.ingest.catalog import Catalog
 from services.ingest.commands import (
@@ -21,6 +21,7 @@ from services.ingest.commands import (
     PostTraces,
     RecordScore,
     RecordScores,
+    RetractScore,
     Specs,
     StartRun,
     UpsertItems,
@@ -187,6 +188,20 @@ async def record_scores(cmd: RecordScores, catalog: CatalogDep,
     await publisher.publish(publisher.settings.topics.scores, envelopes)
     return {"accepted": len(envelopes),
             "scores": [_verdict_answer(env.event) for env in envelopes]}  # type: ignore[arg-type]
+
+
+@router.post("/scores/retract", status_code=status.HTTP_202_ACCEPTED)
+async def retract_score(cmd: RetractScore, catalog: CatalogDep,
+                        publisher: Annotated[EventPublisher, Depends(publisher)]) -> dict:
+    """Take back a person's verdict on a run item (the `name` given, `manual` by default): it
+    leaves the run's scores and summary, its value stays in the score's history, and a verdict
+    given later counts again. Accepted once the broker has it."""
+    env = await rescoring.retract_score(catalog.pool, cmd)
+    event: ScoreRetracted = env.event  # type: ignore[assignment]
+    await publisher.publish(publisher.settings.topics.scores, [env])
+    return {"score_id": event.score_id, "run_item_id": event.run_item_id,
+            "run_id": event.run_id, "dataset_item_id": event.dataset_item_id,
+            "trace_id": event.trace_id, "name": event.name, "retracted_at": event.retracted_at}
 
 
 @router.post("/scores", status_code=status.HTTP_202_ACCEPTED)

@@ -202,6 +202,18 @@ class RecordScore(Command):
         return float(self.value), None
 
 
+class RetractScore(Command):
+    """A person takes back their verdict on one run item (a verdict given later stands)."""
+
+    run_id: Id
+    dataset_item_id: Id | None = Field(None, description="The item scored; or give `trace_id`.")
+    trace_id: Id | None = Field(None, description="The trace scored; or give `dataset_item_id`.")
+    name: str = Field("manual", min_length=1, max_length=200,
+                      description="Name of the verdict to take back.")
+    retracted_by: str | None = Field(None, max_length=200, description="Who takes it back.")
+    reason: str | None = Field(None, max_length=10_000, description="Why, in a few words.")
+
+
 class RecordScores(Command):
     """Several people's verdicts at once (an import from an annotation tool, say)."""
 

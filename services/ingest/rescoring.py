@@ -15,11 +15,11 @@ import asyncpg
 from schemas.common import EvaluatorSpec, run_item_key, score_id, utcnow
 from schemas.envelope import Envelope, wrap
 from schemas.rescoring import ScoreRequestsIssued, issued_event_id, score_request_event_id
-from schemas.scores import ScoreRecorded
+from schemas.scores import ScoreRecorded, ScoreRetracted
 from schemas.traces import ScoreRequested, TraceCompleted
 from services.http import FieldError
 from services.ingest.catalog import OUTBOX_CHANNEL, SOURCE
-from services.ingest.commands import RecordScore
+from services.ingest.commands import RecordScore, RetractScore
 from services.messaging import EventPublisher
 from services.settings import Settings
 
@@ -170,10 +170,28 @@ async def manual_scores(pool: asyncpg.Pool, cmds: Sequence[RecordScore]) -> list
 
 async def _manual_scores(pool: asyncpg.Pool, cmds: Sequence[RecordScore],
                          in_batch: bool) -> list[Envelope]:
-    """Three statements whatever the number of verdicts: their runs, the run items named by
-    dataset item, and those named by trace (each trace's latest run item of its run). Then each
-    verdict is checked in order, and the first wrong one raises FieldError naming the field at
-    fault (under ("scores", its index) `in_batch`)."""
+    return [_verdict(cmd, item) for cmd, item in zip(
+        cmds, await _run_items_of(pool, cmds, in_batch), strict=True)]
+
+
+async def retract_score(pool: asyncpg.Pool, cmd: RetractScore) -> Envelope:
+    """Resolve the verdict's run item as manual_score does and build its ScoreRetracted."""
+    item = (await _run_items_of(pool, [cmd], in_batch=False))[0]
+    now = utcnow()
+    event = ScoreRetracted(
+        score_id=score_id(item["run_item_id"], cmd.name, "manual"),
+        run_item_id=item["run_item_id"], run_id=cmd.run_id,
+        dataset_item_id=item["dataset_item_id"], trace_id=item["trace_id"], name=cmd.name,
+        retracted_by=cmd.retracted_by, reason=cmd.reason, retracted_at=now)
+    return wrap(event, source=SOURCE, key=event.run_item_id, time=now)
+
+
+async def _run_items_of(pool: asyncpg.Pool, cmds: Sequence[RecordScore | RetractScore],
+                        in_batch: bool) -> list[asyncpg.Record]:
+    """The run item each verdict (or retraction) names. Three statements whatever their number:
+    their runs, the run items named by dataset item, and those named by trace (each trace's
+    latest run item of its run). Then each is checked in order, and the first wrong one raises
+    FieldError naming the field at fault (under ("scores", its index) `in_batch`)."""
     by_item = {n: run_item_key(c.run_id, c.dataset_item_id, None)
                for n, c in enumerate(cmds) if c.dataset_item_id is not None}
     by_trace = [n for n, c in enumerate(cmds) if c.dataset_item_id is None and c.trace_id]
@@ -191,7 +209,7 @@ async def _manual_scores(pool: asyncpg.Pool, cmds: Sequence[RecordScore],
             " JOIN run_items i ON i.run_id = w.run_id AND i.trace_id = w.trace_id"
             " ORDER BY i.run_id, i.trace_id, i.completed_at DESC",
             [cmds[n].run_id for n in by_trace], [cmds[n].trace_id for n in by_trace])}
-    envelopes = []
+    found = []
     for n, cmd in enumerate(cmds):
         where: tuple[str | int, ...] = ("scores", n) if in_batch else ()
         if cmd.dataset_item_id is None and cmd.trace_id is None:
@@ -215,8 +233,8 @@ async def _manual_scores(pool: asyncpg.Pool, cmds: Sequence[RecordScore],
             if item is None:
                 raise FieldError((*where, "trace_id"),
                                  f"run {cmd.run_id} has no trace {cmd.trace_id!r}")
-        envelopes.append(_verdict(cmd, item))
-    return envelopes
+        found.append(item)
+    return found
 
 
 def _verdict(cmd: RecordScore, item: asyncpg.Record) -> Envelope:

@@ -31,7 +31,7 @@ from schemas.catalog import (
 from schemas.common import Event
 from schemas.envelope import Envelope
 from schemas.rescoring import ScoreRequestsIssued, ScoringCompleted
-from schemas.scores import CaseScored, EvaluationFailed, ScoreRecorded
+from schemas.scores import CaseScored, EvaluationFailed, ScoreRecorded, ScoreRetracted
 from schemas.traces import ScoreRequested, TraceCompleted
 
 Rows = list[dict]
@@ -269,7 +269,12 @@ def _upsert_scores(rows: str) -> str:
                   WHERE (SELECT true FROM score_history h WHERE h.event_id = e.event_id) IS NULL
                     AND (SELECT true FROM deleted_runs d WHERE d.run_id = e.run_id) IS NULL),
         latest AS (
+            -- A verdict taken back at or after its time is history only (apply_retractions).
             SELECT DISTINCT ON (run_item_id, name, source) * FROM fresh
+            WHERE source <> 'manual' OR (
+                SELECT true FROM retracted_scores t WHERE (t.run_item_id, t.name)
+                    = (fresh.run_item_id, fresh.name) AND t.retracted_at >= fresh.observed_at)
+                IS NULL
             ORDER BY run_item_id, name, source, observed_at DESC, event_id DESC),
         upserted AS (
             INSERT INTO scores AS s (score_id, run_item_id, run_id, dataset_item_id, trace_id,
@@ -469,15 +474,20 @@ async def _tombstones(conn: asyncpg.Connection, table: str, key: str,
 
 async def apply_runs_deleted(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
     """Remember the deleted runs, then remove their rows from every read model: the run, its
-    items, scores with their history, failures, the reports without a score and the progress of
-    score requests about it."""
+    items, scores with their history, failures, the reports without a score, retracted verdicts
+    and the progress of score requests about it."""
     run_ids = await _tombstones(conn, "deleted_runs", "run_id", batch)
     await conn.execute("""
         DELETE FROM score_history h USING scores s
         WHERE s.run_id = ANY($1::text[]) AND h.score_id = s.score_id;
         """, run_ids)
+    # A verdict taken back has its history and no score row.
+    await conn.execute("""
+        DELETE FROM score_history h USING retracted_scores t
+        WHERE t.run_id = ANY($1::text[]) AND h.score_id = t.score_id;
+        """, run_ids)
     for table in ("scores", "evaluation_failures", "score_request_cases", "score_requests",
-                  "scoreless_cases", "run_items"):
+                  "scoreless_cases", "retracted_scores", "run_items"):
         await conn.execute(f"DELETE FROM {table} WHERE run_id = ANY($1::text[])", run_ids)
     await conn.execute("DELETE FROM runs WHERE id = ANY($1::text[])", run_ids)
 
@@ -491,6 +501,41 @@ async def apply_datasets_deleted(conn: asyncpg.Connection, batch: Sequence[Envel
         await conn.execute(f"DELETE FROM {table} WHERE dataset_id = ANY($1::text[])",
                            dataset_ids)
     await conn.execute("DELETE FROM datasets WHERE id = ANY($1::text[])", dataset_ids)
+
+
+async def apply_retractions(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    """Remember each verdict's latest retraction, then move a verdict it takes back (one not
+    newer than it) from the scores to their history. A verdict arriving later that is not newer
+    than the retraction goes to the history only (_upsert_scores), so the order does not
+    matter."""
+    await conn.execute("""
+        WITH taken AS (
+            INSERT INTO retracted_scores AS t (run_item_id, name, score_id, run_id, retracted_by,
+                reason, retracted_at, event_id)
+            SELECT DISTINCT ON (run_item_id, name) run_item_id, name, score_id, run_id,
+                retracted_by, reason, retracted_at, event_id
+            FROM jsonb_to_recordset($1::jsonb) AS e(run_item_id text, name text, score_id text,
+                run_id text, retracted_by text, reason text, retracted_at timestamptz,
+                event_id text)
+            WHERE NOT EXISTS (SELECT 1 FROM deleted_runs d WHERE d.run_id = e.run_id)
+            ORDER BY run_item_id, name, retracted_at DESC, event_id DESC
+            ON CONFLICT (run_item_id, name) DO UPDATE SET score_id = excluded.score_id,
+                run_id = excluded.run_id, retracted_by = excluded.retracted_by,
+                reason = excluded.reason, retracted_at = excluded.retracted_at,
+                event_id = excluded.event_id
+            WHERE (t.retracted_at, t.event_id) < (excluded.retracted_at, excluded.event_id)
+            RETURNING run_item_id, name, retracted_at),
+        withdrawn AS (
+            DELETE FROM scores s USING taken r
+            WHERE (s.run_item_id, s.name, s.source) = (r.run_item_id, r.name, 'manual')
+              AND s.observed_at <= r.retracted_at
+            RETURNING s.*)
+        INSERT INTO score_history (event_id, score_id, value, string_value, comment, created_by,
+            evaluator, evaluator_version, spec_hash, request_id, observed_at)
+        SELECT event_id, score_id, value, string_value, comment, created_by, evaluator,
+            evaluator_version, spec_hash, request_id, observed_at FROM withdrawn
+        ON CONFLICT (event_id) DO NOTHING
+        """, [_dump(e.event, event_id=e.id) for e in batch])
 
 
 async def _ignore(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
@@ -517,6 +562,7 @@ HANDLERS: dict[type[Event], Callable[[asyncpg.Connection, Sequence[Envelope]], A
     ScoreRecorded: apply_scores,
     EvaluationFailed: apply_failures,
     CaseScored: apply_case_scored,
+    ScoreRetracted: apply_retractions,
     ScoreRequested: _ignore,
     ScoreRequestsIssued: apply_score_requests_issued,
     ScoringCompleted: apply_scoring_completed,

@@ -42,34 +42,50 @@ async def score_request_progress(conn: asyncpg.Connection, request_id: str) -> d
     return out
 
 
+# Each score of the run item, and each verdict taken back since (no current value, its
+# retraction instead), with every value it has had: score_history keeps the earlier values, the
+# current one is the score's own row.
 HISTORY_SQL = """
-SELECT s.score_id, s.name, s.source, s.data_type, s.value, s.string_value, s.comment,
-       s.created_by, s.evaluator, s.evaluator_version, s.spec_hash, s.request_id, s.observed_at,
+WITH entries AS (
+    SELECT s.score_id, s.name, s.source, s.data_type, s.value, s.string_value, s.comment,
+           s.created_by, s.evaluator, s.evaluator_version, s.spec_hash, s.request_id,
+           s.observed_at, s.event_id, NULL::timestamptz AS retracted_at,
+           NULL::text AS retracted_by
+    FROM scores s WHERE s.run_item_id = $1
+    UNION ALL
+    SELECT t.score_id, t.name, 'manual', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           NULL, NULL, t.retracted_at, t.retracted_by
+    FROM retracted_scores t
+    WHERE t.run_item_id = $1
+      AND NOT EXISTS (SELECT 1 FROM scores s
+                      WHERE (s.run_item_id, s.name, s.source) = (t.run_item_id, t.name, 'manual'))
+)
+SELECT e.score_id, e.name, e.source, e.data_type, e.value, e.string_value, e.comment,
+       e.created_by, e.evaluator, e.evaluator_version, e.spec_hash, e.request_id, e.observed_at,
+       e.retracted_at, e.retracted_by,
        (SELECT jsonb_agg(jsonb_build_object(
                     'value', h.value, 'string_value', h.string_value, 'comment', h.comment,
                     'created_by', h.created_by, 'evaluator', h.evaluator,
                     'evaluator_version', h.evaluator_version, 'spec_hash', h.spec_hash,
                     'request_id', h.request_id, 'observed_at', h.observed_at)
                     ORDER BY h.observed_at, h.event_id)
-        -- score_history keeps the earlier values; the current one is the score's own row.
         FROM (SELECT value, string_value, comment, created_by, evaluator, evaluator_version,
                      spec_hash, request_id, observed_at, event_id
-              FROM score_history WHERE score_id = s.score_id
+              FROM score_history WHERE score_id = e.score_id
               UNION ALL
-              SELECT s.value, s.string_value, s.comment, s.created_by, s.evaluator,
-                     s.evaluator_version, s.spec_hash, s.request_id, s.observed_at,
-                     s.event_id) h) AS history
-FROM scores s
-WHERE s.run_item_id = $1
-ORDER BY s.name, s.source
+              SELECT e.value, e.string_value, e.comment, e.created_by, e.evaluator,
+                     e.evaluator_version, e.spec_hash, e.request_id, e.observed_at, e.event_id
+              WHERE e.event_id IS NOT NULL) h) AS history
+FROM entries e
+ORDER BY e.name, e.source
 """
 
 
 async def run_item_score_history(conn: asyncpg.Connection, run_id: str,
                                  dataset_item_id: str) -> dict | None:
     """Every score of one run item, current value first, then each value it has had (oldest
-    first) with the evaluator, version and spec hash that produced it; None if the run has no
-    such item."""
+    first) with the evaluator, version and spec hash that produced it, and each verdict taken
+    back (`retracted_at`, no current value); None if the run has no such item."""
     run_item_id = run_item_key(run_id, dataset_item_id, None)
     rows = await conn.fetch(HISTORY_SQL, run_item_id)
     if not rows and await conn.fetchval(

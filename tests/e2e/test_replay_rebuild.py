@@ -292,9 +292,13 @@ async def test_rebuild_answers_exactly_as_the_live_read_models(api, own_settings
             " LIMIT 1")
         for body in ({"value": False, "comment": "no"},
                      {"value": True, "comment": "yes after all"},
-                     {"name": "tone", "data_type": "categorical", "value": "terse"}):
+                     {"name": "tone", "data_type": "categorical", "value": "terse"},
+                     {"name": "second_look", "value": True}):
             await api.create("/v1/scores", {"run_id": run_id, "dataset_item_id": item, **body},
                              status=202)
+        # ... one of them taken back ...
+        await api.create("/v1/scores/retract", {"run_id": run_id, "dataset_item_id": item,
+                                                "name": "second_look"}, status=202)
         await api.create(f"/v1/datasets/{dataset_id}/items", {"items": [
             {"id": item, "input": {"q": "?"}, "expected_output": "Lyon"}]})
         r = await api.ingest.put(f"/v1/datasets/{dataset_id}/evaluators",
@@ -326,6 +330,7 @@ async def test_rebuild_answers_exactly_as_the_live_read_models(api, own_settings
         assert len(tables_before["deleted_runs"]) == 1 and other in tables_before["deleted_runs"][0]
         assert not any(other in row for row in tables_before["runs"])
         assert len(tables_before["deleted_dataset_items"]) == 2
+        assert len(tables_before["retracted_scores"]) == 1
         items_left = " ".join(tables_before["dataset_items"])
         assert extra[1]["id"] in items_left and extra[0]["id"] not in items_left
 

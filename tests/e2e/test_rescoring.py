@@ -156,6 +156,51 @@ async def test_a_manual_verdict_and_its_correction(api):
         "categorical", "polite", "polite")
 
 
+async def test_a_verdict_taken_back(api):
+    """A person's verdict retracted leaves the results, the summary and the pass rate, keeps its
+    value in the history, and a verdict given later counts again; bad retractions name the
+    field."""
+    run_id, items = await _scored_run(api, [{"type": "exact_match"}])
+    await api.eventually(f"/v1/runs/{run_id}",
+                         lambda s: s["scores"].get("exact_match", {}).get("count") == 3)
+    verdict = {"run_id": run_id, "dataset_item_id": items[1], "value": False,
+               "created_by": "ana"}
+    assert (await api.ingest.post("/v1/scores", json=verdict)).status_code == 202
+    await api.eventually(f"/v1/runs/{run_id}", lambda s: "manual" in s["scores"])
+
+    r = await api.ingest.post("/v1/scores/retract", json={
+        "run_id": run_id, "trace_id": f"{run_id}-1", "retracted_by": "ana",
+        "reason": "clicked the wrong button"})
+    assert r.status_code == 202, r.text
+    taken = r.json()
+    assert (taken["name"], taken["dataset_item_id"]) == ("manual", items[1])
+    summary = await api.eventually(f"/v1/runs/{run_id}",
+                                   lambda s: "manual" not in s["scores"])
+    assert summary["pass_rate"] == pytest.approx(2 / 3)  # exact_match's alone again
+    results = (await api.query.get(f"/v1/runs/{run_id}/results")).json()
+    assert _score(results, items[1], "manual", "manual") is None
+    history = (await api.query.get(
+        f"/v1/runs/{run_id}/items/{items[1]}/scores/history")).json()
+    manual = next(s for s in history["scores"] if s["source"] == "manual")
+    assert (manual["value"], manual["retracted_by"]) == (None, "ana")
+    assert manual["score_id"] == taken["score_id"]
+    assert [(h["value"], h["created_by"]) for h in manual["history"]] == [(0.0, "ana")]
+
+    # Given again, later: it counts.
+    assert (await api.ingest.post("/v1/scores", json={**verdict, "value": True})
+            ).status_code == 202
+    summary = await api.eventually(f"/v1/runs/{run_id}",
+                                   lambda s: "manual" in s["scores"])
+    assert summary["scores"]["manual"] == {"average": 1.0, "pass_rate": 1.0, "count": 1}
+
+    for body, loc in (({"dataset_item_id": "nope"}, ["body", "dataset_item_id"]),
+                      ({"run_id": "no-such-run", "dataset_item_id": items[0]}, ["body", "run_id"]),
+                      ({}, ["body", "dataset_item_id"]),
+                      ({"dataset_item_id": items[0], "name": ""}, ["body", "name"])):
+        r = await api.ingest.post("/v1/scores/retract", json={"run_id": run_id, **body})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == loc, (body, r.text)
+
+
 @pytest.mark.parametrize("body,loc", [
     ({"run_id": "no-such-run", "dataset_item_id": "x", "value": True}, ["body", "run_id"]),
     ({"dataset_item_id": "nope", "value": True}, ["body", "dataset_item_id"]),

@@ -320,3 +320,82 @@ async def test_removed_items_stay_removed_unless_upserted_later_whatever_the_ord
     expected = [("i1", "Paris, France")]
     assert await project(migrated.dsn, [log], items) == expected
     assert await project(migrated.dsn, _arranged(log, arrangement, seed=5), items) == expected
+
+
+@pytest.mark.parametrize("arrangement", ["one_at_a_time", "reversed", "reversed_one_at_a_time",
+                                         "shuffled_with_duplicates", "batches_of_3"])
+async def test_a_verdict_taken_back_stays_back_unless_given_again_later_whatever_the_order(
+        migrated, arrangement):
+    """Item i1: verdict, retraction, a later verdict (which counts); item i2: verdict and
+    retraction (no verdict left, its value in the history); a retraction of i3's verdict that
+    was never given. Every order gives the same tables, summary and score histories; deleting
+    the run leaves nothing of any of it."""
+    from datetime import UTC, datetime, timedelta
+
+    from schemas.catalog import RunStarted
+    from schemas.common import EvaluatorSpec, score_id
+    from schemas.scores import ScoreRecorded, ScoreRetracted
+    from schemas.traces import TraceCompleted
+    from services.projections.rescoring_views import run_item_score_history
+
+    at = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    traces = {n: TraceCompleted(
+        trace_id=f"t{n}", run_id="r1", dataset_item_id=f"i{n}", output="Paris",
+        status="succeeded", completed_at=at, evaluators=(EvaluatorSpec(type="exact_match"),))
+        for n in (1, 2, 3)}
+    log = [wrap(RunStarted(run_id="r1", dataset_id="d1", name="v1", total_items=3,
+                           evaluators=(EvaluatorSpec(type="exact_match"),), started_at=at),
+                source="evalstream/ingest", key="d1"),
+           *(wrap(t, source="evalstream/ingest", key=t.run_item_id) for t in traces.values())]
+
+    def verdict(n: int, minutes: int, value: float) -> object:
+        t = traces[n]
+        return wrap(ScoreRecorded(
+            score_id=score_id(t.run_item_id, "manual", "manual"), run_item_id=t.run_item_id,
+            run_id="r1", dataset_item_id=f"i{n}", trace_id=t.trace_id, name="manual",
+            value=value, data_type="boolean", source="manual", created_by="ann",
+            observed_at=at + timedelta(minutes=minutes)),
+            source="evalstream/ingest", key=t.run_item_id)
+
+    def retraction(n: int, minutes: int) -> object:
+        t = traces[n]
+        return wrap(ScoreRetracted(
+            score_id=score_id(t.run_item_id, "manual", "manual"), run_item_id=t.run_item_id,
+            run_id="r1", dataset_item_id=f"i{n}", trace_id=t.trace_id, name="manual",
+            retracted_by="ann", retracted_at=at + timedelta(minutes=minutes)),
+            source="evalstream/ingest", key=t.run_item_id)
+
+    log += [verdict(1, 1, 0.0), retraction(1, 2), verdict(1, 3, 1.0),
+            verdict(2, 1, 1.0), retraction(2, 2), retraction(3, 2)]
+
+    async def everything(conn) -> dict:
+        tables = {t: [dict(r) for r in await conn.fetch(f"SELECT * FROM {t} ORDER BY 1, 2")]
+                  for t in ("scores", "score_history", "retracted_scores")}
+        summary = await views.run_summary(conn, "r1")
+        histories = [await run_item_score_history(conn, "r1", f"i{n}") for n in (1, 2, 3)]
+        return {"tables": tables, "summary": summary and summary["scores"],
+                "histories": histories}
+
+    expected = await project(migrated.dsn, [log], everything)
+    # i1: the later verdict counts, the first is history; i2: nothing counts, its verdict is
+    # history, shown under the retraction
+    assert [(s["run_item_id"], s["value"]) for s in expected["tables"]["scores"]] == [
+        (traces[1].run_item_id, 1.0)]
+    assert sorted(h["value"] for h in expected["tables"]["score_history"]) == [0.0, 1.0]
+    assert expected["summary"] == {"manual": {"average": 1.0, "pass_rate": 1.0, "count": 1}}
+    i1, i2, i3 = (h["scores"] for h in expected["histories"])
+    assert [(e["value"], e["retracted_at"], [v["value"] for v in e["history"]]) for e in i1] == [
+        (1.0, None, [0.0, 1.0])]
+    assert [(e["value"], e["retracted_by"], [v["value"] for v in e["history"]]) for e in i2] == [
+        (None, "ann", [1.0])]
+    assert [(e["value"], e["history"]) for e in i3] == [(None, None)]
+
+    def arranged(events: list, seed: int) -> list[list]:
+        if arrangement == "reversed_one_at_a_time":  # each retraction before its verdicts
+            return [[e] for e in reversed(events)]
+        return _arranged(events, arrangement, seed)
+
+    assert await project(migrated.dsn, arranged(log, 17), everything) == expected
+    gone = await project(migrated.dsn, arranged(_deleted(log), 19), everything)
+    assert gone["tables"] == {"scores": [], "score_history": [], "retracted_scores": []}
+    assert gone["summary"] is None and gone["histories"] == [None, None, None]
