@@ -24,6 +24,7 @@ from murmurhash2 import murmurhash2
 from tenacity import AsyncRetrying, RetryCallState, stop_after_delay, wait_exponential
 
 from schemas.envelope import Envelope, UndecodableEvent, unwrap
+from services import metrics
 from services.settings import RetrySettings, Settings
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ class EventPublisher:
                 batch.close()
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
+        metrics.PUBLISHED.labels(self.source, topic).inc(len(records))
 
     async def dead_letter(self, records: Sequence[tuple[object, str]]) -> None:
         """Send undecodable records to the dead-letter topic, unchanged, with the reason
@@ -183,6 +185,8 @@ class EventPublisher:
             log.warning("dead-lettered %s[%s]@%s: %s", record.topic, record.partition,
                         record.offset, reason)
         await self.publish_raw(self.settings.topics.dead_letter, out)
+        for record, _ in records:
+            metrics.DEAD_LETTERS.labels(self.source, str(record.topic)).inc()
 
 
 def lanes(records: Sequence, n: int) -> list[list]:
@@ -258,6 +262,7 @@ async def until_done(step: Callable[[], Awaitable[T]], what: str, policy: RetryS
     with its traceback."""
 
     def before_sleep(state: RetryCallState) -> None:
+        metrics.RETRIES.labels(what).inc()
         error = state.outcome.exception() if state.outcome is not None else None
         wait = state.next_action.sleep if state.next_action is not None else 0.0
         log.warning("%s failed (attempt %d): %s: %s; retrying in %.1f s", what,

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     ingest_port: int = 8000
     query_port: int = 8001
+    # The evaluator's GET /metrics (it has no HTTP API); unset: not served. The HTTP services
+    # serve theirs on their own port.
+    metrics_port: int | None = None
     catalog_schema: str = "catalog"
     read_model_schema: str = Field("read_model", description="Live read-model schema.")
     dashboard_schema: str = Field(

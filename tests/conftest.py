@@ -96,7 +96,8 @@ def make_settings(kafka_bootstrap: str, database_url: str, tag: str, **overrides
         catalog_schema=f"catalog_{tag}", read_model_schema=f"read_model_{tag}",
         dashboard_schema=f"dashboard_{tag}",
         evaluator_group=f"evaluator-{tag}", projections_group=f"projections-{tag}",
-        ingest_port=free_port(), query_port=free_port(), data_dir=f"/tmp/evalstream-{tag}",
+        ingest_port=free_port(), query_port=free_port(), metrics_port=free_port(),
+        data_dir=f"/tmp/evalstream-{tag}",
         **overrides)
 
 
@@ -117,6 +118,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
                EVALSTREAM_QUERY_PORT=str(settings.query_port),
                EVALSTREAM_TRACE_URL_TEMPLATE=settings.trace_url_template,
                EVALSTREAM_LOG_LEVEL="WARNING")
+    if settings.metrics_port is not None:
+        env["EVALSTREAM_METRICS_PORT"] = str(settings.metrics_port)
     for field in type(settings.topics).model_fields:
         env[f"EVALSTREAM_TOPICS__{field.upper()}"] = getattr(settings.topics, field)
     for nested in ("llm_judge", "retry"):

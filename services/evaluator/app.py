@@ -14,6 +14,7 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
+from services import metrics
 from services.evaluator.llm_judge import LLMJudge
 from services.evaluator.scoring import score_cases
 from services.messaging import (
@@ -32,12 +33,13 @@ log = logging.getLogger(__name__)
 def register(broker: KafkaBroker, settings: Settings, publisher: EventPublisher,
              judge: LLMJudge) -> None:
     async def on_scoring_cases(msg: KafkaMessage) -> None:
-        envelopes = await decode_records(msg.raw_message, publisher)
-        scored = await score_cases(envelopes, judge)
-        # The broker unreachable: the scored batch (and its judge verdicts) is kept and its
-        # publication retried with backoff (services/messaging.py).
-        await until_done(lambda: publisher.publish(settings.topics.scores, scored),
-                         "publishing a batch's scores", settings.retry)
+        with metrics.consumed_batch("evaluator", msg.raw_message, msg.consumer):
+            envelopes = await decode_records(msg.raw_message, publisher)
+            scored = await score_cases(envelopes, judge)
+            # The broker unreachable: the scored batch (and its judge verdicts) is kept and its
+            # publication retried with backoff (services/messaging.py).
+            await until_done(lambda: publisher.publish(settings.topics.scores, scored),
+                             "publishing a batch's scores", settings.retry)
 
     # A judge's calls take the batch's time: with one configured, batches are smaller, so that
     # they end well within the judge's batch deadline even when every case asks for it.
@@ -57,6 +59,7 @@ def application_factory(settings: Settings) -> FastStream:
 
     @app.on_startup
     async def _start() -> None:
+        metrics.serve(settings.host, settings.metrics_port)
         await ensure_topics(settings)
         await publisher.start()
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI
 
+from services import metrics
 from services.database import create_pool
 from services.http import BodySizeLimit, install_error_handlers, require_api_key
 from services.ingest.api import router
@@ -40,6 +41,7 @@ def application_factory(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
+    metrics.instrument(app)
     app.include_router(router, dependencies=[Depends(require_api_key)])
 
     @app.get("/healthz", include_in_schema=False)

@@ -17,6 +17,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from schemas.envelope import Envelope
+from services import metrics
 from services.database import create_pool
 from services.http import install_error_handlers, require_api_key
 from services.messaging import (
@@ -51,8 +52,9 @@ def projected_topics(settings: Settings) -> list[str]:
 def register(broker: KafkaBroker, settings: Settings, state: dict) -> None:
     async def on_events(msg: KafkaMessage) -> None:
         # Each lane applied in a transaction of its own while the next is decoded.
-        await in_lanes(msg.raw_message, settings.apply_lanes,
-                       lambda lane: decode_records(lane, state["publisher"]), apply_lane)
+        with metrics.consumed_batch("projections", msg.raw_message, msg.consumer):
+            await in_lanes(msg.raw_message, settings.apply_lanes,
+                           lambda lane: decode_records(lane, state["publisher"]), apply_lane)
 
     async def apply_lane(records: Sequence, envelopes: list[Envelope]) -> None:
         # Postgres unreachable: the decoded lane is retried with backoff (services/messaging.py).
@@ -126,6 +128,7 @@ def application_factory(settings: Settings, *, consume: bool = True) -> FastAPI:
     app = FastAPI(title="evalstream query API", version="1", lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
+    metrics.instrument(app)
     app.include_router(router, dependencies=[Depends(require_api_key)])
     app.include_router(rescoring_router, dependencies=[Depends(require_api_key)])
 

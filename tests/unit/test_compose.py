@@ -199,9 +199,13 @@ def test_the_gateway_publishes_both_apis_and_the_services_can_scale(compose):
     assert gateway["depends_on"] == {"ingest": {"condition": "service_healthy"},
                                      "projections": {"condition": "service_healthy"}}
     caddyfile = compose["configs"][gateway["configs"][0]["source"]]["content"]
-    routes = dict(re.findall(r"^:(\d+) \{\s*reverse_proxy \{\s*dynamic a (\w+ \d+)", caddyfile,
-                             re.MULTILINE))
+    sites = dict(re.findall(r"^:(\d+) \{(.*?)^\}", caddyfile, re.MULTILINE | re.DOTALL))
+    routes = {port: re.search(r"reverse_proxy \{\s*dynamic a (\w+ \d+)", site).group(1)
+              for port, site in sites.items()}
     assert routes == {"8000": "ingest 8000", "8001": "projections 8001"}
+    # Metrics are for the scraper inside the network: the gateway answers 404 before proxying.
+    for port, site in sites.items():
+        assert site.index("respond /metrics 404") < site.index("reverse_proxy"), port
     for name, svc in _evalstream_services(compose).items():
         # A fixed host port or container name would stop a second replica from starting.
         assert "ports" not in svc and "container_name" not in svc, name
