@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
+from tqdm import tqdm
 
 from services.settings import NotConfigured, Settings
 
@@ -217,11 +218,8 @@ def check(
     except InvalidQuery as e:  # before any wait
         raise typer.BadParameter(e.message, param_hint="--by") from None
     settings = Settings()
-    key = api_key or (settings.api_keys[0] if settings.api_keys else None)
-    key_file = Path(settings.data_dir) / "api-key"
-    if key is None and key_file.exists():
-        key = key_file.read_text().strip()
-    api = QueryApi(url or f"http://{settings.host}:{settings.query_port}", key)
+    api = QueryApi(url or f"http://{settings.host}:{settings.query_port}",
+                   _client_key(settings, api_key))
     said: list[str] = []
 
     def waiting(what: str) -> None:  # each new state once, on stderr
@@ -425,6 +423,66 @@ def projections_drop_previous(
         typer.echo("no previous schema to drop")
     for schema in dropped:
         typer.echo(f"dropped {schema}")
+
+
+def _client_key(settings: Settings, given: str | None) -> str | None:
+    """The key a client command sends: the one given, else the first of EVALSTREAM_API_KEYS,
+    else the one `make up` made."""
+    key = given or (settings.api_keys[0] if settings.api_keys else None)
+    key_file = Path(settings.data_dir) / "api-key"
+    if key is None and key_file.exists():
+        key = key_file.read_text().strip()
+    return key
+
+
+@app.command()
+def upload(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                help="A .jsonl (one item object a line) or .csv file."),
+    dataset: str | None = typer.Option(None, help="The dataset to add the items to."),
+    name: str | None = typer.Option(None, help="Or: create a dataset of this name (with "
+                                               "exact_match) and add them to it."),
+    url: str | None = typer.Option(
+        None, envvar="EVALSTREAM_INGEST_URL",
+        help="Ingest API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_INGEST_PORT>)."),
+    api_key: str | None = typer.Option(
+        None, envvar="EVALSTREAM_API_KEY",
+        help="API key (default: the first of EVALSTREAM_API_KEYS, or the one `make up` made)."),
+) -> None:
+    """Upload a dataset's items from a JSON Lines or CSV file (CSV: columns input, id,
+    expected_output; the other columns become the items' metadata), 1,000 per call. The file
+    is checked whole first: a wrong line stops it before anything is sent. Items with the ids of
+    existing ones replace them."""
+    import httpx
+
+    from services.upload import UploadError, read_items
+    from services.upload import upload as send
+
+    if (dataset is None) == (name is None):
+        raise typer.BadParameter("give --dataset ID or --name NAME", param_hint="--dataset")
+    settings = Settings()
+    try:
+        items = read_items(file)
+    except UploadError as e:
+        typer.echo(f"upload refused: {e}", err=True)
+        raise typer.Exit(2) from None
+    key = _client_key(settings, api_key)
+    with httpx.Client(base_url=url or f"http://{settings.host}:{settings.ingest_port}",
+                      headers={"Authorization": f"Bearer {key}"} if key else {},
+                      timeout=60) as client:
+        try:
+            if dataset is None:
+                r = client.post("/v1/datasets", json={"name": name})
+                if r.status_code != 201:
+                    raise UploadError(f"creating the dataset: HTTP {r.status_code}: "
+                                      f"{r.text[:300]}")
+                dataset = r.json()["id"]
+            with tqdm(total=len(items), unit="item", desc=f"uploading {file.name}") as bar:
+                ids = send(client, dataset, items, bar.update)
+        except (UploadError, httpx.HTTPError) as e:
+            typer.echo(f"upload stopped: {e}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"dataset {dataset}: {len(ids):,} item(s) from {file}")
 
 
 def _api_key(data_dir: Path) -> str:

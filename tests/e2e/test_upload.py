@@ -1,0 +1,81 @@
+"""`evalstream upload` as a user runs it against the running services: a JSON Lines file of
+2,500 items into a new dataset (three calls), a CSV file whose extra columns become metadata,
+and a file the API refuses part of, which names the line and what was already sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+
+import pytest
+
+from tests.conftest import ROOT, evalstream_command, settings_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
+
+
+def _env(settings) -> dict[str, str]:
+    return {**settings_env(settings),
+            "EVALSTREAM_INGEST_URL": f"http://127.0.0.1:{settings.ingest_port}"}
+
+
+async def _items(api, dataset_id: str) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    offset: int | None = 0
+    while offset is not None:
+        page = (await api.query.get(f"/v1/datasets/{dataset_id}/items",
+                                    params={"limit": 1000, "offset": offset})).json()
+        out |= {i["id"]: i for i in page["items"]}
+        offset = page["next_offset"]
+    return out
+
+
+async def test_upload_a_jsonl_and_a_csv_file(api, migrated, tmp_path):
+    prefix = uuid.uuid4().hex[:8]
+    jsonl = tmp_path / "cases.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": f"{prefix}-{n}", "input": {"q": n},
+                                         "expected_output": str(n),
+                                         "metadata": {"bucket": n % 3}}) + "\n"
+                             for n in range(2500)))
+    out = await evalstream_command(_env(migrated), "upload", str(jsonl),
+                                   "--name", f"upload {prefix}")
+    dataset_id = out.split()[1].rstrip(":")
+    assert "2,500 item(s)" in out
+    await api.eventually(f"/v1/datasets/{dataset_id}/items", lambda p: p["total"] == 2500)
+    by_id = await _items(api, dataset_id)
+    assert len(by_id) == 2500
+    assert {k: by_id[f"{prefix}-2000"][k] for k in ("input", "expected_output", "metadata")} == {
+        "input": {"q": 2000}, "expected_output": "2000", "metadata": {"bucket": 2}}
+
+    csv_file = tmp_path / "more.csv"
+    csv_file.write_text("id,input,expected_output,category\n"
+                        f"{prefix}-c1,\"Capital of France, please?\",Paris,geo\n"
+                        f"{prefix}-c2,2+2,4,\n")
+    out = await evalstream_command(_env(migrated), "upload", str(csv_file),
+                                   "--dataset", dataset_id)
+    assert f"dataset {dataset_id}: 2 item(s)" in out
+    await api.eventually(f"/v1/datasets/{dataset_id}/items", lambda p: p["total"] == 2502)
+    by_id = await _items(api, dataset_id)
+    assert by_id[f"{prefix}-c1"]["input"] == "Capital of France, please?"
+    assert by_id[f"{prefix}-c1"]["metadata"] == {"category": "geo"}
+    assert by_id[f"{prefix}-c2"]["metadata"] in (None, {})
+
+
+async def test_a_refused_line_is_named_with_what_was_sent(api, migrated, tmp_path):
+    prefix = uuid.uuid4().hex[:8]
+    dataset_id = await api.dataset_with_items([{"id": f"{prefix}-x", "input": 0}])
+    lines = [{"id": f"{prefix}-{n}", "input": n} for n in range(1200)]
+    lines[1100]["id"] = lines[1050]["id"]  # the second call repeats an id: the API refuses it
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "upload", str(path), "--dataset", dataset_id,
+        env=_env(migrated), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1, err.decode()
+    assert "line 1101: id:" in err.decode()
+    assert "lines up to 1000 are in the dataset" in err.decode()
+    await api.eventually(f"/v1/datasets/{dataset_id}/items", lambda p: p["total"] == 1001)
