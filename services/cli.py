@@ -15,6 +15,7 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from tqdm import tqdm
@@ -168,6 +169,12 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
                f"(topic {settings.topics.dead_letter})")
 
 
+# The API key of the client commands (check, upload); _client_key finds the default.
+ClientKey = Annotated[str | None, typer.Option(
+    envvar="EVALSTREAM_API_KEY",
+    help="API key (default: the first of EVALSTREAM_API_KEYS, or the one `make up` made).")]
+
+
 @app.command()
 def check(
     run_id: str = typer.Argument(..., metavar="RUN", help="The run to check."),
@@ -194,9 +201,7 @@ def check(
     url: str | None = typer.Option(
         None, envvar="EVALSTREAM_QUERY_URL",
         help="Query API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_QUERY_PORT>)."),
-    api_key: str | None = typer.Option(
-        None, envvar="EVALSTREAM_API_KEY",
-        help="API key (default: the first of EVALSTREAM_API_KEYS, or the one `make up` made)."),
+    api_key: ClientKey = None,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """The gate for a CI job: wait until the run is scored, then check its pass rates, the items
@@ -445,9 +450,7 @@ def upload(
     url: str | None = typer.Option(
         None, envvar="EVALSTREAM_INGEST_URL",
         help="Ingest API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_INGEST_PORT>)."),
-    api_key: str | None = typer.Option(
-        None, envvar="EVALSTREAM_API_KEY",
-        help="API key (default: the first of EVALSTREAM_API_KEYS, or the one `make up` made)."),
+    api_key: ClientKey = None,
 ) -> None:
     """Upload a dataset's items from a JSON Lines or CSV file (CSV: columns input, id,
     expected_output; the other columns become the items' metadata), 1,000 per call. The file
