@@ -102,8 +102,9 @@ def _group(by: str | None, group: str | None) -> views.Group | None:
 async def get_run_breakdown(run_id: str, request: Request, by: By, limit: Limit = 100,
                             offset: Offset = 0) -> dict:
     """The run's figures per value of a metadata key (a page of groups, in value order, the
-    items with no value last): items, completed, failed, items with scores, pass rate,
-    evaluator failures and per score name average, pass rate and count."""
+    items with no value last): items, completed, failed, cost, tokens, latency p50/p95, items
+    with scores, pass rate, evaluator failures and per score name average, pass rate and
+    count."""
     group_by = _group_by(by)
     async with request.app.state.pool.acquire() as conn:
         if await conn.fetchval("SELECT 1 FROM runs WHERE id = $1", run_id) is None:
