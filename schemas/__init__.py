@@ -1,6 +1,7 @@
 """evalstream's event contracts: frozen pydantic models, one module per contract area."""
 
 from schemas.catalog import (
+    DatasetBaselineSet,
     DatasetCreated,
     DatasetDeleted,
     DatasetItem,
@@ -22,7 +23,8 @@ from schemas.scores import (
 from schemas.traces import ScoreRequested, ScoringCase, TraceCompleted, Usage
 
 __all__ = [
-    "DEFAULT_EVALUATORS", "CaseFailure", "CaseScore", "CaseScored", "DatasetCreated",
+    "DEFAULT_EVALUATORS", "CaseFailure", "CaseScore", "CaseScored", "DatasetBaselineSet",
+    "DatasetCreated",
     "DatasetDeleted",
     "DatasetItem", "DatasetItemsDeleted", "DatasetItemsUpserted",
     "EvaluationFailed", "EvaluatorSpec", "EvaluatorsConfigured", "RunDeleted", "RunStarted",

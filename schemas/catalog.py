@@ -54,6 +54,15 @@ class EvaluatorsConfigured(Event):
     configured_at: datetime = Field(description="When they were configured (UTC).")
 
 
+class DatasetBaselineSet(Event):
+    """The run a dataset's other runs are compared with by default was chosen, or (no run) the
+    choice undone; the latest one stands."""
+
+    dataset_id: Id = Field(description="The dataset.")
+    run_id: Id | None = Field(None, description="Its baseline run; none: no baseline.")
+    set_at: datetime = Field(description="When it was chosen (UTC).")
+
+
 class RunStarted(Event):
     """A run of the agent over a dataset started, with a snapshot of the evaluators in force."""
 

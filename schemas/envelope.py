@@ -15,6 +15,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from schemas.catalog import (
+    DatasetBaselineSet,
     DatasetCreated,
     DatasetDeleted,
     DatasetItemsDeleted,
@@ -35,7 +36,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     TraceCompleted, ScoreRequested, ScoreRecorded, EvaluationFailed,
     DatasetCreated, DatasetItemsUpserted, EvaluatorsConfigured, RunStarted,
     ScoreRequestsIssued, ScoringCompleted, CaseScored, RunDeleted, DatasetDeleted,
-    DatasetItemsDeleted, ScoreRetracted,
+    DatasetItemsDeleted, ScoreRetracted, DatasetBaselineSet,
 )
 TYPE_BY_MODEL: dict[type[Event], str] = {m: f"evalstream.{m.__name__}.v1" for m in EVENT_MODELS}
 MODEL_BY_TYPE: dict[str, type[Event]] = {t: m for m, t in TYPE_BY_MODEL.items()}

@@ -27,6 +27,9 @@ class CheckError(RuntimeError):
         self.kind = kind
 
 
+# `--baseline pinned`: the dataset's own baseline run.
+PINNED = "pinned"
+
 # A run created a moment ago may not be in the read model yet (its RunStarted is on its way):
 # "not found" is asked again for this long before it is believed.
 NOT_FOUND_GRACE_S = 30.0
@@ -187,7 +190,10 @@ class QueryApi:
             offset = page["next_offset"]
         return groups
 
-    def comparison(self, baseline: str, run_id: str) -> dict:
+    def comparison(self, baseline: str | None, run_id: str) -> dict:
+        """The run against `baseline`, or (None) against its dataset's baseline run."""
+        if baseline is None:
+            return self._get("/v1/compare", runs=run_id, include="scores")
         return self._get("/v1/compare", runs=f"{baseline},{run_id}", baseline=baseline,
                          include="scores")
 
@@ -221,7 +227,12 @@ def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,
     summary = api.summary(run_id)
     report = CheckReport(run_id=run_id, run_name=summary["name"], baseline=baseline,
                          items=scoring["traced_items"])
-    comparison = api.comparison(baseline, run_id) if baseline else None
+    # "pinned": the dataset's baseline run (PUT /v1/datasets/{id}/baseline), which the query
+    # API finds.
+    comparison = api.comparison(None if baseline == PINNED else baseline,
+                                run_id) if baseline else None
+    if comparison is not None:
+        report.baseline = comparison["baseline"]
     groups = api.breakdown(run_id, by) if by else None
     report.checks = evaluate(summary, min_pass_rate=min_pass_rate, minimums=minimums or {},
                              comparison=comparison, max_regressions=max_regressions,

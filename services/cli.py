@@ -184,8 +184,8 @@ def check(
         [], "--min", help="Least pass rate of one score, as NAME=RATE (repeatable), e.g. "
                           "--min exact_match=0.9."),
     baseline: str | None = typer.Option(
-        None, help="A run of the same dataset to compare with: its items that regressed are "
-                   "counted per score."),
+        None, help="A run of the same dataset to compare with, or `pinned` for the dataset's "
+                   "baseline run: the items that regressed are counted per score."),
     max_regressions: int = typer.Option(
         0, min=0, help="With --baseline: most items that may regress, per score."),
     max_failures: int | None = typer.Option(

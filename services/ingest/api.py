@@ -22,6 +22,7 @@ from services.ingest.commands import (
     RecordScore,
     RecordScores,
     RetractScore,
+    SetBaseline,
     Specs,
     StartRun,
     UpsertItems,
@@ -55,6 +56,14 @@ async def configure_evaluators(dataset_id: str, specs: Annotated[Specs, Body()],
     event = await catalog.configure_evaluators(dataset_id, specs)
     return {"dataset_id": dataset_id,
             "evaluators": [s.model_dump(exclude_none=True) for s in event.evaluators]}
+
+
+@router.put("/datasets/{dataset_id}/baseline")
+async def set_baseline(dataset_id: str, cmd: SetBaseline, catalog: CatalogDep) -> dict:
+    """Choose the run the dataset's other runs are compared with by default (`GET /v1/compare`
+    with one run, `evalstream check --baseline pinned`); `{"run_id": null}` undoes it."""
+    event = await catalog.set_baseline(dataset_id, cmd.run_id)
+    return {"dataset_id": dataset_id, "baseline_run_id": event.run_id, "set_at": event.set_at}
 
 
 @router.post("/datasets/{dataset_id}/items", status_code=status.HTTP_201_CREATED)

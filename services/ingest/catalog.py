@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from schemas.catalog import (
+    DatasetBaselineSet,
     DatasetCreated,
     DatasetDeleted,
     DatasetItem,
@@ -108,6 +109,27 @@ class Catalog:
             if found == "UPDATE 0":
                 raise FieldError(("path", "dataset_id"), f"dataset {dataset_id} not found", 404,
                                  "not_found")
+            await self._append_outbox(conn, [self._envelope(event, dataset_id)])
+        return event
+
+    async def set_baseline(self, dataset_id: str, run_id: str | None) -> DatasetBaselineSet:
+        """Choose the dataset's baseline run (or none); the run must be one of its runs, not
+        deleted."""
+        event = DatasetBaselineSet(dataset_id=dataset_id, run_id=run_id, set_at=utcnow())
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT 1 FROM datasets WHERE id = $1"
+                                       " AND deleted_at IS NULL FOR SHARE", dataset_id):
+                raise FieldError(("path", "dataset_id"), f"dataset {dataset_id} not found", 404,
+                                 "not_found")
+            if run_id is not None:
+                run = await conn.fetchrow("SELECT dataset_id, deleted_at FROM runs WHERE id = $1"
+                                          " FOR SHARE", run_id)
+                if run is None:
+                    raise FieldError(("run_id",), f"unknown run {run_id!r}")
+                if run["dataset_id"] != dataset_id:
+                    raise FieldError(("run_id",), f"run {run_id!r} is a run of another dataset")
+                if run["deleted_at"] is not None:
+                    raise FieldError(("run_id",), f"run {run_id!r} was deleted")
             await self._append_outbox(conn, [self._envelope(event, dataset_id)])
         return event
 

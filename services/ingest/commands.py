@@ -107,6 +107,10 @@ class DeleteItems(Command):
     ids: list[Id] = Field(min_length=1, max_length=1000, description="Ids of the items to remove.")
 
 
+class SetBaseline(Command):
+    run_id: Id | None = Field(description="A run of the dataset; null: no baseline.")
+
+
 class StartRun(Command):
     dataset_id: Id
     name: str = Field(min_length=1, max_length=200, examples=["gpt-4o, prompt v3"])

@@ -245,10 +245,12 @@ async def get_run_results_csv(
 @router.get("/compare")
 async def compare(
     request: Request,
-    runs: Annotated[str, Query(description="Comma-separated ids of 2-10 runs of one dataset.",
+    runs: Annotated[str, Query(description="Comma-separated ids of 2-10 runs of one dataset, or "
+                                           "one run of a dataset with a baseline run.",
                                examples=["run-a,run-b"])],
     baseline: Annotated[str | None, Query(
-        description="The run the others are compared with; default: the first.")] = None,
+        description="The run the others are compared with; default: the dataset's baseline run "
+                    "(PUT /v1/datasets/{id}/baseline) if compared, else the first.")] = None,
     filter: Annotated[comparison.ItemFilter | None, Query(
         description="Keep items with a lower (regressions) or higher (improvements) score than "
                     "the baseline's, or whose status differs from the baseline's.")] = None,
@@ -274,11 +276,13 @@ async def compare(
 @router.get("/compare/breakdown")
 async def compare_breakdown(
     request: Request,
-    runs: Annotated[str, Query(description="Comma-separated ids of 2-10 runs of one dataset.",
+    runs: Annotated[str, Query(description="Comma-separated ids of 2-10 runs of one dataset, or "
+                                           "one run of a dataset with a baseline run.",
                                examples=["run-a,run-b"])],
     by: By,
     baseline: Annotated[str | None, Query(
-        description="The run the others are compared with; default: the first.")] = None,
+        description="The run the others are compared with; default: the dataset's baseline run "
+                    "(PUT /v1/datasets/{id}/baseline) if compared, else the first.")] = None,
     limit: Limit = 100, offset: Offset = 0,
 ) -> dict:
     """Runs of one dataset side by side per value of a metadata key, with each run's deltas

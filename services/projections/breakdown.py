@@ -215,14 +215,14 @@ def _against(own: dict, base: dict | None, is_baseline: bool) -> dict:
     return {**own, "scores": scores, **delta("pass_rate", own["pass_rate"], base["pass_rate"])}
 
 
-async def compare_breakdown(pool: asyncpg.Pool, run_ids: Sequence[str], baseline: str,
+async def compare_breakdown(pool: asyncpg.Pool, run_ids: Sequence[str], baseline: str | None,
                             by: GroupBy, *, limit: int = 100, offset: int = 0) -> dict:
     """Runs of one dataset side by side per group, each with its deltas against `baseline`: which
     category got better or worse. A run with no item in a group shows zero items there."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                          readonly=True):
         await comparison.read_tuned(conn)
-        dataset_id = await comparison.dataset_of(conn, run_ids)
+        dataset_id, run_ids, baseline = await comparison.resolve(conn, run_ids, baseline)
         total, groups = await _groups(conn, run_ids, by, limit, offset)
     out = []
     for value, runs in groups:

@@ -25,21 +25,40 @@ MAX_RUNS = 10
 MISSING = "missing"
 
 
-def parse_runs(runs: str, baseline: str | None) -> tuple[list[str], str]:
-    """`A,B,C` → the run ids in order, and the baseline (default: the first run)."""
+def parse_runs(runs: str, baseline: str | None) -> tuple[list[str], str | None]:
+    """`A,B,C` → the run ids in order, and the baseline if given (see `resolve`)."""
     run_ids = [r.strip() for r in runs.split(",") if r.strip()]
-    if len(run_ids) < 2:
-        raise InvalidQuery("runs", "give at least two run ids, comma-separated")
+    if not run_ids:
+        raise InvalidQuery("runs", "give run ids, comma-separated")
     if len(run_ids) > MAX_RUNS:
         raise InvalidQuery("runs", f"at most {MAX_RUNS} runs can be compared at once")
     dupes = sorted({r for r in run_ids if run_ids.count(r) > 1})
     if dupes:
         raise InvalidQuery("runs", f"run(s) listed twice: {', '.join(dupes)}")
-    if baseline is None:
-        baseline = run_ids[0]
-    elif baseline not in run_ids:
+    if baseline is not None and baseline not in run_ids:
         raise InvalidQuery("baseline", f"baseline {baseline!r} is not one of the compared runs")
     return run_ids, baseline
+
+
+async def resolve(conn: asyncpg.Connection, run_ids: Sequence[str],
+                  baseline: str | None) -> tuple[str, list[str], str]:
+    """The runs' dataset, the runs to compare and their baseline. With no baseline given, it is
+    the dataset's baseline run (PUT /v1/datasets/{id}/baseline) when that is among the runs,
+    else the first run; one run alone is compared with the dataset's baseline run."""
+    dataset_id = await dataset_of(conn, run_ids)
+    run_ids = list(run_ids)
+    if baseline is None:
+        pinned = await conn.fetchval(
+            "SELECT d.baseline_run_id FROM datasets d JOIN runs r ON r.id = d.baseline_run_id"
+            " WHERE d.id = $1", dataset_id)
+        if pinned is not None and len(run_ids) == 1 and pinned not in run_ids:
+            run_ids.insert(0, pinned)
+        baseline = pinned if pinned in run_ids else run_ids[0]
+    if len(run_ids) < 2:
+        raise InvalidQuery("runs", "give at least two run ids, comma-separated, or one run of a "
+                                   "dataset with another run as its baseline "
+                                   "(PUT /v1/datasets/{id}/baseline)")
+    return dataset_id, run_ids, baseline
 
 
 def parse_sections(include: str) -> tuple[str, ...]:
@@ -306,11 +325,12 @@ async def _same_snapshot(pool: asyncpg.Pool,
         await pool.release(helper)
 
 
-async def compare_runs(pool: asyncpg.Pool, run_ids: Sequence[str], baseline: str, *,
+async def compare_runs(pool: asyncpg.Pool, run_ids: Sequence[str], baseline: str | None, *,
                        sections: Sequence[str] = SECTIONS, item_filter: ItemFilter | None = None,
                        score: str | None = None, limit: int = 50, offset: int = 0,
                        trace_url: Callable[[str], str] | None = None) -> dict:
-    """The comparison of runs of one dataset against `baseline` (validated: InvalidQuery).
+    """The comparison of runs of one dataset against `baseline` (validated: InvalidQuery; see
+    `resolve` when it is None).
 
     Every section is read in one snapshot, so they agree with each other while events arrive;
     the run summaries and the per-item work run on two connections at once when the pool has
@@ -318,7 +338,7 @@ async def compare_runs(pool: asyncpg.Pool, run_ids: Sequence[str], baseline: str
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                          readonly=True):
         await read_tuned(conn)
-        dataset_id = await dataset_of(conn, run_ids)
+        dataset_id, run_ids, baseline = await resolve(conn, run_ids, baseline)
         out: dict = {"dataset_id": dataset_id, "baseline": baseline, "run_ids": list(run_ids)}
 
         async def summaries_on(c: asyncpg.Connection) -> dict[str, dict] | None:

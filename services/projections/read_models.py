@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 
 from schemas.catalog import (
+    DatasetBaselineSet,
     DatasetCreated,
     DatasetDeleted,
     DatasetItemsDeleted,
@@ -102,6 +103,28 @@ async def apply_evaluators_configured(conn: asyncpg.Connection,
             evaluators_at = excluded.evaluators_at
         WHERE datasets.evaluators_at < excluded.evaluators_at
         """, [_dump(e) for e in latest.values()])
+
+
+async def apply_baselines(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    """The latest choice of each dataset's baseline run stands. Like a configuration, one that
+    arrives before its DatasetCreated waits on a placeholder row (its evaluators older than any
+    real ones), which DatasetCreated completes."""
+    latest: dict[str, DatasetBaselineSet] = {}
+    for env in batch:
+        ev: DatasetBaselineSet = env.event  # type: ignore[assignment]
+        if ev.dataset_id not in latest or ev.set_at > latest[ev.dataset_id].set_at:
+            latest[ev.dataset_id] = ev
+    await conn.execute("""
+        INSERT INTO datasets AS d (id, name, evaluators, created_at, evaluators_at,
+            baseline_run_id, baseline_set_at)
+        SELECT dataset_id, '', '[]', set_at, '-infinity', run_id, set_at
+        FROM jsonb_to_recordset($1::jsonb) AS e(dataset_id text, run_id text,
+                                                 set_at timestamptz)
+        WHERE NOT EXISTS (SELECT 1 FROM deleted_datasets x WHERE x.dataset_id = e.dataset_id)
+        ON CONFLICT (id) DO UPDATE SET baseline_run_id = excluded.baseline_run_id,
+            baseline_set_at = excluded.baseline_set_at
+        WHERE d.baseline_set_at IS NULL OR d.baseline_set_at < excluded.baseline_set_at
+        """, [{**_dump(e), "run_id": e.run_id} for e in latest.values()])
 
 
 async def apply_items_upserted(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
@@ -555,6 +578,7 @@ SELF_LEDGERED: frozenset[type[Event]] = frozenset({ScoreRecorded, ScoringComplet
 HANDLERS: dict[type[Event], Callable[[asyncpg.Connection, Sequence[Envelope]], Awaitable[None]]] = {
     DatasetCreated: apply_dataset_created,
     EvaluatorsConfigured: apply_evaluators_configured,
+    DatasetBaselineSet: apply_baselines,
     DatasetItemsUpserted: apply_items_upserted,
     DatasetItemsDeleted: apply_items_deleted,
     RunStarted: apply_run_started,

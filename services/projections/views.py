@@ -321,6 +321,7 @@ def display_value(score: dict) -> str:
 
 _DATASETS_SQL = """
 SELECT d.id, d.name, d.description, d.evaluators, d.created_at,
+       (SELECT b.id FROM runs b WHERE b.id = d.baseline_run_id) AS baseline_run_id,
        (SELECT count(*) FROM dataset_items i WHERE i.dataset_id = d.id) AS item_count,
        r.run_count, r.last_run_at,
        count(*) OVER () AS total

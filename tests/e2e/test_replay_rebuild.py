@@ -304,6 +304,8 @@ async def test_rebuild_answers_exactly_as_the_live_read_models(api, own_settings
         r = await api.ingest.put(f"/v1/datasets/{dataset_id}/evaluators",
                                  json=[{"type": "exact_match"}])
         assert r.status_code == 200, r.text
+        r = await api.ingest.put(f"/v1/datasets/{dataset_id}/baseline", json={"run_id": run_id})
+        assert r.status_code == 200, r.text
         # ... an item removed, and another removed then upserted again, ...
         extra = [{"id": f"extra-{uuid.uuid4().hex[:6]}", "expected_output": out}
                  for out in ("a", "b")]
@@ -331,6 +333,7 @@ async def test_rebuild_answers_exactly_as_the_live_read_models(api, own_settings
         assert not any(other in row for row in tables_before["runs"])
         assert len(tables_before["deleted_dataset_items"]) == 2
         assert len(tables_before["retracted_scores"]) == 1
+        assert any(run_id in row for row in tables_before["datasets"])  # its baseline run
         items_left = " ".join(tables_before["dataset_items"])
         assert extra[1]["id"] in items_left and extra[0]["id"] not in items_left
 

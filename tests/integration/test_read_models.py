@@ -399,3 +399,52 @@ async def test_a_verdict_taken_back_stays_back_unless_given_again_later_whatever
     gone = await project(migrated.dsn, arranged(_deleted(log), 19), everything)
     assert gone["tables"] == {"scores": [], "score_history": [], "retracted_scores": []}
     assert gone["summary"] is None and gone["histories"] == [None, None, None]
+
+
+@pytest.mark.parametrize("arrangement", ["one_at_a_time", "reversed", "reversed_one_at_a_time",
+                                         "shuffled_with_duplicates"])
+async def test_the_latest_baseline_choice_stands_whatever_the_order(migrated, arrangement):
+    """Choices of a dataset's baseline run, one undone and one older arriving last: the latest
+    stands, also when it arrives before the dataset itself; the dataset's summary names it
+    while the run exists."""
+    from datetime import UTC, datetime, timedelta
+
+    from schemas.catalog import DatasetBaselineSet, DatasetCreated, RunDeleted, RunStarted
+    from schemas.common import EvaluatorSpec
+
+    at = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+    def catalog(event) -> object:
+        return wrap(event, source="evalstream/ingest", key="d1")
+
+    specs = (EvaluatorSpec(type="exact_match"),)
+    log = [catalog(DatasetCreated(dataset_id="d1", name="qa", evaluators=specs, created_at=at)),
+           *(catalog(RunStarted(run_id=r, dataset_id="d1", name=r, total_items=0,
+                                evaluators=specs, started_at=at + timedelta(minutes=n)))
+             for n, r in enumerate(("r1", "r2"), 1)),
+           catalog(DatasetBaselineSet(dataset_id="d1", run_id="r1",
+                                      set_at=at + timedelta(minutes=3))),
+           catalog(DatasetBaselineSet(dataset_id="d1", run_id=None,
+                                      set_at=at + timedelta(minutes=4))),
+           catalog(DatasetBaselineSet(dataset_id="d1", run_id="r2",
+                                      set_at=at + timedelta(minutes=5)))]
+
+    async def dataset(conn) -> tuple[dict, dict | None]:
+        row = dict(await conn.fetchrow("SELECT * FROM datasets WHERE id = 'd1'"))
+        summary = await views.dataset_summary(conn, "d1")
+        return row, summary and {k: summary[k] for k in ("name", "baseline_run_id")}
+
+    def arranged(events: list, seed: int) -> list[list]:
+        if arrangement == "reversed_one_at_a_time":
+            return [[e] for e in reversed(events)]
+        return _arranged(events, arrangement, seed)
+
+    expected = await project(migrated.dsn, [log], dataset)
+    assert expected[1] == {"name": "qa", "baseline_run_id": "r2"}
+    assert expected[0]["evaluators"] == [{"type": "exact_match"}]
+    assert await project(migrated.dsn, arranged(log, 23), dataset) == expected
+    # the baseline run deleted: the dataset has none to show
+    gone = [*log, catalog(RunDeleted(run_id="r2", dataset_id="d1",
+                                     deleted_at=at + timedelta(minutes=9)))]
+    assert (await project(migrated.dsn, arranged(gone, 29), dataset))[1] == {
+        "name": "qa", "baseline_run_id": None}

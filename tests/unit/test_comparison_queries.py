@@ -13,7 +13,7 @@ from services.projections.views import InvalidQuery
 
 
 @pytest.mark.parametrize("runs,baseline,field", [
-    ("a", None, "runs"), ("a,,", None, "runs"), ("a,b,a", None, "runs"),
+    ("", None, "runs"), (" , ", None, "runs"), ("a,b,a", None, "runs"),
     (",".join(f"r{i}" for i in range(11)), None, "runs"), ("a,b", "c", "baseline")])
 def test_bad_runs_and_baselines_name_their_parameter(runs, baseline, field):
     with pytest.raises(InvalidQuery) as e:
@@ -21,9 +21,11 @@ def test_bad_runs_and_baselines_name_their_parameter(runs, baseline, field):
     assert e.value.field == field and e.value.status == 422
 
 
-def test_runs_keep_their_order_and_the_baseline_defaults_to_the_first():
-    assert comparison.parse_runs(" b, a ,c", None) == (["b", "a", "c"], "b")
+def test_runs_keep_their_order_and_the_baseline_is_resolved_later():
+    # (with none given: the dataset's baseline run or the first, comparison.resolve)
+    assert comparison.parse_runs(" b, a ,c", None) == (["b", "a", "c"], None)
     assert comparison.parse_runs("b,a", "a") == (["b", "a"], "a")
+    assert comparison.parse_runs("a", None) == (["a"], None)
 
 
 def test_sections_and_sorts():
