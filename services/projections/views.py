@@ -192,10 +192,14 @@ def _results_sql(sort: str, descending: bool, outcome: Outcome | None, score: st
         return f"${len(params) + 4}"
 
     where = ["r.run_id = $1"]
+    group_join = ""
     if group is not None:
         # In the group: the value, or an element of an array value, has that text.
         source, path, text = group
-        value = (f"({'r.metadata' if source == 'trace' else _ITEM_METADATA}"
+        if source == "item":
+            group_join = ("LEFT JOIN runs gr ON gr.id = r.run_id LEFT JOIN dataset_items gi"
+                          " ON gi.dataset_id = gr.dataset_id AND gi.id = r.dataset_item_id")
+        value = (f"({'r.metadata' if source == 'trace' else 'gi.metadata'}"
                  f" #> {param(path)}::text[])")
         wanted = param(text)
         where.append(f"CASE WHEN jsonb_typeof({value}) = 'array' THEN EXISTS ("
@@ -240,7 +244,7 @@ def _results_sql(sort: str, descending: bool, outcome: Outcome | None, score: st
 WITH matching AS (
     SELECT r.run_item_id, r.dataset_item_id, r.trace_id, {key} AS sort_key,
            {label_key} AS sort_label
-    FROM run_items r {sort_join}
+    FROM run_items r {sort_join} {group_join}
     WHERE {" AND ".join(where)}
 ), ranked AS (
     SELECT run_item_id, row_number() OVER (ORDER BY {order}) AS pos
