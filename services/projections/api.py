@@ -63,7 +63,8 @@ async def get_run(run_id: str, request: Request) -> dict:
 async def get_run_scoring(run_id: str, request: Request) -> dict:
     """Is the run scored? `traced_items` (items with a trace), `missing_items` (items of the
     dataset without one), `items_pending_scoring` (succeeded items whose latest trace the
-    evaluator has not reported on yet) and `scored` (none missing, none pending)."""
+    evaluator has not reported on yet) and `scored` (none pending, and none missing or as many
+    traced as the dataset held when the run started: items added since are not waited for)."""
     async with request.app.state.pool.acquire() as conn:
         scoring = await views.run_scoring(conn, run_id)
     if scoring is None:

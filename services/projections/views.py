@@ -148,13 +148,19 @@ FROM runs r WHERE r.id = $1
 
 
 async def run_scoring(conn: asyncpg.Connection, run_id: str) -> dict | None:
-    """How far the run's scoring is: `scored` once every item of its dataset has a trace and the
-    evaluator has reported on every succeeded one (None: no such run)."""
+    """How far the run's scoring is: `scored` once it has a trace of every item of its dataset,
+    or of as many items as the dataset had when the run started (items added since are not
+    waited for), and the evaluator has reported on every succeeded one (None: no such run)."""
     row = await conn.fetchrow(_RUN_SCORING_SQL, run_id)
     if row is None:
         return None
-    return {**dict(row), "scored": row["missing_items"] == 0
-            and row["items_pending_scoring"] == 0}
+    return {**dict(row), "scored": traced_enough(row) and row["items_pending_scoring"] == 0}
+
+
+def traced_enough(scoring) -> bool:
+    """Every item of the dataset has a trace, or as many as the dataset held when the run
+    started (`total_items`) do."""
+    return scoring["missing_items"] == 0 or scoring["traced_items"] >= scoring["total_items"]
 
 
 # Sort keys of the results: a column, or `score:<name>` (the item's value of that score).

@@ -97,3 +97,11 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
     empty = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "empty"}))["id"]
     code, out, err = await _check(migrated, empty, "--wait", "1")
     assert code == 2 and "not scored after 1 s: 3 item(s) of the dataset have no trace" in err
+    # An item added to the dataset since the run started: missing from the run, not waited for.
+    await api.create(f"/v1/datasets/{dataset_id}/items",
+                     {"items": [{"id": f"{prefix}-late", "expected_output": "Oslo"}]})
+    scoring = await api.eventually(f"/v1/runs/{run_id}/scoring",
+                                   lambda s: s["missing_items"] == 1)
+    assert scoring["scored"] is True and scoring["traced_items"] == scoring["total_items"] == 3
+    code, out, err = await _check(migrated, run_id, "--min-pass-rate", "0.6", "--wait", "5")
+    assert code == 0 and "waiting" not in err, out + err

@@ -30,6 +30,10 @@ def test_a_run_is_scored_once_every_item_has_a_trace_and_every_trace_a_report():
     assert waiting_for(_scoring(traced_items=2, missing_items=2), None) == (
         "2 item(s) of the dataset have no trace yet")
     assert waiting_for(_scoring(items_pending_scoring=1), None) == "1 item(s) are being scored"
+    # items added to the dataset after the run started (4 items then) are not waited for
+    assert waiting_for(_scoring(traced_items=4, missing_items=2), None) is None
+    assert waiting_for(_scoring(traced_items=3, missing_items=3), None) == (
+        "3 item(s) of the dataset have no trace yet")
     # --items: that many traced items, whatever the dataset holds
     assert waiting_for(_scoring(traced_items=4, missing_items=2), 4) is None
     assert waiting_for(_scoring(traced_items=4, missing_items=2), 5) == (
