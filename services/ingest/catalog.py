@@ -53,6 +53,15 @@ def _first_repeat(ids: Sequence[str]) -> int | None:
     return None
 
 
+async def _hold_dataset(conn: asyncpg.Connection, dataset_id: str) -> None:
+    """Lock the dataset's row against its deletion until the transaction ends; a 404 naming
+    the path's dataset_id when it is unknown or deleted."""
+    if not await conn.fetchval("SELECT 1 FROM datasets WHERE id = $1"
+                               " AND deleted_at IS NULL FOR SHARE", dataset_id):
+        raise FieldError(("path", "dataset_id"), f"dataset {dataset_id} not found", 404,
+                         "not_found")
+
+
 def _specs(specs: Sequence[EvaluatorSpec] | None) -> tuple[EvaluatorSpec, ...]:
     return tuple(specs) if specs else DEFAULT_EVALUATORS
 
@@ -117,10 +126,7 @@ class Catalog:
         deleted."""
         event = DatasetBaselineSet(dataset_id=dataset_id, run_id=run_id, set_at=utcnow())
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT 1 FROM datasets WHERE id = $1"
-                                       " AND deleted_at IS NULL FOR SHARE", dataset_id):
-                raise FieldError(("path", "dataset_id"), f"dataset {dataset_id} not found", 404,
-                                 "not_found")
+            await _hold_dataset(conn, dataset_id)
             if run_id is not None:
                 run = await conn.fetchrow("SELECT dataset_id, deleted_at FROM runs WHERE id = $1"
                                           " FOR SHARE", run_id)
@@ -141,10 +147,7 @@ class Catalog:
             raise FieldError(("items", dup, "id"), f"item id {items[dup].id!r} appears twice")
         event = DatasetItemsUpserted(dataset_id=dataset_id, items=items, upserted_at=utcnow())
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT 1 FROM datasets WHERE id = $1"
-                                       " AND deleted_at IS NULL FOR SHARE", dataset_id):
-                raise FieldError(("path", "dataset_id"), f"dataset {dataset_id} not found", 404,
-                                 "not_found")
+            await _hold_dataset(conn, dataset_id)
             await conn.execute(
                 """INSERT INTO dataset_items (id, dataset_id, input, expected_output, metadata,
                                               updated_at)
@@ -165,10 +168,7 @@ class Catalog:
         if (dup := _first_repeat(item_ids)) is not None:
             raise FieldError(("ids", dup), f"item id {item_ids[dup]!r} appears twice")
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT 1 FROM datasets WHERE id = $1"
-                                       " AND deleted_at IS NULL FOR SHARE", dataset_id):
-                raise FieldError(("path", "dataset_id"), f"dataset {dataset_id} not found", 404,
-                                 "not_found")
+            await _hold_dataset(conn, dataset_id)
             removed = set(await conn.fetchval(
                 "WITH gone AS (DELETE FROM dataset_items WHERE dataset_id = $1"
                 " AND id = ANY($2::text[]) RETURNING id) SELECT array_agg(id) FROM gone",

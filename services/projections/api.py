@@ -21,6 +21,12 @@ router = APIRouter(prefix="/v1")
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, description="Items to skip.")]
+Runs = Annotated[str, Query(
+    description="Comma-separated ids of 2-10 runs of one dataset, or one run of a dataset with a "
+                "baseline run.", examples=["run-a,run-b"])]
+Baseline = Annotated[str | None, Query(
+    description="The run the others are compared with; default: the dataset's baseline run "
+                "(PUT /v1/datasets/{id}/baseline) if compared, else the first.")]
 By = Annotated[str, Query(
     description="Where each run item's group is read: item.<key> in the dataset item's metadata, "
                 "trace.<key> in the trace's; dots go into nested objects. An array value (tags) "
@@ -246,12 +252,8 @@ async def get_run_results_csv(
 @router.get("/compare")
 async def compare(
     request: Request,
-    runs: Annotated[str, Query(description="Comma-separated ids of 2-10 runs of one dataset, or "
-                                           "one run of a dataset with a baseline run.",
-                               examples=["run-a,run-b"])],
-    baseline: Annotated[str | None, Query(
-        description="The run the others are compared with; default: the dataset's baseline run "
-                    "(PUT /v1/datasets/{id}/baseline) if compared, else the first.")] = None,
+    runs: Runs,
+    baseline: Baseline = None,
     filter: Annotated[comparison.ItemFilter | None, Query(
         description="Keep items with a lower (regressions) or higher (improvements) score than "
                     "the baseline's, or whose status differs from the baseline's.")] = None,
@@ -277,13 +279,9 @@ async def compare(
 @router.get("/compare/breakdown")
 async def compare_breakdown(
     request: Request,
-    runs: Annotated[str, Query(description="Comma-separated ids of 2-10 runs of one dataset, or "
-                                           "one run of a dataset with a baseline run.",
-                               examples=["run-a,run-b"])],
+    runs: Runs,
     by: By,
-    baseline: Annotated[str | None, Query(
-        description="The run the others are compared with; default: the dataset's baseline run "
-                    "(PUT /v1/datasets/{id}/baseline) if compared, else the first.")] = None,
+    baseline: Baseline = None,
     limit: Limit = 100, offset: Offset = 0,
 ) -> dict:
     """Runs of one dataset side by side per value of a metadata key, with each run's deltas

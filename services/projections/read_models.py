@@ -109,11 +109,7 @@ async def apply_baselines(conn: asyncpg.Connection, batch: Sequence[Envelope]) -
     """The latest choice of each dataset's baseline run stands. Like a configuration, one that
     arrives before its DatasetCreated waits on a placeholder row (its evaluators older than any
     real ones), which DatasetCreated completes."""
-    latest: dict[str, DatasetBaselineSet] = {}
-    for env in batch:
-        ev: DatasetBaselineSet = env.event  # type: ignore[assignment]
-        if ev.dataset_id not in latest or ev.set_at > latest[ev.dataset_id].set_at:
-            latest[ev.dataset_id] = ev
+    latest = _latest(batch, lambda e: e.dataset_id, lambda e: e.set_at)
     await conn.execute("""
         INSERT INTO datasets AS d (id, name, evaluators, created_at, evaluators_at,
             baseline_run_id, baseline_set_at)
@@ -124,7 +120,7 @@ async def apply_baselines(conn: asyncpg.Connection, batch: Sequence[Envelope]) -
         ON CONFLICT (id) DO UPDATE SET baseline_run_id = excluded.baseline_run_id,
             baseline_set_at = excluded.baseline_set_at
         WHERE d.baseline_set_at IS NULL OR d.baseline_set_at < excluded.baseline_set_at
-        """, [{**_dump(e), "run_id": e.run_id} for e in latest.values()])
+        """, [_dump(e.event) for e in latest])
 
 
 async def apply_items_upserted(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
