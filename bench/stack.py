@@ -51,6 +51,9 @@ def bench_settings(bootstrap: str, dsn: str, tag: str, work_dir: Path) -> Settin
 def service_env(settings: Settings, **overrides: str) -> dict[str, str]:
     """The environment that makes a service process read exactly these settings."""
     env = dict(os.environ)
+    # Several evaluators run at once in the scale-out phase; they cannot share one metrics port,
+    # and the benchmark reads the processes' CPU and memory itself.
+    env.pop("EVALSTREAM_METRICS_PORT", None)
     env.update(KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap, DATABASE_URL=settings.dsn,
                EVALSTREAM_API_KEYS=",".join(settings.api_keys),
                EVALSTREAM_INGEST_PORT=str(settings.ingest_port),
