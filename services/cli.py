@@ -529,8 +529,8 @@ def up(broker_port: int = typer.Option(19092, help="Port of the local broker, wh
             key = env["EVALSTREAM_API_KEYS"].split(",")[0]
             typer.echo(f"""
 evalstream is up.
-  ingest API   {ingest}   (docs: {ingest}/docs)
-  query API    {query}   (docs: {query}/docs)
+  ingest API   {ingest}   (docs: {ingest}/docs, metrics: {ingest}/metrics)
+  query API    {query}   (docs: {query}/docs, metrics: {query}/metrics)
   broker       {env['KAFKA_BOOTSTRAP_SERVERS']}
   database     {env['DATABASE_URL']}
   API key      {key}
