@@ -69,6 +69,35 @@ CROSS JOIN LATERAL (
 ) c
 """
 
+# Per run, per key of its items' metadata and each of its values (an array's elements apart,
+# strings, numbers and booleans as text), per score name: the figures /breakdown gives the group.
+METADATA_SCORES_TEMPLATE = """
+SELECT r.id AS run_id, r.dataset_id, g.metadata_key, g.metadata_value, g.score_name, g.average,
+       g.pass_rate, g.count, g.items
+FROM {rm}runs r
+CROSS JOIN LATERAL (
+    SELECT m.key AS metadata_key, m.value AS metadata_value, s.name AS score_name,
+           avg(s.value) FILTER (WHERE s.data_type <> 'categorical') AS average,
+           count(*) FILTER (WHERE s.value >= coalesce(s.pass_threshold, {pass})
+                            AND s.data_type <> 'categorical')::float8
+               / nullif(count(*) FILTER (WHERE s.data_type <> 'categorical'), 0) AS pass_rate,
+           count(*) AS count, count(DISTINCT m.run_item_id) AS items
+    FROM (SELECT ri.run_item_id, e.key, x.value
+          FROM {rm}run_items ri
+          JOIN {rm}dataset_items di ON di.dataset_id = r.dataset_id AND di.id = ri.dataset_item_id
+          CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(di.metadata) = 'object'
+                                             THEN di.metadata END) AS e(key, v)
+          CROSS JOIN LATERAL (
+              SELECT DISTINCT el #>> '{{}}' AS value
+              FROM jsonb_array_elements(CASE WHEN jsonb_typeof(e.v) = 'array' THEN e.v
+                                             ELSE jsonb_build_array(e.v) END) AS el
+              WHERE jsonb_typeof(el) IN ('string', 'number', 'boolean')) x
+          WHERE ri.run_id = r.id) m
+    JOIN {rm}scores s ON s.run_item_id = m.run_item_id
+    GROUP BY m.key, m.value, s.name
+) g
+"""
+
 # name → (template, what the view is, {column: what it holds}); the comments are the contract.
 VIEWS: dict[str, tuple[str, str, dict[str, str]]] = {
     "run_summary": (RUN_SUMMARY_TEMPLATE, (
@@ -109,6 +138,19 @@ VIEWS: dict[str, tuple[str, str, dict[str, str]]] = {
                   "label of a categorical score.",
         "item_metadata": "The dataset item's metadata (its category, tags ...), to group by.",
         "trace_metadata": "The metadata the run's trace of the item was posted with.",
+    }),
+    "metadata_scores": (METADATA_SCORES_TEMPLATE, (
+        "One row per run, key of its items' metadata, value of that key and score name: the "
+        "scores' average, pass rate and count over the run's items with that value, as "
+        "GET /v1/runs/{id}/breakdown?by=item.<key> gives them; filter on run_id and "
+        "metadata_key."), {
+        "metadata_key": "A top-level key of the dataset items' metadata, e.g. category.",
+        "metadata_value": "One value of it as text (an array's elements one by one; strings, "
+                          "numbers and booleans only).",
+        "average": "Mean value of the boolean and numeric scores of that name in the group.",
+        "pass_rate": "Share of them at or above their pass_threshold (default 0.5).",
+        "count": "Number of scores of that name in the group, categorical ones included.",
+        "items": "Run items of the group with a score of that name.",
     }),
     "item_comparison": (ITEM_COMPARISON_TEMPLATE, (
         "One row per baseline run, compared run (same dataset), item and boolean or numeric "

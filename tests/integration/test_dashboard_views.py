@@ -145,6 +145,33 @@ async def test_the_documented_per_category_query_gives_the_breakdowns_averages(d
         for n, item_id in enumerate(dashboard["item_ids"])}
 
 
+async def test_metadata_scores_give_the_breakdowns_figures(dashboard):
+    """The view of scores per item metadata value, as the reader, against the breakdown the
+    scenario computes (its groups with a value; tags one by one)."""
+    for run in sc.RUN_KEYS:
+        rows = await _as_reader(dashboard["dsn"], lambda conn, run=run: conn.fetch(
+            f"SELECT metadata_key, metadata_value, score_name, average, pass_rate, count"
+            f" FROM {dashboard['schema']}.metadata_scores WHERE run_id = $1"
+            " AND metadata_key = ANY($2::text[])", dashboard["runs"][run], ["region", "tags"]))
+        got = {(r["metadata_key"], r["metadata_value"], r["score_name"]):
+               [r["average"], r["pass_rate"], r["count"]] for r in rows}
+        expected = {(key, value, name): [f["average"], f["pass_rate"], f["count"]]
+                    for key in ("region", "tags")
+                    for value, group in sc.breakdown_figures(run, f"item.{key}").items()
+                    if value is not None for name, f in group["scores"].items()}
+        assert got == sc.close(expected), run
+    # docs/dashboards.md's query of it
+    query = DOCUMENTED.split("Each score's pass rate per category")[1].split("```sql")[1].split(
+        "```")[0].replace("dashboard.", f"{dashboard['schema']}.").replace(
+        "'category'", "'region'").replace(":'run'", "$1")
+    rows = await _as_reader(dashboard["dsn"],
+                            lambda conn: conn.fetch(query, dashboard["runs"]["A"]))
+    assert {(r["category"], r["score_name"]): float(r["pass_rate"]) for r in rows} == {
+        (region, name): round(f["pass_rate"], 3)
+        for region, group in sc.breakdown_figures("A", "item.region").items()
+        for name, f in group["scores"].items()}
+
+
 async def test_the_reader_reads_the_views_and_nothing_else(dashboard):
     async def attempts(conn):
         outcomes = {}
