@@ -60,9 +60,7 @@ def parse_group_by(by: str) -> GroupBy:
 # Where the value is read, per source: the dataset item's metadata (an item removed from the
 # dataset since has none) or the trace's.
 _METADATA = {
-    "item": ("di.metadata", "LEFT JOIN runs r ON r.id = ri.run_id "
-                            "LEFT JOIN dataset_items di ON di.dataset_id = r.dataset_id "
-                            "AND di.id = ri.dataset_item_id"),
+    "item": ("di.metadata", views.dataset_item_join("ri", "di")),
     "trace": ("ri.metadata", ""),
 }
 

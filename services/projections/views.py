@@ -177,10 +177,13 @@ class InvalidQuery(ValueError):
         self.field, self.message, self.status = field, message, status
 
 
-# A run item r's dataset item's metadata (none once the item is removed from the dataset).
-_ITEM_METADATA = """(SELECT di.metadata FROM runs rr
-    JOIN dataset_items di ON di.dataset_id = rr.dataset_id AND di.id = r.dataset_item_id
-    WHERE rr.id = r.run_id)"""
+def dataset_item_join(run_item: str, item: str) -> str:
+    """Joins that make `item` the dataset item of run item alias `run_item` (none once the item
+    is removed from the dataset), through its run, aliased `item`_run."""
+    return (f"LEFT JOIN runs {item}_run ON {item}_run.id = {run_item}.run_id"
+            f" LEFT JOIN dataset_items {item} ON {item}.dataset_id = {item}_run.dataset_id"
+            f" AND {item}.id = {run_item}.dataset_item_id")
+
 
 # A group of a breakdown (services/projections/breakdown.py): where the value is read ("item" or
 # "trace"), the key path, and the value as text (a string's own text, a number's digits, true).
@@ -203,8 +206,7 @@ def _results_sql(sort: str, descending: bool, outcome: Outcome | None, score: st
         # In the group: the value, or an element of an array value, has that text.
         source, path, text = group
         if source == "item":
-            group_join = ("LEFT JOIN runs gr ON gr.id = r.run_id LEFT JOIN dataset_items gi"
-                          " ON gi.dataset_id = gr.dataset_id AND gi.id = r.dataset_item_id")
+            group_join = dataset_item_join("r", "gi")
         value = (f"({'r.metadata' if source == 'trace' else 'gi.metadata'}"
                  f" #> {param(path)}::text[])")
         wanted = param(text)
@@ -258,11 +260,12 @@ WITH matching AS (
 )
 SELECT t.total, r.run_item_id, r.dataset_item_id, r.trace_id, r.status, r.input,
        r.expected_output, r.output, r.error, r.latency_ms, r.input_tokens, r.output_tokens,
-       r.cost, r.completed_at, r.metadata, {_ITEM_METADATA} AS item_metadata,
+       r.cost, r.completed_at, r.metadata, ii.metadata AS item_metadata,
        coalesce(s.scores, '[]'::jsonb) AS scores,
        coalesce(f.failures, '[]'::jsonb) AS evaluation_failures
 FROM (SELECT count(*) AS total FROM matching) t
-LEFT JOIN (ranked p JOIN run_items r ON r.run_item_id = p.run_item_id) ON true
+LEFT JOIN (ranked p JOIN run_items r ON r.run_item_id = p.run_item_id
+           {dataset_item_join("r", "ii")}) ON true
 LEFT JOIN LATERAL (
     SELECT jsonb_agg(jsonb_build_object(
         'name', name, 'value', value, 'data_type', data_type, 'source', source,

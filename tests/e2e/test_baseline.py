@@ -21,11 +21,7 @@ async def test_a_pinned_baseline_is_what_one_run_is_compared_with(api, migrated)
     dataset_id = await api.dataset_with_items(items)
 
     async def run(name: str, outputs: list[str]) -> str:
-        run_id = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": name}))["id"]
-        await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
-                                "dataset_item_id": item["id"], "output": out,
-                                "status": "succeeded"}
-                               for n, (item, out) in enumerate(zip(items, outputs, strict=True))])
+        run_id = await api.run_with_outputs(dataset_id, items, outputs, name)
         await api.eventually(f"/v1/runs/{run_id}", lambda s: s["items_with_scores"] == 3)
         return run_id
 

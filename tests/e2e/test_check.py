@@ -39,14 +39,6 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
                                                  ("Rome", "south")])]
     dataset_id = await api.dataset_with_items(items)
 
-    async def run(name: str, outputs: list[str]) -> str:
-        run_id = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": name}))["id"]
-        await api.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
-                                "dataset_item_id": item["id"], "output": out,
-                                "status": "succeeded"}
-                               for n, (item, out) in enumerate(zip(items, outputs, strict=True))])
-        return run_id
-
     # The check starts before the run has a trace: it waits for all three and their scores.
     run_id = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "v1"}))["id"]
     waiting = await _start_check(migrated, run_id, "--min-pass-rate", "0.6",
@@ -76,7 +68,7 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
     assert code == 2 and "Invalid value for --by" in err  # told at once, before any wait
 
     # A second run: one item the baseline had right is now wrong, one wrong is right.
-    second = await run("v2", ["Paris", "Bonn", "Rome"])
+    second = await api.run_with_outputs(dataset_id, items, ["Paris", "Bonn", "Rome"], "v2")
     code, out, err = await _check(migrated, second, "--baseline", run_id, "--min-pass-rate",
                                   "0.6", "--json")
     assert code == 1, out + err
