@@ -169,7 +169,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
                f"(topic {settings.topics.dead_letter})")
 
 
-# The API key of the client commands (check, upload); _client_key finds the default.
+# The API key of the client commands (check, upload, run); _client_key finds the default.
 ClientKey = Annotated[str | None, typer.Option(
     envvar="EVALSTREAM_API_KEY",
     help="API key (default: the first of EVALSTREAM_API_KEYS, or the one `make up` made).")]
@@ -486,6 +486,97 @@ def upload(
             typer.echo(f"upload stopped: {e}", err=True)
             raise typer.Exit(1) from None
     typer.echo(f"dataset {dataset}: {len(ids):,} item(s) from {file}")
+
+
+@app.command("run")
+def run_command(
+    dataset: str | None = typer.Argument(None, metavar="DATASET",
+                                         help="The dataset whose items to run the task over."),
+    task: str = typer.Option(
+        ..., help="Your agent, as module:function or file.py:function: called with each item's "
+                  "input (plain or async), it returns the output, or a "
+                  "services.runner.TaskResult(output, usage, cost, metadata)."),
+    name: str | None = typer.Option(None, help="The run's name (default: the task and the "
+                                               "time)."),
+    metadata: list[str] = typer.Option([], help="KEY=VALUE to keep on the run (repeatable)."),
+    concurrency: int = typer.Option(8, min=1, max=256, help="Items in the task at once."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N items (to try the "
+                                                       "task out)."),
+    run_id: str | None = typer.Option(None, "--run", help="Continue this run instead of "
+                                                          "starting one: items that have a "
+                                                          "trace are skipped."),
+    ingest_url: str | None = typer.Option(
+        None, envvar="EVALSTREAM_INGEST_URL",
+        help="Ingest API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_INGEST_PORT>)."),
+    query_url: str | None = typer.Option(
+        None, envvar="EVALSTREAM_QUERY_URL",
+        help="Query API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_QUERY_PORT>)."),
+    api_key: ClientKey = None,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Run your agent over a dataset: a new run, each item's input through --task, its output
+    (or the error it raised) posted as the item's trace, which the evaluators then score. Prints
+    the run id on stdout (for `evalstream check`); a task's failure on an item is a failed trace,
+    and the run goes on."""
+    import json
+
+    import httpx
+
+    from services.runner import Runner, RunnerError, load_task
+
+    if (dataset is None) == (run_id is None):
+        raise typer.BadParameter("give a DATASET, or --run RUN to continue a run",
+                                 param_hint="DATASET")
+    pairs = {}
+    for m in metadata:
+        key, sep, value = m.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{m!r}: give KEY=VALUE", param_hint="--metadata")
+        pairs[key] = value
+    try:
+        fn = load_task(task)
+    except RunnerError as e:
+        raise typer.BadParameter(str(e), param_hint="--task") from None
+    settings = Settings()
+    key = _client_key(settings, api_key)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    bar: tqdm | None = None
+
+    def started(report, todo: int) -> None:
+        nonlocal bar
+        typer.echo(f"run {report.run_id} ({report.name}) of dataset {report.dataset_id}",
+                   err=True)
+        bar = tqdm(total=todo, unit="item", desc="running the task")
+
+    async def go():
+        async with httpx.AsyncClient(
+                base_url=ingest_url or f"http://{settings.host}:{settings.ingest_port}",
+                headers=headers, timeout=60) as ingest, httpx.AsyncClient(
+                base_url=query_url or f"http://{settings.host}:{settings.query_port}",
+                headers=headers, timeout=60) as query:
+            return await Runner(ingest, query).run(
+                dataset or "", fn, name=name or f"{task} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                metadata=pairs or None, run_id=run_id, concurrency=concurrency, limit=limit,
+                on_start=started, on_item=lambda: bar.update() if bar else None)
+
+    try:
+        report = asyncio.run(go())
+    except RunnerError as e:
+        typer.echo(f"run stopped: {e}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+        return
+    errors = ", ".join(f"{k} {n}" for k, n in sorted(report.errors.items(), key=lambda e: -e[1]))
+    typer.echo(f"{report.items:,} item(s) through the task in {report.seconds:,.1f} s: "
+               f"{report.succeeded:,} succeeded, {report.failed:,} failed"
+               f"{f' ({errors})' if errors else ''}"
+               f"{f', {report.skipped:,} already traced' if report.skipped else ''}; "
+               f"{report.posted:,} trace(s) posted", err=True)
+    typer.echo(report.run_id)
 
 
 def _api_key(data_dir: Path) -> str:

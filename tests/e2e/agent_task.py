@@ -1,0 +1,23 @@
+"""An agent for `evalstream run` in tests/e2e/test_run_command.py: it answers an item's input
+`{"n": n}` with n as text (so exact_match passes) unless n is a multiple of 5 (a wrong answer),
+and raises on n = 7, as a model call that timed out would."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.runner import TaskResult
+
+
+def answer(question: dict) -> TaskResult:
+    n = question["n"]
+    if n == 7:
+        raise TimeoutError("the model did not answer within 30 s")
+    return TaskResult(output=str(n) if n % 5 else "wrong", usage={"input_tokens": 10,
+                                                                  "output_tokens": 2},
+                      cost=0.001, metadata={"model": "fake-1"})
+
+
+async def answer_async(question: dict) -> str:
+    await asyncio.sleep(0.001)
+    return str(question["n"])

@@ -1,0 +1,91 @@
+"""`evalstream run` as a user runs it against the running services: an agent (tests/e2e/
+agent_task.py) over a dataset, stopped after part of it (`--limit`) and continued (`--run`), then
+scored and checked — and the same through the Python API with an async agent."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+
+import httpx
+import pytest
+
+from services.runner import Runner
+from tests.conftest import ROOT, evalstream_command, settings_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
+
+N = 40  # items; n % 5 == 0 is answered wrong, n == 7 raises
+
+
+def _env(settings) -> dict[str, str]:
+    return {**settings_env(settings),
+            "EVALSTREAM_INGEST_URL": f"http://127.0.0.1:{settings.ingest_port}",
+            "EVALSTREAM_QUERY_URL": f"http://127.0.0.1:{settings.query_port}"}
+
+
+async def _dataset(api) -> str:
+    prefix = uuid.uuid4().hex[:8]
+    return await api.dataset_with_items(
+        [{"id": f"{prefix}-{n:02d}", "input": {"n": n}, "expected_output": str(n)}
+         for n in range(N)], evaluators=[{"type": "exact_match"}], name=f"run {prefix}")
+
+
+async def test_run_an_agent_over_a_dataset_then_continue_and_check_it(api, migrated):
+    dataset_id = await _dataset(api)
+    out = await evalstream_command(_env(migrated), "run", dataset_id,
+                                   "--task", "tests.e2e.agent_task:answer", "--limit", "25",
+                                   "--name", "agent v1", "--metadata", "prompt=v1")
+    run_id = out.strip().splitlines()[-1]
+    await api.eventually(f"/v1/runs/{run_id}", lambda s: s["completed_items"]
+                         + s["failed_items"] == 25)
+
+    # Continued: the 25 items with a trace are skipped, the other 15 go through the task.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "run", "--run", run_id,
+        "--task", "tests.e2e.agent_task:answer", env=_env(migrated), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == run_id
+    assert "15 item(s) through the task" in err.decode() and "25 already traced" in err.decode()
+
+    summary = await api.eventually(f"/v1/runs/{run_id}",
+                                   lambda s: s["scores"].get("exact_match", {}).get("count")
+                                   == N - 1)
+    wrong = len(range(0, N, 5))
+    assert (summary["name"], summary["metadata"]) == ("agent v1", {"prompt": "v1"})
+    assert (summary["completed_items"], summary["failed_items"]) == (N - 1, 1)
+    assert summary["scores"]["exact_match"]["average"] == pytest.approx((N - 1 - wrong) / (N - 1))
+    assert summary["total_tokens"] == 12 * (N - 1)
+    assert summary["total_cost"] == pytest.approx(0.001 * (N - 1))
+    assert summary["latency_p50_ms"] is not None
+
+    failed = (await api.query.get(f"/v1/runs/{run_id}/results",
+                                  params={"status": "failed"})).json()["items"]
+    assert [(i["dataset_item_id"][-2:], i["error"]) for i in failed] == [
+        ("07", "TimeoutError: the model did not answer within 30 s")]
+    first = (await api.query.get(f"/v1/runs/{run_id}/results", params={"limit": 1})).json()
+    assert first["items"][0]["metadata"] == {"model": "fake-1"}
+
+    report = await evalstream_command(_env(migrated), "check", run_id,
+                                      "--min-pass-rate", "0.75", "--wait", "60")
+    assert "passed" in report
+
+
+async def test_run_an_async_agent_through_the_python_api(api, migrated):
+    dataset_id = await _dataset(api)
+    headers = {"Authorization": f"Bearer {migrated.api_keys[0]}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{migrated.ingest_port}",
+                                 headers=headers) as ingest, httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{migrated.query_port}", headers=headers) as query:
+        from tests.e2e.agent_task import answer_async
+        report = await Runner(ingest, query).run(dataset_id, answer_async, name="async agent",
+                                                 concurrency=16)
+    assert (report.items, report.succeeded, report.posted) == (N, N, N)
+    summary = await api.eventually(f"/v1/runs/{report.run_id}",
+                                   lambda s: s["scores"].get("exact_match", {}).get("count") == N)
+    assert summary["scores"]["exact_match"]["pass_rate"] == 1.0
+    scoring = (await api.query.get(f"/v1/runs/{report.run_id}/scoring")).json()
+    assert scoring["scored"] is True and scoring["missing_items"] == 0

@@ -1,0 +1,170 @@
+"""`evalstream run`'s own logic: finding the task, turning what it returns (or raises) into a
+trace, and the calls it makes — in calls of at most 1,000 traces, retried while the API answers
+503, stopped with the run's id when the API refuses one, and never more items in the task at once
+than asked. The APIs are httpx's MockTransport here; tests/e2e/test_run_command.py runs it
+against the real services."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import threading
+import time
+
+import httpx
+import pytest
+from pydantic import BaseModel
+
+from schemas.common import deterministic_id
+from services.runner import Runner, RunnerError, TaskResult, load_task, trace_of
+
+
+def test_load_task_from_a_module_and_from_a_file(tmp_path, monkeypatch):
+    (tmp_path / "my_agent.py").write_text("def answer(x):\n    return x * 2\n"
+                                         "class Box:\n    def run(self, x):\n        return x\n"
+                                         "box = Box()\nNOT_CALLABLE = 3\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_task("my_agent:answer")(2) == 4
+    assert load_task("my_agent:box.run")(5) == 5
+    assert load_task(f"{tmp_path / 'my_agent.py'}:answer")(3) == 6
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("my_agent", "give it as module:function"),
+    ("my_agent:", "give it as module:function"),
+    ("no_such_module_x:answer", "importing no_such_module_x failed: ModuleNotFoundError"),
+    ("broken_agent:answer", "importing broken_agent failed: ZeroDivisionError"),
+    ("my_agent:missing", "my_agent has no 'missing'"),
+    ("my_agent:NOT_CALLABLE", "'NOT_CALLABLE' is not a function"),
+    ("nowhere.py:answer", "no file nowhere.py"),
+])
+def test_load_task_says_what_is_wrong(tmp_path, monkeypatch, spec, message):
+    (tmp_path / "my_agent.py").write_text("def answer(x):\n    return x\nNOT_CALLABLE = 3\n")
+    (tmp_path / "broken_agent.py").write_text("1 / 0\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RunnerError, match=message):
+        load_task(spec)
+
+
+class Answer(BaseModel):
+    text: str
+
+
+@dataclasses.dataclass
+class Verdict:
+    label: str
+
+
+def test_trace_of_outputs_results_and_errors():
+    base = {"trace_id": deterministic_id("evalstream-run", "r1", "i1"), "run_id": "r1",
+            "dataset_item_id": "i1", "latency_ms": 12.346}
+    assert trace_of("r1", "i1", "Paris", None, 12.3456) == {
+        **base, "output": "Paris", "status": "succeeded"}
+    assert trace_of("r1", "i1", TaskResult({"a": 1}, usage={"input_tokens": 3, "output_tokens": 4},
+                                           cost=0.5, metadata={"model": "m"}), None, 12.3456) == {
+        **base, "output": {"a": 1}, "status": "succeeded",
+        "usage": {"input_tokens": 3, "output_tokens": 4}, "cost": 0.5, "metadata": {"model": "m"}}
+    assert trace_of("r1", "i1", Answer(text="x"), None, 12.3456)["output"] == {"text": "x"}
+    assert trace_of("r1", "i1", Verdict("ok"), None, 12.3456)["output"] == {"label": "ok"}
+    assert trace_of("r1", "i1", None, TimeoutError("no answer in 30 s"), 12.3456) == {
+        **base, "output": None, "status": "failed", "error": "TimeoutError: no answer in 30 s"}
+    not_json = trace_of("r1", "i1", {1, 2}, None, 12.3456)
+    assert not_json["status"] == "failed" and not_json["output"] is None
+    assert not_json["error"].startswith("TypeError: the task's output is not JSON (set)")
+    assert len(trace_of("r1", "i1", None, ValueError("x" * 200_000), 1)["error"]) == 100_000
+    # The same run and item: the same trace id (a call sent again posts the same traces).
+    assert trace_of("r1", "i1", "a", None, 1)["trace_id"] == base["trace_id"]
+    assert trace_of("r2", "i1", "a", None, 1)["trace_id"] != base["trace_id"]
+
+
+class FakeApis:
+    """The ingest and query APIs as MockTransports: a dataset of `n` items, a run, and the
+    trace calls as they come."""
+
+    def __init__(self, n: int, traces_answers: list[int] | None = None):
+        self.items = [{"id": f"i{k:05d}", "input": k} for k in range(n)]
+        self.calls: list[list[dict]] = []
+        self.traces_answers = list(traces_answers or [])
+
+    def ingest(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if request.url.path == "/v1/runs":
+            return httpx.Response(201, json={"id": "run-1", "name": body["name"],
+                                             "total_items": len(self.items)})
+        assert request.url.path == "/v1/traces"
+        status = self.traces_answers.pop(0) if self.traces_answers else 202
+        if status == 422:
+            return httpx.Response(422, json={"detail": [
+                {"loc": ["body", "traces", 0, "output"], "msg": "too large"}]})
+        if status != 202:
+            return httpx.Response(status, text="unavailable")
+        self.calls.append(body["traces"])
+        return httpx.Response(202, json={"accepted": len(body["traces"])})
+
+    def query(self, request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/datasets/ds/items"
+        limit, offset = int(request.url.params["limit"]), int(request.url.params.get("offset", 0))
+        page = self.items[offset:offset + limit]
+        after = offset + len(page)
+        return httpx.Response(200, json={"total": len(self.items), "items": page,
+                                         "next_offset": after if after < len(self.items) else None})
+
+    def runner(self) -> Runner:
+        return Runner(httpx.AsyncClient(transport=httpx.MockTransport(self.ingest),
+                                        base_url="http://ingest"),
+                      httpx.AsyncClient(transport=httpx.MockTransport(self.query),
+                                        base_url="http://query"),
+                      retry_window_s=5)
+
+
+async def test_every_item_is_posted_once_in_calls_of_at_most_1000():
+    apis = FakeApis(2500, traces_answers=[202, 503, 202])  # the second call is answered 503 once
+    report = await apis.runner().run("ds", lambda x: x * 10, name="n", concurrency=16)
+    posted = [t for call in apis.calls for t in call]
+    assert max(len(call) for call in apis.calls) <= 1000
+    assert sorted(t["dataset_item_id"] for t in posted) == [i["id"] for i in apis.items]
+    assert all(t["output"] == int(t["dataset_item_id"][1:]) * 10 for t in posted)
+    assert (report.items, report.succeeded, report.failed, report.posted) == (2500, 2500, 0, 2500)
+
+
+async def test_a_refused_call_stops_the_run_naming_it():
+    apis = FakeApis(1500, traces_answers=[202, 422])
+    with pytest.raises(RunnerError) as e:
+        await apis.runner().run("ds", lambda x: x, name="n")
+    assert "POST /v1/traces: HTTP 422: body.traces.0.output: too large" in str(e.value)
+    assert "run run-1: 1000 trace(s) posted before it; `--run run-1` continues" in str(e.value)
+
+
+async def test_at_most_concurrency_items_are_in_the_task_at_once():
+    apis = FakeApis(60)
+    busy, most, lock = 0, 0, threading.Lock()
+
+    def plain(x):
+        nonlocal busy, most
+        with lock:
+            busy += 1
+            most = max(most, busy)
+        time.sleep(0.01)
+        with lock:
+            busy -= 1
+        if x == 7:
+            raise ValueError("seven")
+        return x
+
+    report = await apis.runner().run("ds", plain, name="n", concurrency=4)
+    assert most == 4 and (report.succeeded, report.failed) == (59, 1)
+    assert report.errors == {"ValueError": 1}
+
+    busy = most = 0
+
+    async def coroutine(x):
+        nonlocal busy, most
+        busy += 1
+        most = max(most, busy)
+        await asyncio.sleep(0.01)
+        busy -= 1
+        return x
+
+    report = await FakeApis(60).runner().run("ds", coroutine, name="n", concurrency=5, limit=30)
+    assert most == 5 and report.items == 30
