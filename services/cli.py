@@ -169,7 +169,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
                f"(topic {settings.topics.dead_letter})")
 
 
-# The API key of the client commands (check, upload, run); _client_key finds the default.
+# The API key of the client commands (check, upload, run, review); _client_key finds the default.
 ClientKey = Annotated[str | None, typer.Option(
     envvar="EVALSTREAM_API_KEY",
     help="API key (default: the first of EVALSTREAM_API_KEYS, or the one `make up` made).")]
@@ -577,6 +577,65 @@ def run_command(
                f"{f', {report.skipped:,} already traced' if report.skipped else ''}; "
                f"{report.posted:,} trace(s) posted", err=True)
     typer.echo(report.run_id)
+
+
+class ReviewWhich(StrEnum):
+    awaiting = "awaiting"
+    failed = "failed"
+    passed = "passed"
+    all = "all"
+
+
+@app.command()
+def review(
+    run_id: str = typer.Argument(..., metavar="RUN", help="The run whose items to review."),
+    name: str = typer.Option("manual", help="The verdict's score name."),
+    which: ReviewWhich = typer.Option(
+        ReviewWhich.awaiting, "--items",
+        help="awaiting: succeeded items with no verdict of --name yet; failed / passed: by "
+             "their scores; all: every item (a verdict given again corrects the earlier one)."),
+    limit: int = typer.Option(100, min=1, help="Most items to offer."),
+    reviewer: str | None = typer.Option(None, "--by", help="Who gives the verdicts "
+                                                           "(created_by)."),
+    ingest_url: str | None = typer.Option(
+        None, envvar="EVALSTREAM_INGEST_URL",
+        help="Ingest API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_INGEST_PORT>)."),
+    query_url: str | None = typer.Option(
+        None, envvar="EVALSTREAM_QUERY_URL",
+        help="Query API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_QUERY_PORT>)."),
+    api_key: ClientKey = None,
+) -> None:
+    """Review a run's items in the terminal: each one's input, expected output, output and
+    scores, and your verdict — y correct, n incorrect (with a comment), s skip, b back, q quit.
+    Each verdict is posted at once (a person's score, name `manual` by default)."""
+    import httpx
+
+    from services.review import ReviewError
+    from services.review import review as go
+
+    settings = Settings()
+    key = _client_key(settings, api_key)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def ask(prompt: str) -> str:
+        try:
+            return input(prompt)
+        except EOFError:  # the input ended: as if the reviewer quit
+            return "q"
+
+    with httpx.Client(base_url=query_url or f"http://{settings.host}:{settings.query_port}",
+                      headers=headers, timeout=30) as query, httpx.Client(
+            base_url=ingest_url or f"http://{settings.host}:{settings.ingest_port}",
+            headers=headers, timeout=30) as ingest:
+        try:
+            report = go(query, ingest, run_id, ask=ask, show=typer.echo, name=name,
+                        which=which.value, limit=limit, reviewer=reviewer)
+        except ReviewError as e:
+            typer.echo(f"review stopped: {e}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"{report.correct + report.incorrect} verdict(s) posted: {report.correct} "
+               f"correct, {report.incorrect} incorrect; {report.skipped} skipped"
+               + (" (quit)" if report.quit else ""))
 
 
 def _api_key(data_dir: Path) -> str:

@@ -1,0 +1,157 @@
+"""`evalstream review RUN`: a person goes through a run's items in the terminal and says, of each,
+correct or incorrect, with a comment — the verdicts `POST /v1/scores` takes, without writing a
+request by hand.
+
+The items come from the query API's results (by default those still awaiting a verdict of the
+score's name: succeeded, with none yet), at most `limit` of them, read when the review starts.
+Each shows its input, expected output, output, error and scores; the answer is `y` (correct),
+`n` (incorrect), `s` (skip), `b` (back: the previous item again, to change its verdict) or `q`
+(quit). A verdict is posted as soon as it is given, so quitting loses nothing; posting one again
+corrects it (the API keeps the earlier value in the score's history).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+PAGE = 1000
+SHOW_CHARS = 2000  # of a long input or output, shown in the terminal
+
+Filter = str  # "awaiting" (no verdict of the name yet), "failed", "passed", "all"
+
+
+class ReviewError(RuntimeError):
+    """The review cannot start or go on; the message says why."""
+
+
+@dataclass
+class ReviewReport:
+    run_id: str
+    name: str
+    items: int = 0  # items offered
+    correct: int = 0
+    incorrect: int = 0
+    skipped: int = 0
+    quit: bool = False
+    verdicts: dict[str, bool] = field(default_factory=dict)  # item -> the last verdict posted
+
+    def as_dict(self) -> dict:
+        return {"run_id": self.run_id, "name": self.name, "items": self.items,
+                "correct": self.correct, "incorrect": self.incorrect, "skipped": self.skipped,
+                "quit": self.quit}
+
+
+def _text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1)
+    return text if len(text) <= SHOW_CHARS else f"{text[:SHOW_CHARS]}… ({len(text):,} chars)"
+
+
+def describe(item: dict, position: str) -> str:
+    """An item as the reviewer sees it."""
+    lines = [f"── {position} · item {item['dataset_item_id'] or '-'} · trace {item['trace_id']}"
+             f" · {item['status']}"
+             + (f" · {item['latency_ms']:,.0f} ms" if item.get("latency_ms") is not None
+                else "")]
+    for label, key in (("input", "input"), ("expected", "expected_output"),
+                       ("output", "output"), ("error", "error")):
+        if item.get(key) is not None:
+            body = _text(item[key]).replace("\n", "\n            ")
+            lines.append(f"{label + ':':<11} {body}")
+    scores = [f"{s['name']} {s.get('display_value') or s['value']}"
+              + (f" ({s['comment']})" if s.get("comment") else "")
+              for s in item.get("scores") or ()]
+    if scores:
+        lines.append(f"{'scores:':<11} " + " · ".join(scores))
+    for f in item.get("evaluation_failures") or ():
+        lines.append(f"{'failed:':<11} {f['name']}: {f['reason']}")
+    if item.get("trace_url"):
+        lines.append(f"{'trace:':<11} {item['trace_url']}")
+    return "\n".join(lines)
+
+
+def _answer(r: httpx.Response) -> dict:
+    if r.status_code >= 400:
+        try:
+            detail = r.json()["detail"]
+            first = detail[0] if isinstance(detail, list) else {"loc": [], "msg": str(detail)}
+            said = f"{'.'.join(map(str, first.get('loc', [])))}: {first.get('msg')}"
+        except (ValueError, KeyError, IndexError, TypeError):
+            said = r.text[:300]
+        raise ReviewError(f"{r.request.method} {r.request.url.path}: HTTP {r.status_code}: {said}")
+    return r.json()
+
+
+def items_to_review(query: httpx.Client, run_id: str, name: str, which: Filter,
+                    limit: int) -> list[dict]:
+    """The run's items to offer, in item order, at most `limit`."""
+    params: dict[str, Any] = {"limit": min(PAGE, limit)}
+    if which == "awaiting":
+        params |= {"filter": "unscored", "score": name, "status": "succeeded"}
+    elif which in ("passed", "failed"):
+        params |= {"filter": which}
+    out: list[dict] = []
+    offset: int | None = 0
+    while offset is not None and len(out) < limit:
+        try:
+            page = _answer(query.get(f"/v1/runs/{run_id}/results",
+                                     params={**params, "offset": offset}))
+        except httpx.HTTPError as e:
+            raise ReviewError(f"query API unreachable: {e}") from None
+        out += page["items"][:limit - len(out)]
+        offset = page["next_offset"]
+    return out
+
+
+def review(query: httpx.Client, ingest: httpx.Client, run_id: str, *,
+           ask: Callable[[str], str], show: Callable[[str], None], name: str = "manual",
+           which: Filter = "awaiting", limit: int = 100,
+           reviewer: str | None = None) -> ReviewReport:
+    """Offer the items one by one; `ask(prompt)` reads an answer, `show(text)` writes."""
+    items = items_to_review(query, run_id, name, which, limit)
+    report = ReviewReport(run_id=run_id, name=name, items=len(items))
+    if not items:
+        show(f"run {run_id}: no item to review ({which})")
+        return report
+    show(f"run {run_id}: {len(items)} item(s) to review ({which}); "
+         "y correct · n incorrect · s skip · b back · q quit")
+    n, seen = 0, set()
+    while n < len(items):
+        item = items[n]
+        # A trace of the run outside its dataset's items is named by its trace id.
+        key = ("dataset_item_id", item["dataset_item_id"]) if item["dataset_item_id"] \
+            else ("trace_id", item["trace_id"])
+        seen.add(key[1])
+        show(describe(item, f"{n + 1}/{len(items)}"))
+        choice = ""
+        while choice not in ("y", "n", "s", "b", "q"):
+            choice = ask(f"{name}? [y/n/s/b/q] ").strip().lower()[:1]
+        if choice == "q":
+            report.quit = True
+            break
+        if choice == "b":
+            n = max(0, n - 1)
+            continue
+        if choice == "s":
+            n += 1
+            continue
+        comment = ask("comment (Enter for none): ").strip() or None
+        body = {"run_id": run_id, key[0]: key[1], "name": name, "value": choice == "y",
+                "comment": comment}
+        if reviewer:
+            body["created_by"] = reviewer
+        try:
+            _answer(ingest.post("/v1/scores", json=body))
+        except httpx.HTTPError as e:
+            raise ReviewError(f"ingest API unreachable: {e}; the verdict on "
+                              f"{key[1]} was not posted") from None
+        report.verdicts[key[1]] = choice == "y"
+        n += 1
+    report.skipped = len(seen - report.verdicts.keys())
+    report.correct = sum(report.verdicts.values())
+    report.incorrect = len(report.verdicts) - report.correct
+    return report
