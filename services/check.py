@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 
+from services.client import auth, first_error, refusal
 from services.projections.views import traced_enough
 
 
@@ -149,8 +150,7 @@ class QueryApi:
     """The few query API calls the check makes."""
 
     def __init__(self, url: str, api_key: str | None, timeout: float = 30.0):
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        self._client = httpx.Client(base_url=url, headers=auth(api_key), timeout=timeout)
 
     def close(self) -> None:
         self._client.close()
@@ -162,15 +162,11 @@ class QueryApi:
             raise CheckError(f"query API at {self._client.base_url} unreachable: {e}",
                              "unavailable") from None
         if response.status_code == 404:
-            try:
-                found = "; ".join(d["msg"] for d in response.json()["detail"])
-            except (ValueError, KeyError, TypeError):
-                found = response.text[:200]
-            raise CheckError(f"{path}: {found}", "not_found")
+            raise CheckError(f"{path}: {first_error(response)[1]}", "not_found")
         if response.status_code != 200:
             # 502/503/504: a gateway, or the API without its database for a moment (a 503, see
             # README, HTTP API); any other answer will not change by asking again.
-            raise CheckError(f"{path}: HTTP {response.status_code}: {response.text[:300]}",
+            raise CheckError(f"{path}: {refusal(response)}",
                              "unavailable" if response.status_code in (502, 503, 504)
                              else "refused")
         return response.json()

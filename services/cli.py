@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
+from services import client
 from services.settings import NotConfigured, Settings
 
 app = typer.Typer(help="evalstream: event-sourced scoring of LLM application outputs.",
@@ -169,10 +170,17 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
                f"(topic {settings.topics.dead_letter})")
 
 
-# The API key of the client commands (check, upload, run, review); _client_key finds the default.
+# The options of the client commands (check, upload, run, review); services/client.py finds
+# the defaults.
 ClientKey = Annotated[str | None, typer.Option(
     envvar="EVALSTREAM_API_KEY",
     help="API key (default: the first of EVALSTREAM_API_KEYS, or the one `make up` made).")]
+IngestUrl = Annotated[str | None, typer.Option(
+    envvar="EVALSTREAM_INGEST_URL",
+    help="Ingest API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_INGEST_PORT>).")]
+QueryUrl = Annotated[str | None, typer.Option(
+    envvar="EVALSTREAM_QUERY_URL",
+    help="Query API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_QUERY_PORT>).")]
 
 
 @app.command()
@@ -223,8 +231,7 @@ def check(
     except InvalidQuery as e:  # before any wait
         raise typer.BadParameter(e.message, param_hint="--by") from None
     settings = Settings()
-    api = QueryApi(url or f"http://{settings.host}:{settings.query_port}",
-                   _client_key(settings, api_key))
+    api = QueryApi(client.query_url(settings, url), client.client_key(settings, api_key))
     said: list[str] = []
 
     def waiting(what: str) -> None:  # each new state once, on stderr
@@ -430,16 +437,6 @@ def projections_drop_previous(
         typer.echo(f"dropped {schema}")
 
 
-def _client_key(settings: Settings, given: str | None) -> str | None:
-    """The key a client command sends: the one given, else the first of EVALSTREAM_API_KEYS,
-    else the one `make up` made."""
-    key = given or (settings.api_keys[0] if settings.api_keys else None)
-    key_file = Path(settings.data_dir) / "api-key"
-    if key is None and key_file.exists():
-        key = key_file.read_text().strip()
-    return key
-
-
 @app.command()
 def upload(
     file: Path = typer.Argument(..., exists=True, dir_okay=False,
@@ -469,19 +466,17 @@ def upload(
     except UploadError as e:
         typer.echo(f"upload refused: {e}", err=True)
         raise typer.Exit(2) from None
-    key = _client_key(settings, api_key)
-    with httpx.Client(base_url=url or f"http://{settings.host}:{settings.ingest_port}",
-                      headers={"Authorization": f"Bearer {key}"} if key else {},
-                      timeout=60) as client:
+    with httpx.Client(base_url=client.ingest_url(settings, url),
+                      headers=client.auth(client.client_key(settings, api_key)),
+                      timeout=60) as ingest:
         try:
             if dataset is None:
-                r = client.post("/v1/datasets", json={"name": name})
+                r = ingest.post("/v1/datasets", json={"name": name})
                 if r.status_code != 201:
-                    raise UploadError(f"creating the dataset: HTTP {r.status_code}: "
-                                      f"{r.text[:300]}")
+                    raise UploadError(f"creating the dataset: {client.refusal(r)}")
                 dataset = r.json()["id"]
             with tqdm(total=len(items), unit="item", desc=f"uploading {file.name}") as bar:
-                ids = send(client, dataset, items, bar.update)
+                ids = send(ingest, dataset, items, bar.update)
         except (UploadError, httpx.HTTPError) as e:
             typer.echo(f"upload stopped: {e}", err=True)
             raise typer.Exit(1) from None
@@ -505,12 +500,8 @@ def run_command(
     run_id: str | None = typer.Option(None, "--run", help="Continue this run instead of "
                                                           "starting one: items that have a "
                                                           "trace are skipped."),
-    ingest_url: str | None = typer.Option(
-        None, envvar="EVALSTREAM_INGEST_URL",
-        help="Ingest API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_INGEST_PORT>)."),
-    query_url: str | None = typer.Option(
-        None, envvar="EVALSTREAM_QUERY_URL",
-        help="Query API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_QUERY_PORT>)."),
+    ingest_url: IngestUrl = None,
+    query_url: QueryUrl = None,
     api_key: ClientKey = None,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -538,8 +529,7 @@ def run_command(
     except RunnerError as e:
         raise typer.BadParameter(str(e), param_hint="--task") from None
     settings = Settings()
-    key = _client_key(settings, api_key)
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = client.auth(client.client_key(settings, api_key))
     bar: tqdm | None = None
 
     def started(report, todo: int) -> None:
@@ -550,9 +540,9 @@ def run_command(
 
     async def go():
         async with httpx.AsyncClient(
-                base_url=ingest_url or f"http://{settings.host}:{settings.ingest_port}",
+                base_url=client.ingest_url(settings, ingest_url),
                 headers=headers, timeout=60) as ingest, httpx.AsyncClient(
-                base_url=query_url or f"http://{settings.host}:{settings.query_port}",
+                base_url=client.query_url(settings, query_url),
                 headers=headers, timeout=60) as query:
             return await Runner(ingest, query).run(
                 dataset or "", fn, name=name or f"{task} {time.strftime('%Y-%m-%d %H:%M:%S')}",
@@ -597,12 +587,8 @@ def review(
     limit: int = typer.Option(100, min=1, help="Most items to offer."),
     reviewer: str | None = typer.Option(None, "--by", help="Who gives the verdicts "
                                                            "(created_by)."),
-    ingest_url: str | None = typer.Option(
-        None, envvar="EVALSTREAM_INGEST_URL",
-        help="Ingest API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_INGEST_PORT>)."),
-    query_url: str | None = typer.Option(
-        None, envvar="EVALSTREAM_QUERY_URL",
-        help="Query API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_QUERY_PORT>)."),
+    ingest_url: IngestUrl = None,
+    query_url: QueryUrl = None,
     api_key: ClientKey = None,
 ) -> None:
     """Review a run's items in the terminal: each one's input, expected output, output and
@@ -614,8 +600,7 @@ def review(
     from services.review import review as go
 
     settings = Settings()
-    key = _client_key(settings, api_key)
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = client.auth(client.client_key(settings, api_key))
 
     def ask(prompt: str) -> str:
         try:
@@ -623,9 +608,9 @@ def review(
         except EOFError:  # the input ended: as if the reviewer quit
             return "q"
 
-    with httpx.Client(base_url=query_url or f"http://{settings.host}:{settings.query_port}",
+    with httpx.Client(base_url=client.query_url(settings, query_url),
                       headers=headers, timeout=30) as query, httpx.Client(
-            base_url=ingest_url or f"http://{settings.host}:{settings.ingest_port}",
+            base_url=client.ingest_url(settings, ingest_url),
             headers=headers, timeout=30) as ingest:
         try:
             report = go(query, ingest, run_id, ask=ask, show=typer.echo, name=name,

@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from services.client import refusal
+
 PAGE = 1000
 SHOW_CHARS = 2000  # of a long input or output, shown in the terminal
 
@@ -76,13 +78,7 @@ def describe(item: dict, position: str) -> str:
 
 def _answer(r: httpx.Response) -> dict:
     if r.status_code >= 400:
-        try:
-            detail = r.json()["detail"]
-            first = detail[0] if isinstance(detail, list) else {"loc": [], "msg": str(detail)}
-            said = f"{'.'.join(map(str, first.get('loc', [])))}: {first.get('msg')}"
-        except (ValueError, KeyError, IndexError, TypeError):
-            said = r.text[:300]
-        raise ReviewError(f"{r.request.method} {r.request.url.path}: HTTP {r.status_code}: {said}")
+        raise ReviewError(f"{r.request.method} {r.request.url.path}: {refusal(r)}")
     return r.json()
 
 

@@ -40,6 +40,7 @@ from tenacity import (
 )
 
 from schemas.common import deterministic_id
+from services.client import refusal
 
 CHUNK = 1000  # traces a call, the API's limit
 PAGE = 1000  # items read a call, the query API's limit
@@ -152,16 +153,6 @@ def _retryable(e: BaseException) -> bool:
     return isinstance(e, httpx.HTTPStatusError) and e.response.status_code in (502, 503, 504)
 
 
-def _refusal(r: httpx.Response) -> str:
-    try:
-        detail = r.json()["detail"]
-        first = detail[0] if isinstance(detail, list) else {"loc": [], "msg": str(detail)}
-        return f"HTTP {r.status_code}: {'.'.join(map(str, first.get('loc', [])))}: " \
-               f"{first.get('msg')}"
-    except (ValueError, KeyError, IndexError, TypeError):
-        return f"HTTP {r.status_code}: {r.text[:300]}"
-
-
 class Runner:
     """One run of a task over a dataset, through the ingest and query APIs."""
 
@@ -186,13 +177,13 @@ class Runner:
                     if r.status_code in (502, 503, 504):
                         r.raise_for_status()
         except httpx.HTTPStatusError as e:
-            raise RunnerError(f"{method} {path}: {_refusal(e.response)} "
+            raise RunnerError(f"{method} {path}: {refusal(e.response)} "
                               f"(for {self.retry_window_s:g} s)") from None
         except httpx.HTTPError as e:
             raise RunnerError(f"{method} {path}: {client.base_url} unreachable for "
                               f"{self.retry_window_s:g} s: {type(e).__name__}: {e}") from None
         if r.status_code != expect:
-            raise RunnerError(f"{method} {path}: {_refusal(r)}")
+            raise RunnerError(f"{method} {path}: {refusal(r)}")
         return r.json()
 
     async def start(self, dataset_id: str, name: str, metadata: dict | None) -> dict:

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 from pydantic import ValidationError
 
+from services.client import first_error, refusal
 from services.ingest.commands import ItemIn
 
 CHUNK = 1000
@@ -105,14 +106,9 @@ def upload(client: httpx.Client, dataset_id: str, items: list[tuple[int, dict]],
 
 def _refusal(r: httpx.Response, chunk: list[tuple[int, dict]]) -> str:
     """The API's answer, with an item's position in the call turned into its line."""
-    try:
-        detail = r.json()["detail"]
-        first = detail[0] if isinstance(detail, list) else {"loc": [], "msg": str(detail)}
-    except (ValueError, KeyError, IndexError, TypeError):
-        return f"HTTP {r.status_code}: {r.text[:300]}"
-    loc = [str(p) for p in first.get("loc", [])]
+    loc, msg = first_error(r)
     if len(loc) >= 3 and loc[:2] == ["body", "items"] and loc[2].isdigit() \
             and int(loc[2]) < len(chunk):
         field = ".".join(loc[3:]) or "item"
-        return f"line {chunk[int(loc[2])][0]}: {field}: {first.get('msg')} (HTTP {r.status_code})"
-    return f"HTTP {r.status_code}: {'.'.join(loc)}: {first.get('msg')}"
+        return f"line {chunk[int(loc[2])][0]}: {field}: {msg} (HTTP {r.status_code})"
+    return refusal(r)

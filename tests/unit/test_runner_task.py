@@ -17,6 +17,7 @@ import pytest
 from pydantic import BaseModel
 
 from schemas.common import deterministic_id
+from services.client import refusal
 from services.runner import Runner, RunnerError, TaskResult, load_task, trace_of
 
 
@@ -168,3 +169,16 @@ async def test_at_most_concurrency_items_are_in_the_task_at_once():
 
     report = await FakeApis(60).runner().run("ds", coroutine, name="n", concurrency=5, limit=30)
     assert most == 5 and report.items == 30
+
+
+@pytest.mark.parametrize("response, said", [
+    (httpx.Response(422, json={"detail": [{"loc": ["body", "traces", 3, "cost"],
+                                           "msg": "Input should be >= 0"}]}),
+     "HTTP 422: body.traces.3.cost: Input should be >= 0"),
+    (httpx.Response(404, json={"detail": "not here"}), "HTTP 404: not here"),
+    (httpx.Response(502, text="<html>bad gateway</html>"), "HTTP 502: <html>bad gateway</html>"),
+    (httpx.Response(401, json={"detail": "missing `Authorization: Bearer <key>`"}),
+     "HTTP 401: missing `Authorization: Bearer <key>` (give --api-key or set EVALSTREAM_API_KEY;"),
+])
+def test_every_client_command_reads_a_refusal_the_same_way(response, said):
+    assert refusal(response).startswith(said)
