@@ -511,9 +511,7 @@ def run_command(
     and the run goes on."""
     import json
 
-    import httpx
-
-    from services.runner import Runner, RunnerError, load_task
+    from services.runner import RunnerError, load_task, run_dataset
 
     if (dataset is None) == (run_id is None):
         raise typer.BadParameter("give a DATASET, or --run RUN to continue a run",
@@ -528,8 +526,6 @@ def run_command(
         fn = load_task(task)
     except RunnerError as e:
         raise typer.BadParameter(str(e), param_hint="--task") from None
-    settings = Settings()
-    headers = client.auth(client.client_key(settings, api_key))
     bar: tqdm | None = None
 
     def started(report, todo: int) -> None:
@@ -538,19 +534,12 @@ def run_command(
                    err=True)
         bar = tqdm(total=todo, unit="item", desc="running the task")
 
-    async def go():
-        async with httpx.AsyncClient(
-                base_url=client.ingest_url(settings, ingest_url),
-                headers=headers, timeout=60) as ingest, httpx.AsyncClient(
-                base_url=client.query_url(settings, query_url),
-                headers=headers, timeout=60) as query:
-            return await Runner(ingest, query).run(
-                dataset or "", fn, name=name or f"{task} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                metadata=pairs or None, run_id=run_id, concurrency=concurrency, limit=limit,
-                on_start=started, on_item=lambda: bar.update() if bar else None)
-
     try:
-        report = asyncio.run(go())
+        report = run_dataset(
+            dataset, fn, name=name or f"{task} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+            ingest_url=ingest_url, query_url=query_url, api_key=api_key,
+            metadata=pairs or None, run_id=run_id, concurrency=concurrency, limit=limit,
+            on_start=started, on_item=lambda: bar.update() if bar else None)
     except RunnerError as e:
         typer.echo(f"run stopped: {e}", err=True)
         raise typer.Exit(1) from None

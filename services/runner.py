@@ -348,3 +348,29 @@ class Runner:
                 threads.shutdown(wait=False, cancel_futures=True)
         report.seconds = round(time.monotonic() - started, 3)
         return report
+
+
+def run_dataset(dataset_id: str | None, task: Callable[[Any], Any], *, name: str,
+                ingest_url: str | None = None, query_url: str | None = None,
+                api_key: str | None = None, **options: Any) -> RunReport:
+    """Runner.run from plain Python (a script, not a running event loop), with the APIs and key
+    found as the client commands find them (EVALSTREAM_INGEST_URL, EVALSTREAM_QUERY_URL,
+    EVALSTREAM_API_KEY, ...); `options` as Runner.run takes them.
+
+        from services.runner import run_dataset
+        report = run_dataset(dataset_id, answer, name="prompt v2", concurrency=16)
+    """
+    from services import client
+    from services.settings import Settings
+
+    settings = Settings()
+    headers = client.auth(client.client_key(settings, api_key))
+
+    async def go() -> RunReport:
+        async with httpx.AsyncClient(base_url=client.ingest_url(settings, ingest_url),
+                                     headers=headers, timeout=60) as ingest, \
+                httpx.AsyncClient(base_url=client.query_url(settings, query_url),
+                                  headers=headers, timeout=60) as query:
+            return await Runner(ingest, query).run(dataset_id or "", task, name=name, **options)
+
+    return asyncio.run(go())

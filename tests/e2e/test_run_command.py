@@ -1,6 +1,6 @@
 """`evalstream run` as a user runs it against the running services: an agent (tests/e2e/
 agent_task.py) over a dataset, stopped after part of it (`--limit`) and continued (`--run`), then
-scored and checked — and the same through the Python API with an async agent."""
+scored and checked — and an async agent from Python (`run_dataset`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import asyncio
 import sys
 import uuid
 
-import httpx
 import pytest
 
-from services.runner import Runner
+from services.runner import run_dataset
 from tests.conftest import ROOT, evalstream_command, settings_env
+from tests.e2e.agent_task import answer_async
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
 
@@ -76,13 +76,11 @@ async def test_run_an_agent_over_a_dataset_then_continue_and_check_it(api, migra
 
 async def test_run_an_async_agent_through_the_python_api(api, migrated):
     dataset_id = await _dataset(api)
-    headers = {"Authorization": f"Bearer {migrated.api_keys[0]}"}
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{migrated.ingest_port}",
-                                 headers=headers) as ingest, httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{migrated.query_port}", headers=headers) as query:
-        from tests.e2e.agent_task import answer_async
-        report = await Runner(ingest, query).run(dataset_id, answer_async, name="async agent",
-                                                 concurrency=16)
+    # run_dataset runs its own event loop, as in a script: here in a thread of its own.
+    report = await asyncio.to_thread(
+        run_dataset, dataset_id, answer_async, name="async agent", concurrency=16,
+        ingest_url=f"http://127.0.0.1:{migrated.ingest_port}",
+        query_url=f"http://127.0.0.1:{migrated.query_port}", api_key=migrated.api_keys[0])
     assert (report.items, report.succeeded, report.posted) == (N, N, N)
     summary = await api.eventually(f"/v1/runs/{report.run_id}",
                                    lambda s: s["scores"].get("exact_match", {}).get("count") == N)
