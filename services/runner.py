@@ -4,7 +4,8 @@ run — the step between a dataset and its scores that every team otherwise writ
 A new run is started (`POST /v1/runs`, which snapshots the dataset's evaluators), the dataset's
 items are read page by page from the query API, and each item's `input` goes through the task:
 a Python function, plain or `async`, called `concurrency` at a time (plain ones in as many
-threads). What it returns is the item's output; a `TaskResult` adds token usage, cost and
+threads); a function of two parameters also gets the whole item (its id, expected output and
+metadata). What it returns is the item's output; a `TaskResult` adds token usage, cost and
 metadata. A task that raises gives a failed trace carrying the error, and the run goes on. The
 traces are posted in calls of up to 1,000 (`POST /v1/traces`) as they finish, with the latency
 measured around each call, and retried while the API answers 502/503/504 or cannot be reached.
@@ -111,6 +112,18 @@ def load_task(spec: str) -> Callable[[Any], Any]:
     if not callable(task):
         raise RunnerError(f"{spec!r}: {attr!r} is not a function")
     return task  # type: ignore[return-value]
+
+
+def _takes_item(task: Callable) -> bool:
+    """Whether the task takes the whole item (id, input, expected_output, metadata) as a second
+    argument: a function whose second positional parameter has no default (`*args` alone: input
+    only, as a decorator's wrapper passes it on)."""
+    try:
+        params = inspect.signature(task).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: input only
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 and positional[1].default is inspect.Parameter.empty
 
 
 def _jsonable(value: Any) -> Any:
@@ -251,17 +264,22 @@ class Runner:
         threads = None if is_async else ThreadPoolExecutor(concurrency,
                                                            thread_name_prefix="evalstream-task")
 
-        def timed(input_: Any) -> tuple[Any, BaseException | None, float]:
+        with_item = _takes_item(task)
+
+        def args(item: dict) -> tuple:
+            return (item["input"], item) if with_item else (item["input"],)
+
+        def timed(item: dict) -> tuple[Any, BaseException | None, float]:
             t0 = time.perf_counter()
             try:
-                return task(input_), None, (time.perf_counter() - t0) * 1000
+                return task(*args(item)), None, (time.perf_counter() - t0) * 1000
             except Exception as e:  # the item's failure, not the run's
                 return None, e, (time.perf_counter() - t0) * 1000
 
-        async def timed_async(input_: Any) -> tuple[Any, BaseException | None, float]:
+        async def timed_async(item: dict) -> tuple[Any, BaseException | None, float]:
             t0 = time.perf_counter()
             try:
-                return await task(input_), None, (time.perf_counter() - t0) * 1000
+                return await task(*args(item)), None, (time.perf_counter() - t0) * 1000
             except Exception as e:
                 return None, e, (time.perf_counter() - t0) * 1000
 
@@ -285,10 +303,9 @@ class Runner:
             loop = asyncio.get_running_loop()
             while (item := await items.get()) is not None:
                 if is_async:
-                    result, error, ms = await timed_async(item["input"])
+                    result, error, ms = await timed_async(item)
                 else:
-                    result, error, ms = await loop.run_in_executor(threads, timed,
-                                                                   item["input"])
+                    result, error, ms = await loop.run_in_executor(threads, timed, item)
                 trace = trace_of(report.run_id, item["id"], result, error, ms)
                 report.items += 1
                 if trace["status"] == "succeeded":

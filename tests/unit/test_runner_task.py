@@ -182,3 +182,25 @@ async def test_at_most_concurrency_items_are_in_the_task_at_once():
 ])
 def test_every_client_command_reads_a_refusal_the_same_way(response, said):
     assert refusal(response).startswith(said)
+
+
+async def test_a_task_of_two_parameters_gets_the_whole_item():
+    apis = FakeApis(3)
+    apis.items[1]["metadata"] = {"tier": "gold"}
+
+    def two(x, item):
+        return [x, item["id"], (item.get("metadata") or {}).get("tier")]
+
+    def one_with_default(x, scale=10):
+        return x * scale
+
+    def wrapped(*args):  # a wrapper passes on what it gets: input only
+        return len(args)
+
+    await apis.runner().run("ds", two, name="n")
+    assert sorted(t["output"] for call in apis.calls for t in call) == [
+        [0, "i00000", None], [1, "i00001", "gold"], [2, "i00002", None]]
+    for task, outputs in ((one_with_default, [0, 10, 20]), (wrapped, [1, 1, 1])):
+        apis.calls.clear()
+        await apis.runner().run("ds", task, name="n")
+        assert sorted(t["output"] for call in apis.calls for t in call) == outputs
