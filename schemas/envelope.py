@@ -51,6 +51,14 @@ _REQUIRED = ("ce_id", "ce_type", "ce_source", "ce_specversion")
 _ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
+# A record a redrive sent back for one consumer (services/dead_letters.py): the others skip it.
+REDRIVEN_FOR = "redriven_for"
+
+
+class NotForThisConsumer(Exception):
+    """A redriven record meant for another consumer (its `redriven_for` header names it)."""
+
+
 class UndecodableEvent(ValueError):
     """A record that is not a valid evalstream event; `reason` says why, for the dead-letter
     topic."""
@@ -113,13 +121,18 @@ def wrap(event: Event, *, source: str, key: str | None, id: str | None = None,
                     time=time or utcnow(), key=key)
 
 
-def unwrap(headers: list[tuple[str, bytes]] | tuple, value: bytes | None) -> Envelope:
-    """Decode one Kafka record; raises UndecodableEvent with a reason fit for a dead letter."""
+def unwrap(headers: list[tuple[str, bytes]] | tuple, value: bytes | None,
+           consumer: str | None = None) -> Envelope:
+    """Decode one Kafka record; raises UndecodableEvent with a reason fit for a dead letter.
+    Given the `consumer` decoding it (a service), a record a redrive sent back for another one
+    raises NotForThisConsumer before anything else is looked at."""
     attr = {}
     try:
         for k, v in headers or ():
             if k.startswith("ce_"):
                 attr[k] = v.decode()
+            elif k == REDRIVEN_FOR and consumer is not None and v.decode() != consumer:
+                raise NotForThisConsumer(v.decode())
     except UnicodeDecodeError as e:
         raise UndecodableEvent(f"header is not UTF-8: {e}") from None
     except AttributeError:  # a header without a value (None)

@@ -5,10 +5,12 @@ redrive`).
 A consumer dead-letters a record it cannot take (undecodable, of a type it does not know, refused
 by the read model) unchanged, with `dlq_*` headers saying where it was and why
 (services/messaging.py: EventPublisher.dead_letter). A redrive publishes each such record again,
-unchanged but for those headers, to the topic it was consumed from, where every consumer group
-reads it again. That is safe because consumers skip an event id they have applied (docs/adr/0001):
-only the group that had given up on it does anything. A record that still cannot be taken is
-dead-lettered again, and a later redrive finds it again.
+unchanged but for those headers, to the topic it was consumed from, once for each service that
+gave up on it, with a `redriven_for` header naming that service: the other service's consumers
+skip it (a trace the projections refused is not scored again, which for an LLM judge would be
+another paid call). A record that still cannot be taken is dead-lettered again, and a later
+redrive finds it again. (Rebuilds and replays read a redriven copy like any record: it has its
+original's event id, which they apply once.)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from schemas.envelope import REDRIVEN_FOR
 from services.log_reader import LogReader
 from services.messaging import EventPublisher
 from services.settings import Settings
@@ -72,7 +75,8 @@ class RedriveReport:
     dry_run: bool
     read: int = 0  # dead letters read: those since the last redrive
     redriven: dict[str, int] = field(default_factory=dict)  # records sent back, per topic
-    duplicates: int = 0  # dead letters of a record already sent back in this redrive
+    # dead letters of a record already sent back for the same service in this redrive
+    duplicates: int = 0
     unroutable: int = 0  # no (or an unknown) topic to send back to: left where they are
     origins: list[tuple[str, int, int]] = field(default_factory=list)  # (topic, partition, offset)
 
@@ -83,16 +87,17 @@ class RedriveReport:
 
 
 async def redrive(settings: Settings, *, dry_run: bool = False) -> RedriveReport:
-    """Send every dead letter since the last redrive back to the topic it was consumed from,
-    once per record (one that both consumer groups gave up on is in the dead-letter topic
-    twice), then remember how far this redrive read. With `dry_run`, say what would be sent and
-    send nothing.
+    """Send every dead letter since the last redrive back to the topic it was consumed from, for
+    the service that gave up on it (a record both services gave up on is in the dead-letter
+    topic twice, and goes back twice, once for each), then remember how far this redrive read.
+    With `dry_run`, say what would be sent and send nothing.
 
     Records are published with acks=all before the place is committed: a redrive interrupted
     in between sends some records again next time, which consumers skip by their event id."""
     report = RedriveReport(dry_run=dry_run)
     routable = set(settings.topics.all()) - {settings.topics.dead_letter}
-    seen: set[tuple[str, int, int]] = set()
+    seen: set[tuple[str, int, int, str]] = set()  # (origin, service) sent back
+    origins: set[tuple[str, int, int]] = set()
     publisher = EventPublisher(settings, "redrive")
     async with LogReader(settings, [settings.topics.dead_letter], client_id="evalstream-redrive",
                          group_id=redrive_group(settings)) as reader:
@@ -110,15 +115,20 @@ async def redrive(settings: Settings, *, dry_run: bool = False) -> RedriveReport
                     if letter.topic not in routable:
                         report.unroutable += 1
                         continue
-                    if origin in seen:
+                    if (*origin, letter.consumer) in seen:
                         report.duplicates += 1
                         continue
-                    seen.add(origin)
-                    report.origins.append(origin)
+                    if origin not in origins:
+                        origins.add(origin)
+                        report.origins.append(origin)
+                    seen.add((*origin, letter.consumer))
                     headers = [(k, v) for k, v in record.headers or ()
-                               if not k.startswith(DLQ_HEADER_PREFIX)]
+                               if not k.startswith(DLQ_HEADER_PREFIX)
+                               and k not in (REDRIVEN_FROM, REDRIVEN_FOR)]
                     headers.append((REDRIVEN_FROM, f"{record.topic}[{record.partition}]@"
                                                    f"{record.offset}".encode()))
+                    if letter.consumer != "?":  # a letter naming no service: back to all
+                        headers.append((REDRIVEN_FOR, letter.consumer.encode()))
                     out.setdefault(letter.topic, []).append((record.key, record.value, headers))
                 for topic, records in out.items():
                     if not dry_run:

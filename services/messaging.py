@@ -23,7 +23,7 @@ from faststream.kafka.annotations import KafkaMessage
 from murmurhash2 import murmurhash2
 from tenacity import AsyncRetrying, RetryCallState, stop_after_delay, wait_exponential
 
-from schemas.envelope import Envelope, UndecodableEvent, unwrap
+from schemas.envelope import Envelope, NotForThisConsumer, UndecodableEvent, unwrap
 from services import metrics
 from services.settings import RetrySettings, Settings
 
@@ -229,14 +229,17 @@ YIELD_EVERY = 100
 
 async def decode_records(records: Sequence, publisher: EventPublisher) -> list[Envelope]:
     """Decode a consumed batch; records that are not valid events go to the dead-letter topic
-    with their reason, and the batch carries on without them. Every YIELD_EVERY records the
+    with their reason, and the batch carries on without them, as it does without the records a
+    redrive sent back for the other service. Every YIELD_EVERY records the
     event loop gets a turn, so that I/O in flight (a projections lane's statements) goes on."""
     envelopes, dead = [], []
     for n, record in enumerate(records, 1):
         if n % YIELD_EVERY == 0:
             await asyncio.sleep(0)
         try:
-            env = unwrap(record.headers, record.value)
+            env = unwrap(record.headers, record.value, publisher.source)
+        except NotForThisConsumer:  # redriven for the other service, which had given up on it
+            continue
         except UndecodableEvent as e:
             dead.append((record, e.reason))
             continue

@@ -1,5 +1,6 @@
 """`evalstream dead-letters redrive` against the running services: a dead letter sent back after
-its cause is fixed is taken, once, and one that is still refused comes back as a dead letter."""
+its cause is fixed is taken, once, by the service that had given up on it and by no other, and
+one that is still refused comes back as a dead letter."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def _dlq_headers(topic: str, offset: int, consumer: str, reason: str) -> list:
 
 
 async def test_redrive_sends_dead_letters_back_once_and_the_refused_return(api, migrated):
-    dataset_id = await api.dataset_with_items([{"id": "d1", "expected_output": "Paris"}])
+    dataset_id = await api.dataset_with_items([{"id": "d1", "expected_output": "Paris"},
+                                               {"id": "d2", "expected_output": "Rome"}])
     run_id = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "r"}))["id"]
     # A trace that an earlier consumer refused, as both groups dead-lettered it (an evaluator
     # and a projections version that did not know the event, say): two dead letters, one record.
@@ -44,10 +46,21 @@ async def test_redrive_sends_dead_letters_back_once_and_the_refused_return(api, 
     letters = [
         (env.key.encode(), env.body(), env.headers() + _dlq_headers(
             traces, at, consumer, f"unknown event type: {consumer} of an earlier version"))
-        for consumer in ("evaluator", "projections")]
-    # ... a record that is still not an event, and one whose topic is not evalstream's.
-    letters.append((uuid.uuid4().hex.encode(), b"still not an event",
-                    _dlq_headers(traces, at + 1, "evaluator", "missing CloudEvents header(s)")))
+        for consumer in ("evaluator", "projections", "projections")]  # the last: a repeat
+    # ... a trace only the projections refused (the read model, say): the evaluator had scored
+    # it, and must not score it again (an LLM judge's call costs money) ...
+    only = TraceCompleted(trace_id=f"{run_id}-only", run_id=run_id, dataset_id=dataset_id,
+                          dataset_item_id="d2", output="Rome", expected_output="Rome",
+                          status="succeeded", evaluators=(EvaluatorSpec(type="exact_match"),),
+                          completed_at=utcnow())
+    only_env = wrap(only, source="test", key=only.run_item_id)
+    letters.append((only_env.key.encode(), only_env.body(), only_env.headers() + _dlq_headers(
+        traces, at + 2, "projections", "refused by the read model: a made-up reason")))
+    # ... a record that is still not an event (both services gave up on it), and one whose
+    # topic is not evalstream's.
+    letters += [(b"k" + uuid.uuid4().hex.encode(), b"still not an event",
+                 _dlq_headers(traces, at + 1, consumer, "missing CloudEvents header(s)"))
+                for consumer in ("evaluator", "projections")]
     letters.append((None, b"{}", _dlq_headers("somewhere.else", 7, "evaluator", "?")))
     producer = AIOKafkaProducer(bootstrap_servers=migrated.bootstrap)
     await producer.start()
@@ -57,7 +70,7 @@ async def test_redrive_sends_dead_letters_back_once_and_the_refused_return(api, 
                                          headers=headers)
     finally:
         await producer.stop()
-    ours = [traces, 0, at], [traces, 0, at + 1]
+    ours = [traces, 0, at], [traces, 0, at + 1], [traces, 0, at + 2]
 
     preview = await _cli(migrated, "dead-letters", "redrive", "--dry-run", "--json")
     assert preview["dry_run"] and all(o in preview["origins"] for o in ours)
@@ -67,13 +80,26 @@ async def test_redrive_sends_dead_letters_back_once_and_the_refused_return(api, 
     report = await _cli(migrated, "dead-letters", "redrive", "--json")
     assert not report["dry_run"]
     assert sorted(o for o in report["origins"] if o in ours) == sorted(ours)  # each once
-    assert report["redriven"][traces] >= 2 and report["duplicates"] >= 1
+    # Back once per service that gave up on it: 2 + 1 + 2; the repeated letter is not sent.
+    assert report["redriven"][traces] >= 5 and report["duplicates"] >= 1
 
     summary = await api.eventually(
         f"/v1/runs/{run_id}", lambda s: s["scores"].get("exact_match", {}).get("count") == 1)
     assert summary["scores"]["exact_match"]["average"] == 1.0
+    results = await api.eventually(f"/v1/runs/{run_id}/results",
+                                   lambda r: len(r["items"]) == 2)
+    assert [r["trace_id"] for r in results["items"]] == [trace.trace_id, only.trace_id]
+    # The evaluator skipped the trace sent back for the projections: once both groups have
+    # committed past everything (the evaluator publishes a batch's scores before committing
+    # it), d2 has no score.
+    for _ in range(200):
+        status = await _cli(migrated, "status", "--json")
+        if all(g["lag"] == 0 for g in status["groups"]):
+            break
+    assert all(g["lag"] == 0 for g in status["groups"]), status
     results = (await api.query.get(f"/v1/runs/{run_id}/results")).json()["items"]
-    assert [r["trace_id"] for r in results] == [trace.trace_id]
+    assert [(r["dataset_item_id"], [s["name"] for s in r["scores"]]) for r in results] == [
+        ("d1", ["exact_match"]), ("d2", [])]
 
     # The record still refused is a dead letter again, once per group, saying where it was.
     def returned(letters: list[dict]) -> list[dict]:

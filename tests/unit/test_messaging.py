@@ -66,14 +66,16 @@ async def test_a_record_decoding_fails_on_unforeseen_is_dead_lettered_not_retrie
                for n, value in enumerate([good.body(), b"boom", good.body()])]
     real_unwrap = messaging.unwrap
 
-    def unwrap(headers, value):
+    def unwrap(headers, value, consumer=None):
         if value == b"boom":
             raise RecursionError("nested too deep")
-        return real_unwrap(headers, value)
+        return real_unwrap(headers, value, consumer)
 
     dead: list = []
 
     class Publisher:
+        source = "evaluator"
+
         async def dead_letter(self, letters):
             dead.extend(letters)
 
@@ -82,3 +84,23 @@ async def test_a_record_decoding_fails_on_unforeseen_is_dead_lettered_not_retrie
     assert [e.id for e in envelopes] == [good.id, good.id]
     assert [(r.offset, reason) for r, reason in dead] == [
         (1, "undecodable: RecursionError: nested too deep")]
+
+
+def test_a_record_redriven_for_one_service_is_skipped_by_the_other():
+    """A redrive sends a record back for the service that had given up on it
+    (services/dead_letters.py); the other service's consumers skip it, while a rebuild or a
+    replay (no consumer named) reads it as any record."""
+    import pytest
+
+    from schemas.common import utcnow
+    from schemas.envelope import REDRIVEN_FOR, NotForThisConsumer, unwrap, wrap
+    from schemas.traces import TraceCompleted
+
+    env = wrap(TraceCompleted(trace_id="t", output="x", status="succeeded",
+                              completed_at=utcnow()), source="t", key="k")
+    headers = [*env.headers(), ("redriven_from", b"dlq[0]@3"), (REDRIVEN_FOR, b"projections")]
+    with pytest.raises(NotForThisConsumer):
+        unwrap(headers, env.body(), "evaluator")
+    assert unwrap(headers, env.body(), "projections").id == env.id
+    assert unwrap(headers, env.body()).id == env.id
+    assert unwrap(env.headers(), env.body(), "evaluator").id == env.id
