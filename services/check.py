@@ -155,7 +155,7 @@ class QueryApi:
     def close(self) -> None:
         self._client.close()
 
-    def _get(self, path: str, **params: str) -> dict:
+    def get(self, path: str, **params: str) -> dict:
         try:
             response = self._client.get(path, params=params)
         except httpx.HTTPError as e:
@@ -172,17 +172,17 @@ class QueryApi:
         return response.json()
 
     def scoring(self, run_id: str) -> dict:
-        return self._get(f"/v1/runs/{run_id}/scoring")
+        return self.get(f"/v1/runs/{run_id}/scoring")
 
     def summary(self, run_id: str) -> dict:
-        return self._get(f"/v1/runs/{run_id}")
+        return self.get(f"/v1/runs/{run_id}")
 
     def breakdown(self, run_id: str, by: str) -> list[dict]:
         """Every group of the run's breakdown, page after page."""
         groups: list[dict] = []
         offset: int | None = 0
         while offset is not None:
-            page = self._get(f"/v1/runs/{run_id}/breakdown", by=by, limit="1000",
+            page = self.get(f"/v1/runs/{run_id}/breakdown", by=by, limit="1000",
                              offset=str(offset))
             groups += page["groups"]
             offset = page["next_offset"]
@@ -191,8 +191,8 @@ class QueryApi:
     def comparison(self, baseline: str | None, run_id: str) -> dict:
         """The run against `baseline`, or (None) against its dataset's baseline run."""
         if baseline is None:
-            return self._get("/v1/compare", runs=run_id, include="scores")
-        return self._get("/v1/compare", runs=f"{baseline},{run_id}", baseline=baseline,
+            return self.get("/v1/compare", runs=run_id, include="scores")
+        return self.get("/v1/compare", runs=f"{baseline},{run_id}", baseline=baseline,
                          include="scores")
 
 

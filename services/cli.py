@@ -170,7 +170,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
                f"(topic {settings.topics.dead_letter})")
 
 
-# The options of the client commands (check, upload, run, review); services/client.py finds
+# The options of the client commands (check, compare, upload, run, review); services/client.py finds
 # the defaults.
 ClientKey = Annotated[str | None, typer.Option(
     envvar="EVALSTREAM_API_KEY",
@@ -556,6 +556,37 @@ def run_command(
                f"{f', {report.skipped:,} already traced' if report.skipped else ''}; "
                f"{report.posted:,} trace(s) posted", err=True)
     typer.echo(report.run_id)
+
+
+@app.command()
+def compare(
+    run_id: str = typer.Argument(..., metavar="RUN", help="The run to compare."),
+    baseline: str | None = typer.Argument(
+        None, metavar="BASELINE", help="The run to compare it with (default: its dataset's "
+                                       "baseline run)."),
+    items: int = typer.Option(10, min=0, help="Regressed and improved items to list, each."),
+    query_url: QueryUrl = None,
+    api_key: ClientKey = None,
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """A run against a baseline run of its dataset: the summaries side by side, each score's
+    pass rate and average with the change, how many items got better or worse, and the items
+    that regressed and improved with their outputs."""
+    import json
+
+    from services.check import CheckError, QueryApi
+    from services.compare import fetch, render
+
+    settings = Settings()
+    api = QueryApi(client.query_url(settings, query_url), client.client_key(settings, api_key))
+    try:
+        comparison = fetch(api, run_id, baseline, items)
+    except CheckError as e:
+        typer.echo(f"compare: {e}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        api.close()
+    typer.echo(json.dumps(comparison) if as_json else render(comparison, run_id))
 
 
 class ReviewWhich(StrEnum):

@@ -1,0 +1,68 @@
+"""`evalstream compare` against the running services: a run against a baseline run given on the
+command line and against its dataset's pinned baseline — the summaries, each score's change with
+its better/worse/same counts, and the items that regressed, improved and changed status, with
+their outputs, as the query API's comparison has them."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from tests.conftest import evalstream_command, settings_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
+
+
+async def test_compare_a_run_with_a_baseline_in_the_terminal(api, migrated):
+    prefix = uuid.uuid4().hex[:8]
+    items = [{"id": f"{prefix}-{n}", "input": f"q{n}", "expected_output": f"a{n}"}
+             for n in range(5)]
+    dataset_id = await api.dataset_with_items(items)
+    baseline = await api.run_with_outputs(dataset_id, items, ["a0", "a1", "x", "a3", "a4"],
+                                          name="v1")
+    # v2: item 1 regresses, item 2 improves, item 4's trace failed.
+    run = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "v2"}))["id"]
+    await api.post_traces([
+        {"trace_id": f"{run}-{n}", "run_id": run, "dataset_item_id": item["id"],
+         "output": out, "status": "failed" if out is None else "succeeded",
+         **({"error": "TimeoutError: no answer"} if out is None else {})}
+        for n, (item, out) in enumerate(zip(items, ["a0", "nope", "a2", "a3", None],
+                                            strict=True))])
+    for r in (baseline, run):
+        await api.eventually(f"/v1/runs/{r}/scoring", lambda s: s["scored"])
+
+    out = await evalstream_command(settings_env(migrated) | {
+        "EVALSTREAM_QUERY_URL": f"http://127.0.0.1:{migrated.query_port}"},
+        "compare", run, baseline, "--items", "5")
+    lines = out.splitlines()
+    assert lines[0].startswith(f"dataset dataset ({dataset_id}): run v2 ({run}) against "
+                               f"baseline v1 ({baseline})")
+    assert [w for w in next(x for x in lines if x.startswith("pass rate")).split()] == [
+        "pass", "rate", "80.0%", "75.0%", "-5.0", "pts"]
+    assert next(x for x in lines if x.startswith("items failed")).split() == [
+        "items", "failed", "0", "1"]
+    # exact_match: 4 of 5 pass, then 3 of 4; one item better, one worse, two the same.
+    assert next(x for x in lines if x.startswith("exact_match")).split() == [
+        "exact_match", "80.0%", "(avg", "0.800)", "75.0%", "(avg", "0.750)", "-5.0", "pts",
+        "1", "1", "2"]
+    at = lines.index("regressions: 1")
+    assert lines[at + 1].split() == [f"{prefix}-1", "exact_match", "1", "→", "0", '"a1"', "→",
+                                     '"nope"']
+    at = lines.index("improvements: 1")
+    assert lines[at + 1].split() == [f"{prefix}-2", "exact_match", "0", "→", "1", '"x"', "→",
+                                     '"a2"']
+    at = lines.index("status changed: 1")
+    assert lines[at + 1].split()[:4] == [f"{prefix}-4", "succeeded", "→", "failed"]
+    assert lines[at + 1].endswith('"a4" → failed: "TimeoutError: no answer"')
+
+    # Without a baseline: the dataset's pinned one; --json has the whole comparison.
+    r = await api.ingest.put(f"/v1/datasets/{dataset_id}/baseline", json={"run_id": baseline})
+    assert r.status_code == 200, r.text
+    await api.eventually(f"/v1/datasets/{dataset_id}", lambda d: d["baseline_run_id"] == baseline)
+    report = json.loads(await evalstream_command(settings_env(migrated) | {
+        "EVALSTREAM_QUERY_URL": f"http://127.0.0.1:{migrated.query_port}"},
+        "compare", run, "--json"))
+    assert report["baseline"] == baseline
+    assert [i["dataset_item_id"] for i in report["regressions"]["items"]] == [f"{prefix}-1"]
