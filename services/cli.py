@@ -170,8 +170,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
                f"(topic {settings.topics.dead_letter})")
 
 
-# The options of the client commands (check, compare, upload, run, review); services/client.py finds
-# the defaults.
+# The options of the client commands (upload, run, check, compare, review, datasets, runs);
+# services/client.py finds the defaults.
 ClientKey = Annotated[str | None, typer.Option(
     envvar="EVALSTREAM_API_KEY",
     help="API key (default: the first of EVALSTREAM_API_KEYS, or the one `make up` made).")]
@@ -587,6 +587,51 @@ def compare(
     finally:
         api.close()
     typer.echo(json.dumps(comparison) if as_json else render(comparison, run_id))
+
+
+@app.command("datasets")
+def datasets_command(
+    limit: int = typer.Option(50, min=1, max=1000, help="Most datasets to list."),
+    query_url: QueryUrl = None,
+    api_key: ClientKey = None,
+    as_json: bool = typer.Option(False, "--json", help="Print them as JSON."),
+) -> None:
+    """The datasets, newest first: id, name, items, runs, baseline run, last run."""
+    from services.listing import datasets, render_datasets
+
+    _listing(lambda api: datasets(api, limit), render_datasets, query_url, api_key, as_json)
+
+
+@app.command("runs")
+def runs_command(
+    dataset: str = typer.Argument(..., metavar="DATASET", help="The dataset whose runs to list."),
+    limit: int = typer.Option(20, min=1, max=1000, help="Most runs to list."),
+    query_url: QueryUrl = None,
+    api_key: ClientKey = None,
+    as_json: bool = typer.Option(False, "--json", help="Print them as JSON."),
+) -> None:
+    """A dataset's runs, newest first: id, name, items traced, failed, overall pass rate and
+    each score's pass rate."""
+    from services.listing import render_runs, runs
+
+    _listing(lambda api: runs(api, dataset, limit), render_runs, query_url, api_key, as_json)
+
+
+def _listing(fetch, render, query_url: str | None, api_key: str | None, as_json: bool) -> None:
+    import json
+
+    from services.check import CheckError, QueryApi
+
+    settings = Settings()
+    api = QueryApi(client.query_url(settings, query_url), client.client_key(settings, api_key))
+    try:
+        rows, total = fetch(api)
+    except CheckError as e:
+        typer.echo(f"evalstream: {e}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        api.close()
+    typer.echo(json.dumps({"total": total, "items": rows}) if as_json else render(rows, total))
 
 
 class ReviewWhich(StrEnum):

@@ -28,7 +28,7 @@ def fetch(api: QueryApi, run_id: str, baseline: str | None, items: int) -> dict:
     return out
 
 
-def _pct(rate: float | None) -> str:
+def percent(rate: float | None) -> str:
     return "—" if rate is None else f"{100 * rate:.1f}%"
 
 
@@ -43,7 +43,8 @@ def _short(value: Any) -> str:
                       ensure_ascii=False)
 
 
-def _rows(rows: list[list[str]]) -> list[str]:
+def columns(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as lines, each column as wide as its widest cell."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
             for r in rows]
@@ -78,12 +79,12 @@ def render(c: dict, run_id: str) -> str:
              ["items completed", f"{b['completed_items']} of {b['total_items']}",
               f"{r['completed_items']} of {r['total_items']}", ""],
              ["items failed", str(b["failed_items"]), str(r["failed_items"]), ""],
-             ["pass rate", _pct(b["pass_rate"]), _pct(r["pass_rate"]),
+             ["pass rate", percent(b["pass_rate"]), percent(r["pass_rate"]),
               _points(None if None in (b["pass_rate"], r["pass_rate"])
                       else r["pass_rate"] - b["pass_rate"])],
              ["cost", f"{b['total_cost'] or 0:g}", f"{r['total_cost'] or 0:g}", ""],
              ["latency p50", ms(b["latency_p50_ms"]), ms(r["latency_p50_ms"]), ""]]
-    lines += _rows(table) + [""]
+    lines += columns(table) + [""]
     table = [["score", "baseline", "run", "change", "better", "worse", "same"]]
     for score in c["scores"]:
         sb = next(x for x in score["runs"] if x["run_id"] == baseline)
@@ -93,11 +94,11 @@ def render(c: dict, run_id: str) -> str:
             if not x["count"]:
                 return "—"
             avg = "" if x["average"] is None else f" (avg {x['average']:.3f})"
-            return f"{_pct(x['pass_rate'])}{avg}"
+            return f"{percent(x['pass_rate'])}{avg}"
         table.append([score["name"], cell(sb), cell(sr), _points(sr["delta_pass_rate"]),
                       *(str(sr[k]) if sr[k] is not None else "" for k in
                         ("improvements", "regressions", "unchanged"))])
-    lines += _rows(table)
+    lines += columns(table)
     for which in LISTS:
         page = c[which]
         shown = len(page["items"])

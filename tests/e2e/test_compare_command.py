@@ -66,3 +66,15 @@ async def test_compare_a_run_with_a_baseline_in_the_terminal(api, migrated):
         "compare", run, "--json"))
     assert report["baseline"] == baseline
     assert [i["dataset_item_id"] for i in report["regressions"]["items"]] == [f"{prefix}-1"]
+
+    # What there is, to find those ids: the dataset's runs, newest first, and the datasets.
+    env = settings_env(migrated) | {
+        "EVALSTREAM_QUERY_URL": f"http://127.0.0.1:{migrated.query_port}"}
+    listed = (await evalstream_command(env, "runs", dataset_id)).splitlines()
+    assert listed[0].split() == ["id", "name", "started", "items", "failed", "pass", "rate",
+                                 "exact_match"]
+    assert [line.split()[:2] + line.split()[-4:] for line in listed[1:]] == [
+        [run, "v2", "5/5", "1", "75.0%", "75.0%"], [baseline, "v1", "5/5", "0", "80.0%", "80.0%"]]
+    listed = (await evalstream_command(env, "datasets", "--limit", "1000")).splitlines()
+    ours = next(line for line in listed if line.startswith(dataset_id)).split()
+    assert ours[2:5] == ["5", "2", baseline]

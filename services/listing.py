@@ -1,0 +1,51 @@
+"""`evalstream datasets` and `evalstream runs DATASET`: what the read model holds, as tables for
+people finding the id to give `run`, `check`, `compare` or `review` (the query API's
+`GET /v1/datasets` and `GET /v1/datasets/{id}/runs`, newest first)."""
+
+from __future__ import annotations
+
+from services.check import QueryApi
+from services.compare import columns, percent
+
+
+def _when(ts: str | None) -> str:
+    return "—" if not ts else ts[:16].replace("T", " ")
+
+
+def datasets(api: QueryApi, limit: int) -> tuple[list[dict], int]:
+    page = api.get("/v1/datasets", limit=str(limit))
+    return page["datasets"], page["total"]
+
+
+def runs(api: QueryApi, dataset_id: str, limit: int) -> tuple[list[dict], int]:
+    page = api.get(f"/v1/datasets/{dataset_id}/runs", limit=str(limit))
+    return page["runs"], page["total"]
+
+
+def render_datasets(rows: list[dict], total: int) -> str:
+    table = [["id", "name", "items", "runs", "baseline run", "last run"]]
+    table += [[d["id"], d["name"], str(d["item_count"]), str(d["run_count"]),
+               d["baseline_run_id"] or "—", _when(d["last_run_at"])] for d in rows]
+    return "\n".join(columns(table) + _more(len(rows), total, "datasets"))
+
+
+def render_runs(rows: list[dict], total: int) -> str:
+    """Runs with their items, failures, overall pass rate and each score's pass rate (or, for a
+    score without one — categorical labels —, its count)."""
+    names = sorted({n for r in rows for n in r["scores"]})
+    table = [["id", "name", "started", "items", "failed", "pass rate", *names]]
+    for r in rows:
+        cells = []
+        for n in names:
+            s = r["scores"].get(n)
+            cells.append("—" if not s else percent(s.get("pass_rate")) if s.get("pass_rate")
+                         is not None else f"{s.get('count', 0)} scored")
+        table.append([r["id"], r["name"], _when(r["started_at"]),
+                      f"{r['completed_items'] + r['failed_items']}/{r['total_items']}",
+                      str(r["failed_items"]), percent(r["pass_rate"]), *cells])
+    return "\n".join(columns(table) + _more(len(rows), total, "runs"))
+
+
+def _more(shown: int, total: int, what: str) -> list[str]:
+    return [f"({shown} of {total} {what}, newest first; --limit for more)"] \
+        if shown < total else []
