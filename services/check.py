@@ -93,12 +93,13 @@ def parse_minimum(text: str) -> tuple[str, float]:
 
 def waiting_for(scoring: dict, items: int | None) -> str | None:
     """What the run's scoring (GET /v1/runs/{id}/scoring) still waits for, or None once it is
-    complete: every item of the dataset, or as many as it held when the run started (or `items`
-    of them), has a trace, and the evaluator has reported on every succeeded one."""
+    complete: every item the dataset held when the run started (or `items` items) has a trace,
+    and the evaluator has reported on every succeeded one."""
     if items is not None and scoring["traced_items"] < items:
         return f"{scoring['traced_items']} of {items} items have a trace"
-    if items is None and not traced_enough(scoring):  # items added since the run started
-        return f"{scoring['missing_items']} item(s) of the dataset have no trace yet"
+    if items is None and not traced_enough(scoring):
+        return (f"{scoring['missing_items_at_start']} item(s) of the dataset have no trace "
+                "yet")
     if scoring["items_pending_scoring"]:
         return f"{scoring['items_pending_scoring']} item(s) are being scored"
     return None

@@ -68,9 +68,10 @@ async def get_run(run_id: str, request: Request) -> dict:
 @router.get("/runs/{run_id}/scoring")
 async def get_run_scoring(run_id: str, request: Request) -> dict:
     """Is the run scored? `traced_items` (items with a trace), `missing_items` (items of the
-    dataset without one), `items_pending_scoring` (succeeded items whose latest trace the
-    evaluator has not reported on yet) and `scored` (none pending, and none missing or as many
-    traced as the dataset held when the run started: items added since are not waited for)."""
+    dataset without one), `missing_items_at_start` (those of them the dataset already held when
+    the run started), `items_pending_scoring` (succeeded items whose latest trace the evaluator
+    has not reported on yet) and `scored` (none pending and none missing at start: items added
+    since the run started are not waited for, nor items removed)."""
     async with request.app.state.pool.acquire() as conn:
         scoring = await views.run_scoring(conn, run_id)
     if scoring is None:

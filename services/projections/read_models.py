@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 
 import asyncpg
 
@@ -124,15 +125,33 @@ async def apply_baselines(conn: asyncpg.Connection, batch: Sequence[Envelope]) -
 
 
 async def apply_items_upserted(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
+    """Each item's latest content, and every time it was upserted (`dataset_item_upserts`: when
+    it joined the dataset is the earliest of them, see views.run_scoring)."""
     latest: dict[tuple[str, str], dict] = {}
+    times: set[tuple[str, str, datetime]] = set()
     for env in batch:
         ev: DatasetItemsUpserted = env.event  # type: ignore[assignment]
+        at = ev.upserted_at.isoformat()
         for item in ev.items:
             row = {**item.model_dump(mode="json"), "dataset_id": ev.dataset_id,
-                   "updated_at": ev.upserted_at.isoformat()}
+                   "updated_at": at}
             key = (ev.dataset_id, item.id)
+            times.add((*key, ev.upserted_at))
             if key not in latest or row["updated_at"] > latest[key]["updated_at"]:
                 latest[key] = row
+    if not times:
+        return
+    await conn.execute("""
+        INSERT INTO dataset_item_upserts (dataset_id, item_id, upserted_at)
+        SELECT e.dataset_id, e.item_id, e.upserted_at
+        FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS e(dataset_id, item_id,
+                                                                    upserted_at)
+        WHERE NOT EXISTS (SELECT 1 FROM deleted_datasets x WHERE x.dataset_id = e.dataset_id)
+          AND NOT EXISTS (SELECT 1 FROM deleted_dataset_items r
+                          WHERE (r.dataset_id, r.item_id) = (e.dataset_id, e.item_id)
+                            AND r.deleted_at >= e.upserted_at)
+        ON CONFLICT DO NOTHING
+        """, *(list(column) for column in zip(*times, strict=True)))
     await conn.execute("""
         INSERT INTO dataset_items (id, dataset_id, input, expected_output, metadata, updated_at)
         SELECT id, dataset_id, input, expected_output, metadata, updated_at
@@ -152,8 +171,9 @@ async def apply_items_upserted(conn: asyncpg.Connection, batch: Sequence[Envelop
 
 
 async def apply_items_deleted(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
-    """Remember each item's latest removal, then remove the items not upserted since; an upsert
-    older than the removal arriving later is skipped (apply_items_upserted)."""
+    """Remember each item's latest removal, then remove the items not upserted since, and the
+    times of the upserts before it; an upsert older than the removal arriving later is skipped
+    (apply_items_upserted)."""
     await conn.execute("""
         WITH removals AS (
             INSERT INTO deleted_dataset_items AS r (dataset_id, item_id, deleted_at)
@@ -166,6 +186,10 @@ async def apply_items_deleted(conn: asyncpg.Connection, batch: Sequence[Envelope
             ON CONFLICT (dataset_id, item_id) DO UPDATE SET deleted_at = excluded.deleted_at
             WHERE r.deleted_at < excluded.deleted_at
             RETURNING dataset_id, item_id, deleted_at)
+        , pruned AS (
+            DELETE FROM dataset_item_upserts u USING removals r
+            WHERE (u.dataset_id, u.item_id) = (r.dataset_id, r.item_id)
+              AND u.upserted_at <= r.deleted_at)
         DELETE FROM dataset_items i USING removals r
         WHERE (i.dataset_id, i.id) = (r.dataset_id, r.item_id) AND i.updated_at <= r.deleted_at
         """, [_dump(e.event) for e in batch])
@@ -516,7 +540,7 @@ async def apply_datasets_deleted(conn: asyncpg.Connection, batch: Sequence[Envel
     own RunDeleted events, which ingest publishes before this one; a run of the dataset that
     arrives later (from a rebuild's order) is skipped by the dataset's tombstone."""
     dataset_ids = await _tombstones(conn, "deleted_datasets", "dataset_id", batch)
-    for table in ("dataset_items", "deleted_dataset_items"):
+    for table in ("dataset_items", "dataset_item_upserts", "deleted_dataset_items"):
         await conn.execute(f"DELETE FROM {table} WHERE dataset_id = ANY($1::text[])",
                            dataset_ids)
     await conn.execute("DELETE FROM datasets WHERE id = ANY($1::text[])", dataset_ids)

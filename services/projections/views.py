@@ -135,6 +135,12 @@ _RUN_SCORING_SQL = sql_template("""
 SELECT r.id AS run_id, r.total_items,
        (SELECT count(*) FROM run_items x WHERE x.run_id = r.id) AS traced_items,
        (SELECT count(*) """ + _MISSING_ITEMS + """) AS missing_items,
+       -- of them, those the dataset held when the run started: upserted by then, and not
+       -- removed since (a removal prunes the times before it)
+       (SELECT count(*) """ + _MISSING_ITEMS + """
+          AND EXISTS (SELECT 1 FROM dataset_item_upserts u
+                      WHERE (u.dataset_id, u.item_id) = (di.dataset_id, di.id)
+                        AND u.upserted_at <= r.started_at)) AS missing_items_at_start,
        (SELECT count(*) FROM run_items x
         WHERE x.run_id = r.id AND x.status = 'succeeded'
           AND NOT EXISTS (SELECT 1 FROM scores s
@@ -148,9 +154,9 @@ FROM runs r WHERE r.id = $1
 
 
 async def run_scoring(conn: asyncpg.Connection, run_id: str) -> dict | None:
-    """How far the run's scoring is: `scored` once it has a trace of every item of its dataset,
-    or of as many items as the dataset had when the run started (items added since are not
-    waited for), and the evaluator has reported on every succeeded one (None: no such run)."""
+    """How far the run's scoring is: `scored` once every item its dataset held when the run
+    started (and still holds) has a trace — items added since are not waited for, nor items
+    removed — and the evaluator has reported on every succeeded one (None: no such run)."""
     row = await conn.fetchrow(_RUN_SCORING_SQL, run_id)
     if row is None:
         return None
@@ -158,9 +164,8 @@ async def run_scoring(conn: asyncpg.Connection, run_id: str) -> dict | None:
 
 
 def traced_enough(scoring) -> bool:
-    """Every item of the dataset has a trace, or as many as the dataset held when the run
-    started (`total_items`) do."""
-    return scoring["missing_items"] == 0 or scoring["traced_items"] >= scoring["total_items"]
+    """Every item the dataset held when the run started, and holds still, has a trace."""
+    return scoring["missing_items_at_start"] == 0
 
 
 # Sort keys of the results: a column, or `score:<name>` (the item's value of that score).

@@ -53,7 +53,8 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
     assert "waiting: 3 item(s) of the dataset have no trace yet" in err
     scoring = (await api.query.get(f"/v1/runs/{run_id}/scoring")).json()
     assert scoring == {"run_id": run_id, "total_items": 3, "traced_items": 3,
-                       "missing_items": 0, "items_pending_scoring": 0, "scored": True}
+                       "missing_items": 0, "missing_items_at_start": 0,
+                       "items_pending_scoring": 0, "scored": True}
     assert code == 0, out + err
     assert "ok    pass rate: 0.666667 >= 0.6" in out
     assert "ok    evaluator failures: 0 <= 0" in out
@@ -96,4 +97,25 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
                                    lambda s: s["missing_items"] == 1)
     assert scoring["scored"] is True and scoring["traced_items"] == scoring["total_items"] == 3
     code, out, err = await _check(migrated, run_id, "--min-pass-rate", "0.6", "--wait", "5")
+    assert code == 0 and "waiting" not in err, out + err
+
+    # A run started (over four items), then an item added to the dataset and another removed
+    # from it: the run waits for the three items it started with that are still there, and for
+    # nothing else (it has 3 traces of 4 items, and one item of the dataset has none).
+    third = (await api.create("/v1/runs", {"dataset_id": dataset_id, "name": "v3"}))["id"]
+    await api.create(f"/v1/datasets/{dataset_id}/items",
+                     {"items": [{"id": f"{prefix}-later", "expected_output": "Bern"}]})
+    r = await api.ingest.delete(f"/v1/datasets/{dataset_id}/items/{items[2]['id']}")
+    assert r.status_code == 202, r.text
+    await api.post_traces([{"trace_id": f"{third}-{n}", "run_id": third,
+                            "dataset_item_id": item["id"], "output": out, "status": "succeeded"}
+                           for n, (item, out) in enumerate(zip(
+                               [*items[:2], {"id": f"{prefix}-late"}], ["Paris", "Berlin", "Oslo"],
+                               strict=True))])
+    scoring = await api.eventually(f"/v1/runs/{third}/scoring",
+                                   lambda s: s["traced_items"] == 3
+                                   and s["items_pending_scoring"] == 0)
+    assert (scoring["total_items"], scoring["missing_items"], scoring["missing_items_at_start"],
+            scoring["scored"]) == (4, 1, 0, True)  # the one missing: `-later`
+    code, out, err = await _check(migrated, third, "--min-pass-rate", "0.6", "--wait", "5")
     assert code == 0 and "waiting" not in err, out + err

@@ -22,18 +22,18 @@ def _summary(**kw) -> dict:
 
 def _scoring(**kw) -> dict:
     return {"run_id": "r2", "total_items": 4, "traced_items": 4, "missing_items": 0,
-            "items_pending_scoring": 0, "scored": True, **kw}
+            "missing_items_at_start": 0, "items_pending_scoring": 0, "scored": True, **kw}
 
 
 def test_a_run_is_scored_once_every_item_has_a_trace_and_every_trace_a_report():
     assert waiting_for(_scoring(), None) is None
-    assert waiting_for(_scoring(traced_items=2, missing_items=2), None) == (
-        "2 item(s) of the dataset have no trace yet")
+    assert waiting_for(_scoring(traced_items=2, missing_items=2, missing_items_at_start=2),
+                       None) == "2 item(s) of the dataset have no trace yet"
     assert waiting_for(_scoring(items_pending_scoring=1), None) == "1 item(s) are being scored"
-    # items added to the dataset after the run started (4 items then) are not waited for
+    # items added to the dataset after the run started are not waited for
     assert waiting_for(_scoring(traced_items=4, missing_items=2), None) is None
-    assert waiting_for(_scoring(traced_items=3, missing_items=3), None) == (
-        "3 item(s) of the dataset have no trace yet")
+    assert waiting_for(_scoring(traced_items=3, missing_items=3, missing_items_at_start=1),
+                       None) == "1 item(s) of the dataset have no trace yet"
     # --items: that many traced items, whatever the dataset holds
     assert waiting_for(_scoring(traced_items=4, missing_items=2), 4) is None
     assert waiting_for(_scoring(traced_items=4, missing_items=2), 5) == (
@@ -118,7 +118,8 @@ class _Api:
 
 
 def test_the_check_waits_for_scoring_then_decides():
-    api = _Api([_scoring(traced_items=3, missing_items=1), _scoring(items_pending_scoring=2),
+    api = _Api([_scoring(traced_items=3, missing_items=1, missing_items_at_start=1),
+                _scoring(items_pending_scoring=2),
                 _scoring()])
     seen = []
     report = check_run(api, "r2", min_pass_rate=0.7, wait=10, sleep=lambda _: None,
