@@ -3,6 +3,7 @@ the key they send, and how an API's refusal reads."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
@@ -14,9 +15,10 @@ KEY_HINT = ("give --api-key or set EVALSTREAM_API_KEY; `make up` writes its key 
 
 
 def client_key(settings: Settings, given: str | None) -> str | None:
-    """The key a client command sends: the one given, else the first of EVALSTREAM_API_KEYS,
-    else the one `make up` made (when run from its directory)."""
-    key = given or (settings.api_keys[0] if settings.api_keys else None)
+    """The key a client sends: the one given, else EVALSTREAM_API_KEY, else the first of
+    EVALSTREAM_API_KEYS, else the one `make up` made (when run from its directory)."""
+    key = given or os.environ.get("EVALSTREAM_API_KEY") or (
+        settings.api_keys[0] if settings.api_keys else None)
     key_file = Path(settings.data_dir) / "api-key"
     if key is None and key_file.exists():
         key = key_file.read_text().strip()
@@ -28,11 +30,15 @@ def auth(key: str | None) -> dict[str, str]:
 
 
 def ingest_url(settings: Settings, given: str | None) -> str:
-    return given or f"http://{settings.host}:{settings.ingest_port}"
+    """The one given, else EVALSTREAM_INGEST_URL, else the local ingest port."""
+    return given or os.environ.get("EVALSTREAM_INGEST_URL") or \
+        f"http://{settings.host}:{settings.ingest_port}"
 
 
 def query_url(settings: Settings, given: str | None) -> str:
-    return given or f"http://{settings.host}:{settings.query_port}"
+    """The one given, else EVALSTREAM_QUERY_URL, else the local query port."""
+    return given or os.environ.get("EVALSTREAM_QUERY_URL") or \
+        f"http://{settings.host}:{settings.query_port}"
 
 
 def first_error(r: httpx.Response) -> tuple[list[str], str]:

@@ -42,10 +42,6 @@ class ReviewReport:
     quit: bool = False
     verdicts: dict[str, bool] = field(default_factory=dict)  # item -> the last verdict posted
 
-    def as_dict(self) -> dict:
-        return {"run_id": self.run_id, "name": self.name, "items": self.items,
-                "correct": self.correct, "incorrect": self.incorrect, "skipped": self.skipped,
-                "quit": self.quit}
 
 
 def _text(value: Any) -> str:

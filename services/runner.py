@@ -371,8 +371,8 @@ def run_dataset(dataset_id: str | None, task: Callable[[Any], Any], *, name: str
                 ingest_url: str | None = None, query_url: str | None = None,
                 api_key: str | None = None, **options: Any) -> RunReport:
     """Runner.run from plain Python (a script, not a running event loop), with the APIs and key
-    found as the client commands find them (EVALSTREAM_INGEST_URL, EVALSTREAM_QUERY_URL,
-    EVALSTREAM_API_KEY, ...); `options` as Runner.run takes them.
+    found as the client commands find them (services/client.py: EVALSTREAM_INGEST_URL,
+    EVALSTREAM_QUERY_URL, EVALSTREAM_API_KEY, ...); `options` as Runner.run takes them.
 
         from services.runner import run_dataset
         report = run_dataset(dataset_id, answer, name="prompt v2", concurrency=16)
