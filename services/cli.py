@@ -555,6 +555,8 @@ def run_command(
                f"{f' ({errors})' if errors else ''}"
                f"{f', {report.skipped:,} already traced' if report.skipped else ''}; "
                f"{report.posted:,} trace(s) posted", err=True)
+    for item, why in list(report.refused.items())[:10]:
+        typer.echo(f"  not posted, refused twice by the API: item {item}: {why}", err=True)
     typer.echo(report.run_id)
 
 

@@ -8,7 +8,9 @@ threads); a function of two parameters also gets the whole item (its id, expecte
 metadata). What it returns is the item's output; a `TaskResult` adds token usage, cost and
 metadata. A task that raises gives a failed trace carrying the error, and the run goes on. The
 traces are posted in calls of up to 1,000 (`POST /v1/traces`) as they finish, with the latency
-measured around each call, and retried while the API answers 502/503/504 or cannot be reached.
+measured around each call, and retried while the API answers 502/503/504 or cannot be reached. A
+trace the API refuses (an item removed from the dataset meanwhile, a usage it cannot take) is
+posted as a failed trace saying why, or, refused again, left out and reported; the others go on.
 
 Trace ids follow from the run and the item, so a call sent twice (a retry) posts the same traces
 again rather than new ones. `--run RUN` continues a run that stopped part-way: the items that
@@ -41,12 +43,13 @@ from tenacity import (
 )
 
 from schemas.common import deterministic_id
-from services.client import refusal
+from services.client import first_error, refusal
 
 CHUNK = 1000  # traces a call, the API's limit
 PAGE = 1000  # items read a call, the query API's limit
 FLUSH_S = 1.0  # a call goes out at least this often while traces are waiting
 ERROR_LIMIT = 100_000  # the API's limit on a trace's `error`
+REFUSED = "refused by the ingest API: "  # a failed trace's error when the API refused the trace
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,14 @@ class RunnerError(RuntimeError):
     """The run cannot go on (or start); the message says why and what was posted."""
 
 
+class TraceRefused(RunnerError):
+    """The API refused one trace of a call (422 naming `traces.<index>`): `why` is its answer."""
+
+    def __init__(self, message: str, index: int, why: str):
+        super().__init__(message)
+        self.index, self.why = index, why
+
+
 @dataclass
 class RunReport:
     run_id: str
@@ -75,6 +86,7 @@ class RunReport:
     posted: int = 0  # traces the API accepted
     seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)  # exception type -> items
+    refused: dict[str, str] = field(default_factory=dict)  # item -> why, not posted at all
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -196,6 +208,11 @@ class Runner:
             raise RunnerError(f"{method} {path}: {client.base_url} unreachable for "
                               f"{self.retry_window_s:g} s: {type(e).__name__}: {e}") from None
         if r.status_code != expect:
+            loc, msg = first_error(r)
+            if r.status_code == 422 and loc[:2] == ["body", "traces"] and len(loc) > 2 \
+                    and loc[2].isdigit():
+                raise TraceRefused(f"{method} {path}: {refusal(r)}", int(loc[2]),
+                                   f"{'.'.join(loc[3:]) or 'trace'}: {msg}")
             raise RunnerError(f"{method} {path}: {refusal(r)}")
         return r.json()
 
@@ -326,10 +343,32 @@ class Runner:
             oldest = 0.0  # when the oldest pending trace was done
 
             async def send() -> None:
-                await self._call(self.ingest, "POST", "/v1/traces", 202,
-                                 json={"traces": pending})
-                report.posted += len(pending)
-                pending.clear()
+                while pending:
+                    try:
+                        await self._call(self.ingest, "POST", "/v1/traces", 202,
+                                         json={"traces": pending})
+                    except TraceRefused as e:  # that trace, not the others: see refused()
+                        refused(e.index, e.why)
+                        continue
+                    report.posted += len(pending)
+                    pending.clear()
+
+            def refused(n: int, why: str) -> None:
+                """A trace the API refuses (an item removed from the dataset meanwhile, a
+                TaskResult's usage it cannot take, ...) is posted as a failed trace saying why;
+                refused again, it is left out (counted in `refused`)."""
+                trace = pending[n]
+                if trace["status"] == "failed" and trace["error"].startswith(REFUSED):
+                    del pending[n]
+                    report.refused[trace["dataset_item_id"]] = why
+                    return
+                if trace["status"] == "succeeded":
+                    report.succeeded -= 1
+                    report.failed += 1
+                report.errors["refused"] = report.errors.get("refused", 0) + 1
+                pending[n] = {k: trace[k] for k in ("trace_id", "run_id", "dataset_item_id",
+                                                    "latency_ms")} | {
+                    "output": None, "status": "failed", "error": f"{REFUSED}{why}"}
 
             while True:
                 wait = max(0.0, oldest + FLUSH_S - time.monotonic()) if pending else FLUSH_S

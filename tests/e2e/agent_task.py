@@ -1,6 +1,7 @@
 """An agent for `evalstream run` in tests/e2e/test_run_command.py: it answers an item's input
 `{"n": n}` with n as text (so exact_match passes) unless n is a multiple of 5 (a wrong answer),
-and raises on n = 7, as a model call that timed out would."""
+raises on n = 7, as a model call that timed out would, and on n = 11 reports a usage the ingest
+API refuses."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ def answer(question: dict) -> TaskResult:
     n = question["n"]
     if n == 7:
         raise TimeoutError("the model did not answer within 30 s")
+    if n == 11:  # usage named as one model API names it: the ingest API refuses the trace
+        return TaskResult(output=str(n), usage={"prompt_tokens": 10})
     return TaskResult(output=str(n) if n % 5 else "wrong", usage={"input_tokens": 10,
                                                                   "output_tokens": 2},
                       cost=0.001, metadata={"model": "fake-1"})

@@ -16,7 +16,7 @@ from tests.e2e.agent_task import answer_async
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
 
-N = 40  # items; n % 5 == 0 is answered wrong, n == 7 raises
+N = 40  # items; n % 5 == 0 is answered wrong, n == 7 raises, n == 11's trace is refused
 
 
 def _env(settings) -> dict[str, str]:
@@ -53,19 +53,21 @@ async def test_run_an_agent_over_a_dataset_then_continue_and_check_it(api, migra
 
     summary = await api.eventually(f"/v1/runs/{run_id}",
                                    lambda s: s["scores"].get("exact_match", {}).get("count")
-                                   == N - 1)
+                                   == N - 2)
     wrong = len(range(0, N, 5))
     assert (summary["name"], summary["metadata"]) == ("agent v1", {"prompt": "v1"})
-    assert (summary["completed_items"], summary["failed_items"]) == (N - 1, 1)
-    assert summary["scores"]["exact_match"]["average"] == pytest.approx((N - 1 - wrong) / (N - 1))
-    assert summary["total_tokens"] == 12 * (N - 1)
-    assert summary["total_cost"] == pytest.approx(0.001 * (N - 1))
+    assert (summary["completed_items"], summary["failed_items"]) == (N - 2, 2)
+    assert summary["scores"]["exact_match"]["average"] == pytest.approx((N - 2 - wrong) / (N - 2))
+    assert summary["total_tokens"] == 12 * (N - 2)
+    assert summary["total_cost"] == pytest.approx(0.001 * (N - 2))
     assert summary["latency_p50_ms"] is not None
 
+    # The task's failure, and the trace the API refused, posted as a failure saying why.
     failed = (await api.query.get(f"/v1/runs/{run_id}/results",
                                   params={"status": "failed"})).json()["items"]
     assert [(i["dataset_item_id"][-2:], i["error"]) for i in failed] == [
-        ("07", "TimeoutError: the model did not answer within 30 s")]
+        ("07", "TimeoutError: the model did not answer within 30 s"),
+        ("11", "refused by the ingest API: usage.prompt_tokens: Extra inputs are not permitted")]
     first = (await api.query.get(f"/v1/runs/{run_id}/results", params={"limit": 1})).json()
     assert first["items"][0]["metadata"] == {"model": "fake-1"}
 

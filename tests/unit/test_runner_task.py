@@ -1,7 +1,7 @@
 """`evalstream run`'s own logic: finding the task, turning what it returns (or raises) into a
 trace, and the calls it makes — in calls of at most 1,000 traces, retried while the API answers
-503, stopped with the run's id when the API refuses one, and never more items in the task at once
-than asked. The APIs are httpx's MockTransport here; tests/e2e/test_run_command.py runs it
+503, a trace it refuses posted as a failure (left out if refused again), stopped with the run's id
+when it refuses a call, and never more items in the task at once than asked. The APIs are httpx's MockTransport here; tests/e2e/test_run_command.py runs it
 against the real services."""
 
 from __future__ import annotations
@@ -83,10 +83,12 @@ class FakeApis:
     """The ingest and query APIs as MockTransports: a dataset of `n` items, a run, and the
     trace calls as they come."""
 
-    def __init__(self, n: int, traces_answers: list[int] | None = None):
+    def __init__(self, n: int, traces_answers: list[int] | None = None,
+                 gone: frozenset[str] = frozenset()):
         self.items = [{"id": f"i{k:05d}", "input": k} for k in range(n)]
         self.calls: list[list[dict]] = []
         self.traces_answers = list(traces_answers or [])
+        self.gone = gone  # items "removed from the dataset": their traces are refused
 
     def ingest(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
@@ -95,11 +97,20 @@ class FakeApis:
                                              "total_items": len(self.items)})
         assert request.url.path == "/v1/traces"
         status = self.traces_answers.pop(0) if self.traces_answers else 202
-        if status == 422:
+        if status == 422:  # about the call, not one of its traces
             return httpx.Response(422, json={"detail": [
-                {"loc": ["body", "traces", 0, "output"], "msg": "too large"}]})
+                {"loc": ["body", "traces"], "msg": "List should have at most 1000 items"}]})
         if status != 202:
             return httpx.Response(status, text="unavailable")
+        for n, t in enumerate(body["traces"]):  # as the API: the first wrong trace, named
+            if t["dataset_item_id"] in self.gone:
+                return httpx.Response(422, json={"detail": [{
+                    "loc": ["body", "traces", n, "dataset_item_id"],
+                    "msg": "item is not in the run's dataset (or was removed from it)"}]})
+            if "bogus" in (t.get("usage") or {}):
+                return httpx.Response(422, json={"detail": [{
+                    "loc": ["body", "traces", n, "usage", "bogus"],
+                    "msg": "Extra inputs are not permitted"}]})
         self.calls.append(body["traces"])
         return httpx.Response(202, json={"accepted": len(body["traces"])})
 
@@ -133,7 +144,8 @@ async def test_a_refused_call_stops_the_run_naming_it():
     apis = FakeApis(1500, traces_answers=[202, 422])
     with pytest.raises(RunnerError) as e:
         await apis.runner().run("ds", lambda x: x, name="n")
-    assert "POST /v1/traces: HTTP 422: body.traces.0.output: too large" in str(e.value)
+    assert "POST /v1/traces: HTTP 422: body.traces: List should have at most 1000 items" in \
+        str(e.value)
     assert "run run-1: 1000 trace(s) posted before it; `--run run-1` continues" in str(e.value)
 
 
@@ -204,3 +216,22 @@ async def test_a_task_of_two_parameters_gets_the_whole_item():
         apis.calls.clear()
         await apis.runner().run("ds", task, name="n")
         assert sorted(t["output"] for call in apis.calls for t in call) == outputs
+
+
+async def test_a_refused_trace_is_posted_as_a_failure_and_the_rest_go_on():
+    apis = FakeApis(30, gone=frozenset({"i00004"}))
+
+    def task(x):  # item 7 reports a usage the API cannot take
+        return TaskResult(x, usage={"bogus": 1} if x == 7 else {"input_tokens": 1,
+                                                                 "output_tokens": 1})
+
+    report = await apis.runner().run("ds", task, name="n")
+    posted = {t["dataset_item_id"]: t for call in apis.calls for t in call}
+    assert len(posted) == 29 and "i00004" not in posted  # refused twice: left out, reported
+    assert report.refused == {
+        "i00004": "dataset_item_id: item is not in the run's dataset (or was removed from it)"}
+    assert posted["i00007"]["status"] == "failed" and posted["i00007"]["error"] == (
+        "refused by the ingest API: usage.bogus: Extra inputs are not permitted")
+    assert "usage" not in posted["i00007"]
+    assert all(t["status"] == "succeeded" for i, t in posted.items() if i != "i00007")
+    assert (report.succeeded, report.failed, report.posted) == (28, 2, 29)
