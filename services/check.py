@@ -148,7 +148,7 @@ def evaluate(summary: dict, *, min_pass_rate: float | None, minimums: dict[str, 
 
 
 class QueryApi:
-    """The few query API calls the check makes."""
+    """The query API calls of the check (and of compare, datasets and runs: `get`)."""
 
     def __init__(self, url: str, api_key: str | None, timeout: float = 30.0):
         self._client = httpx.Client(base_url=url, headers=auth(api_key), timeout=timeout)
@@ -184,7 +184,7 @@ class QueryApi:
         offset: int | None = 0
         while offset is not None:
             page = self.get(f"/v1/runs/{run_id}/breakdown", by=by, limit="1000",
-                             offset=str(offset))
+                            offset=str(offset))
             groups += page["groups"]
             offset = page["next_offset"]
         return groups
@@ -194,7 +194,7 @@ class QueryApi:
         if baseline is None:
             return self.get("/v1/compare", runs=run_id, include="scores")
         return self.get("/v1/compare", runs=f"{baseline},{run_id}", baseline=baseline,
-                         include="scores")
+                        include="scores")
 
 
 def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,

@@ -230,8 +230,8 @@ YIELD_EVERY = 100
 async def decode_records(records: Sequence, publisher: EventPublisher) -> list[Envelope]:
     """Decode a consumed batch; records that are not valid events go to the dead-letter topic
     with their reason, and the batch carries on without them, as it does without the records a
-    redrive sent back for the other service. Every YIELD_EVERY records the
-    event loop gets a turn, so that I/O in flight (a projections lane's statements) goes on."""
+    redrive sent back for the other service. Every YIELD_EVERY records the event loop gets a
+    turn, so that I/O in flight (a projections lane's statements) goes on."""
     envelopes, dead = [], []
     for n, record in enumerate(records, 1):
         if n % YIELD_EVERY == 0:

@@ -1,8 +1,8 @@
 """`evalstream run`'s own logic: finding the task, turning what it returns (or raises) into a
 trace, and the calls it makes — in calls of at most 1,000 traces, retried while the API answers
 503, a trace it refuses posted as a failure (left out if refused again), stopped with the run's id
-when it refuses a call, and never more items in the task at once than asked. The APIs are httpx's MockTransport here; tests/e2e/test_run_command.py runs it
-against the real services."""
+when it refuses a call, and never more items in the task at once than asked. The APIs are httpx's
+MockTransport here; tests/e2e/test_run_command.py runs it against the real services."""
 
 from __future__ import annotations
 
