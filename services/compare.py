@@ -18,13 +18,14 @@ LISTS = ("regressions", "improvements", "status_changed")
 
 
 def fetch(api: QueryApi, run_id: str, baseline: str | None, items: int) -> dict:
-    """The comparison (runs and scores), and up to `items` regressed and improved items."""
+    """The comparison (runs and scores), and of each of LISTS its count and first `items`."""
     runs = f"{baseline},{run_id}" if baseline else run_id
     base = {"runs": runs, **({"baseline": baseline} if baseline else {})}
     out = api.get("/v1/compare", **base, include="runs,scores")
     for which in LISTS:
-        page = api.get("/v1/compare", **base, include="items", filter=which, limit=str(items))
-        out[which] = page["items"]
+        page = api.get("/v1/compare", **base, include="items", filter=which,
+                       limit=str(max(items, 1)))["items"]
+        out[which] = page | {"items": page["items"][:items]}
     return out
 
 
@@ -102,7 +103,7 @@ def render(c: dict, run_id: str) -> str:
     for which in LISTS:
         page = c[which]
         shown = len(page["items"])
-        lines += ["", f"{which.replace('_', ' ')}: {page['total']}" + (f" (the first {shown})"
-                                                     if shown < page["total"] else "")]
+        lines += ["", f"{which.replace('_', ' ')}: {page['total']}" + (
+            f" (the first {shown})" if 0 < shown < page["total"] else "")]
         lines += [_changed(item, baseline, run_id, which) for item in page["items"]]
     return "\n".join(lines)

@@ -57,6 +57,12 @@ async def test_compare_a_run_with_a_baseline_in_the_terminal(api, migrated):
     assert lines[at + 1].split()[:4] == [f"{prefix}-4", "succeeded", "→", "failed"]
     assert lines[at + 1].endswith('"a4" → failed: "TimeoutError: no answer"')
 
+    # With no items listed: the counts alone.
+    out = await evalstream_command(settings_env(migrated) | {
+        "EVALSTREAM_QUERY_URL": f"http://127.0.0.1:{migrated.query_port}"},
+        "compare", run, baseline, "--items", "0")
+    assert out.rstrip().endswith("regressions: 1\n\nimprovements: 1\n\nstatus changed: 1")
+
     # Without a baseline: the dataset's pinned one; --json has the whole comparison.
     r = await api.ingest.put(f"/v1/datasets/{dataset_id}/baseline", json={"run_id": baseline})
     assert r.status_code == 200, r.text
