@@ -557,6 +557,8 @@ def run_command(
                f"{report.posted:,} trace(s) posted", err=True)
     for item, why in list(report.refused.items())[:10]:
         typer.echo(f"  not posted, refused twice by the API: item {item}: {why}", err=True)
+    typer.echo(f"next: evalstream check {report.run_id} (waits for the scores) · "
+               f"evalstream compare {report.run_id} <baseline run>", err=True)
     typer.echo(report.run_id)
 
 
