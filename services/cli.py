@@ -50,7 +50,7 @@ def _logging(settings: Settings) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-@app.command()
+@app.command(rich_help_panel="Run the system")
 def migrate() -> None:
     """Create or upgrade the catalog and read-model schemas, and create the topics."""
     from services.database import migrate_all
@@ -67,7 +67,7 @@ def migrate() -> None:
     typer.echo("schemas and topics are up to date")
 
 
-@app.command()
+@app.command(rich_help_panel="Run the system")
 def serve(service: Service) -> None:
     """Run one service in the foreground (what each container of docker-compose.yml runs)."""
     import uvicorn
@@ -91,7 +91,7 @@ def serve(service: Service) -> None:
         asyncio.run(application_factory(settings).run())
 
 
-@app.command()
+@app.command(rich_help_panel="Run the system")
 def replay(
     since: str | None = typer.Option(
         None, help="Only traces completed at or after this ISO 8601 time (UTC unless a zone is "
@@ -146,7 +146,7 @@ def replay(
         raise typer.Exit(130)
 
 
-@app.command()
+@app.command(rich_help_panel="Run the system")
 def status(as_json: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
     """Is scoring keeping up? Each consumer group's lag (records of its topics it has not
     committed past yet) and the number of dead letters."""
@@ -183,7 +183,7 @@ QueryUrl = Annotated[str | None, typer.Option(
     help="Query API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_QUERY_PORT>).")]
 
 
-@app.command()
+@app.command(rich_help_panel="Evaluate")
 def check(
     run_id: str = typer.Argument(..., metavar="RUN", help="The run to check."),
     min_pass_rate: float | None = typer.Option(
@@ -267,7 +267,7 @@ def check(
 dead_letters_app = typer.Typer(
     help="The records consumers could not take (undecodable, or refused by the read model).",
     invoke_without_command=True)
-app.add_typer(dead_letters_app, name="dead-letters")
+app.add_typer(dead_letters_app, name="dead-letters", rich_help_panel="Run the system")
 
 
 @dead_letters_app.callback()
@@ -325,7 +325,7 @@ def dead_letters_redrive(
 
 
 projections_app = typer.Typer(help="Operate the read models.", no_args_is_help=True)
-app.add_typer(projections_app, name="projections")
+app.add_typer(projections_app, name="projections", rich_help_panel="Run the system")
 
 
 @projections_app.command("rebuild")
@@ -437,7 +437,7 @@ def projections_drop_previous(
         typer.echo(f"dropped {schema}")
 
 
-@app.command()
+@app.command(rich_help_panel="Evaluate")
 def upload(
     file: Path = typer.Argument(..., exists=True, dir_okay=False,
                                 help="A .jsonl (one item object a line) or .csv file."),
@@ -483,7 +483,7 @@ def upload(
     typer.echo(f"dataset {dataset}: {len(ids):,} item(s) from {file}")
 
 
-@app.command("run")
+@app.command("run", rich_help_panel="Evaluate")
 def run_command(
     dataset: str | None = typer.Argument(None, metavar="DATASET",
                                          help="The dataset whose items to run the task over."),
@@ -562,7 +562,7 @@ def run_command(
     typer.echo(report.run_id)
 
 
-@app.command()
+@app.command(rich_help_panel="Evaluate")
 def compare(
     run_id: str = typer.Argument(..., metavar="RUN", help="The run to compare."),
     baseline: str | None = typer.Argument(
@@ -575,7 +575,7 @@ def compare(
 ) -> None:
     """A run against a baseline run of its dataset: the summaries side by side, each score's
     pass rate and average with the change, how many items got better or worse, and the items
-    that regressed and improved with their outputs."""
+    that regressed, improved or changed status, with their outputs."""
     import json
 
     from services.check import CheckError, QueryApi
@@ -593,7 +593,7 @@ def compare(
     typer.echo(json.dumps(comparison) if as_json else render(comparison, run_id))
 
 
-@app.command("datasets")
+@app.command("datasets", rich_help_panel="Evaluate")
 def datasets_command(
     limit: int = typer.Option(50, min=1, max=1000, help="Most datasets to list."),
     query_url: QueryUrl = None,
@@ -606,7 +606,7 @@ def datasets_command(
     _listing(lambda api: datasets(api, limit), render_datasets, query_url, api_key, as_json)
 
 
-@app.command("runs")
+@app.command("runs", rich_help_panel="Evaluate")
 def runs_command(
     dataset: str = typer.Argument(..., metavar="DATASET", help="The dataset whose runs to list."),
     limit: int = typer.Option(20, min=1, max=1000, help="Most runs to list."),
@@ -645,7 +645,7 @@ class ReviewWhich(StrEnum):
     all = "all"
 
 
-@app.command()
+@app.command(rich_help_panel="Evaluate")
 def review(
     run_id: str = typer.Argument(..., metavar="RUN", help="The run whose items to review."),
     name: str = typer.Option("manual", help="The verdict's score name."),
@@ -700,7 +700,7 @@ def _api_key(data_dir: Path) -> str:
     return key_file.read_text().strip()
 
 
-@app.command()
+@app.command(rich_help_panel="Run the system")
 def up(broker_port: int = typer.Option(19092, help="Port of the local broker, when started.")) \
         -> None:
     """Start everything in the foreground: broker and Postgres unless their URLs are given, the
