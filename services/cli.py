@@ -656,6 +656,10 @@ def review(
     limit: int = typer.Option(100, min=1, help="Most items to offer."),
     reviewer: str | None = typer.Option(None, "--by", help="Who gives the verdicts "
                                                            "(created_by)."),
+    labels: str | None = typer.Option(
+        None, help="A rubric instead of correct/incorrect, e.g. correct,partial,wrong: each "
+                   "verdict is one of these labels (a categorical score), answered by its "
+                   "number or name."),
     ingest_url: IngestUrl = None,
     query_url: QueryUrl = None,
     api_key: ClientKey = None,
@@ -668,6 +672,11 @@ def review(
     from services.review import ReviewError
     from services.review import review as go
 
+    rubric = tuple(label.strip() for label in (labels or "").split(",") if label.strip())
+    if labels is not None and (len(rubric) < 2 or len({r.lower() for r in rubric}) < len(rubric)
+                               or {r.lower() for r in rubric} & {"s", "b", "q"}):
+        raise typer.BadParameter("give two or more distinct labels, comma-separated (not s, b "
+                                 "or q, which skip, go back and quit)", param_hint="--labels")
     settings = Settings()
     headers = client.auth(client.client_key(settings, api_key))
 
@@ -683,13 +692,12 @@ def review(
             headers=headers, timeout=30) as ingest:
         try:
             report = go(query, ingest, run_id, ask=ask, show=typer.echo, name=name,
-                        which=which.value, limit=limit, reviewer=reviewer)
+                        which=which.value, limit=limit, reviewer=reviewer, labels=rubric)
         except ReviewError as e:
             typer.echo(f"review stopped: {e}", err=True)
             raise typer.Exit(1) from None
-    typer.echo(f"{report.correct + report.incorrect} verdict(s) posted: {report.correct} "
-               f"correct, {report.incorrect} incorrect; {report.skipped} skipped"
-               + (" (quit)" if report.quit else ""))
+    typer.echo(f"{len(report.verdicts)} verdict(s) posted: {report.counts()}; "
+               f"{report.skipped} skipped" + (" (quit)" if report.quit else ""))
 
 
 def _api_key(data_dir: Path) -> str:

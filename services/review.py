@@ -1,13 +1,14 @@
 """`evalstream review RUN`: a person goes through a run's items in the terminal and says, of each,
-correct or incorrect, with a comment — the verdicts `POST /v1/scores` takes, without writing a
-request by hand.
+correct or incorrect (or which label of a rubric), with a comment — the verdicts
+`POST /v1/scores` takes, without writing a request by hand.
 
 The items come from the query API's results (by default those still awaiting a verdict of the
 score's name: succeeded, with none yet), at most `limit` of them, read when the review starts.
-Each shows its input, expected output, output, error and scores; the answer is `y` (correct),
-`n` (incorrect), `s` (skip), `b` (back: the previous item again, to change its verdict) or `q`
-(quit). A verdict is posted as soon as it is given, so quitting loses nothing; posting one again
-corrects it (the API keeps the earlier value in the score's history).
+Each shows its input, expected output, output, error and scores. The answer is `y` (correct) or
+`n` (incorrect) — with a rubric of labels, a label's number or name (a categorical score) —, `s`
+(skip), `b` (back: the previous item again, to change its verdict) or `q` (quit). A verdict is
+posted as soon as it is given, so quitting loses nothing; posting one again corrects it (the API
+keeps the earlier value in the score's history).
 """
 
 from __future__ import annotations
@@ -40,7 +41,17 @@ class ReviewReport:
     incorrect: int = 0
     skipped: int = 0
     quit: bool = False
-    verdicts: dict[str, bool] = field(default_factory=dict)  # item -> the last verdict posted
+    # item -> the last verdict posted: True / False, or a rubric's label
+    verdicts: dict[str, bool | str] = field(default_factory=dict)
+
+    def counts(self) -> str:
+        """`2 correct, 1 incorrect`, or per label of a rubric: `2 partial, 1 wrong`."""
+        if all(isinstance(v, bool) for v in self.verdicts.values()):
+            return f"{self.correct} correct, {self.incorrect} incorrect"
+        tally: dict[str, int] = {}
+        for v in self.verdicts.values():
+            tally[str(v)] = tally.get(str(v), 0) + 1
+        return ", ".join(f"{n} {label}" for label, n in sorted(tally.items()))
 
 
 
@@ -101,16 +112,23 @@ def items_to_review(query: httpx.Client, run_id: str, name: str, which: Filter,
 
 def review(query: httpx.Client, ingest: httpx.Client, run_id: str, *,
            ask: Callable[[str], str], show: Callable[[str], None], name: str = "manual",
-           which: Filter = "awaiting", limit: int = 100,
-           reviewer: str | None = None) -> ReviewReport:
-    """Offer the items one by one; `ask(prompt)` reads an answer, `show(text)` writes."""
+           which: Filter = "awaiting", limit: int = 100, reviewer: str | None = None,
+           labels: tuple[str, ...] = ()) -> ReviewReport:
+    """Offer the items one by one; `ask(prompt)` reads an answer, `show(text)` writes. With
+    `labels` (a rubric: "correct", "partial", "wrong"), a verdict is one of them — a categorical
+    score, answered by its number or its name — instead of correct / incorrect."""
     items = items_to_review(query, run_id, name, which, limit)
     report = ReviewReport(run_id=run_id, name=name, items=len(items))
     if not items:
         show(f"run {run_id}: no item to review ({which})")
         return report
+    verdicts = " · ".join(f"{n} {label}" for n, label in enumerate(labels, 1)) if labels \
+        else "y correct · n incorrect"
     show(f"run {run_id}: {len(items)} item(s) to review ({which}); "
-         "y correct · n incorrect · s skip · b back · q quit")
+         f"{verdicts} · s skip · b back · q quit")
+    choices = {str(n): label for n, label in enumerate(labels, 1)} | {
+        label.lower(): label for label in labels} if labels else {"y": True, "n": False}
+    keys = "/".join([*(str(n) for n in range(1, len(labels) + 1))] if labels else ["y", "n"])
     n, seen = 0, set()
     while n < len(items):
         item = items[n]
@@ -120,8 +138,9 @@ def review(query: httpx.Client, ingest: httpx.Client, run_id: str, *,
         seen.add(key[1])
         show(describe(item, f"{n + 1}/{len(items)}"))
         choice = ""
-        while choice not in ("y", "n", "s", "b", "q"):
-            choice = ask(f"{name}? [y/n/s/b/q] ").strip().lower()[:1]
+        while choice not in choices and choice not in ("s", "b", "q"):
+            choice = ask(f"{name}? [{keys}/s/b/q] ").strip().lower()
+            choice = choice if labels and choice in choices else choice[:1]
         if choice == "q":
             report.quit = True
             break
@@ -132,8 +151,9 @@ def review(query: httpx.Client, ingest: httpx.Client, run_id: str, *,
             n += 1
             continue
         comment = ask("comment (Enter for none): ").strip() or None
-        body = {"run_id": run_id, key[0]: key[1], "name": name, "value": choice == "y",
-                "comment": comment}
+        verdict = choices[choice]
+        body = {"run_id": run_id, key[0]: key[1], "name": name, "value": verdict,
+                "comment": comment} | ({"data_type": "categorical"} if labels else {})
         if reviewer:
             body["created_by"] = reviewer
         try:
@@ -141,9 +161,9 @@ def review(query: httpx.Client, ingest: httpx.Client, run_id: str, *,
         except httpx.HTTPError as e:
             raise ReviewError(f"ingest API unreachable: {e}; the verdict on "
                               f"{key[1]} was not posted") from None
-        report.verdicts[key[1]] = choice == "y"
+        report.verdicts[key[1]] = verdict
         n += 1
     report.skipped = len(seen - report.verdicts.keys())
-    report.correct = sum(report.verdicts.values())
-    report.incorrect = len(report.verdicts) - report.correct
+    report.correct = sum(v is True for v in report.verdicts.values())
+    report.incorrect = sum(v is False for v in report.verdicts.values())
     return report

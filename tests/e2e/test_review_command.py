@@ -60,3 +60,16 @@ async def test_review_a_run_in_the_terminal(api, migrated):
     assert "2 item(s) to review (awaiting)" in out
     assert f"item {prefix}-2 " in out and f"item {prefix}-4 " in out
     assert "1 verdict(s) posted: 0 correct, 1 incorrect; 1 skipped (quit)" in out
+
+    # A rubric: each verdict one of its labels (a categorical score), by number or by name.
+    out = await _review(migrated, run_id, "2\nclose enough\nWRONG\n\nok?\n1\n\nq\n",
+                        "--name", "quality", "--labels", "correct,partial,wrong", "--by", "bo")
+    assert "1 correct · 2 partial · 3 wrong · s skip · b back · q quit" in out
+    assert "3 verdict(s) posted: 1 correct, 1 partial, 1 wrong; 1 skipped (quit)" in out
+    summary = await api.eventually(
+        f"/v1/runs/{run_id}", lambda s: s["scores"].get("quality", {}).get("count") == 3)
+    assert summary["scores"]["quality"]["labels"] == {"correct": 1, "partial": 1, "wrong": 1}
+    results = (await api.query.get(f"/v1/runs/{run_id}/results")).json()["items"]
+    assert {i["dataset_item_id"][-1]: (s["string_value"], s["comment"]) for i in results
+            for s in i["scores"] if s["name"] == "quality"} == {
+        "0": ("partial", "close enough"), "1": ("wrong", None), "2": ("correct", None)}
