@@ -497,6 +497,9 @@ def run_command(
     concurrency: int = typer.Option(8, min=1, max=256, help="Items in the task at once."),
     limit: int | None = typer.Option(None, min=1, help="Only the first N items (to try the "
                                                        "task out)."),
+    timeout: float | None = typer.Option(
+        None, min=0.001, help="Seconds an item may take; past it, the item fails with a "
+                              "TimeoutError and the run goes on."),
     run_id: str | None = typer.Option(None, "--run", help="Continue this run instead of "
                                                           "starting one: items that have a "
                                                           "trace are skipped."),
@@ -539,15 +542,17 @@ def run_command(
             dataset, fn, name=name or f"{task} {time.strftime('%Y-%m-%d %H:%M:%S')}",
             ingest_url=ingest_url, query_url=query_url, api_key=api_key,
             metadata=pairs or None, run_id=run_id, concurrency=concurrency, limit=limit,
-            on_start=started, on_item=lambda: bar.update() if bar else None)
+            item_timeout=timeout, on_start=started, on_item=lambda: bar.update() if bar else None)
     except RunnerError as e:
         typer.echo(f"run stopped: {e}", err=True)
+        _exit_past_overran_calls(1)
         raise typer.Exit(1) from None
     finally:
         if bar is not None:
             bar.close()
     if as_json:
         typer.echo(json.dumps(report.as_dict()))
+        _exit_past_overran_calls(0)
         return
     errors = ", ".join(f"{k} {n}" for k, n in sorted(report.errors.items(), key=lambda e: -e[1]))
     typer.echo(f"{report.items:,} item(s) through the task in {report.seconds:,.1f} s: "
@@ -560,6 +565,20 @@ def run_command(
     typer.echo(f"next: evalstream check {report.run_id} (waits for the scores) · "
                f"evalstream compare {report.run_id} <baseline run>", err=True)
     typer.echo(report.run_id)
+    _exit_past_overran_calls(0)
+
+
+def _exit_past_overran_calls(code: int) -> None:
+    """Exit now if calls that overran --timeout still hold their threads: Python cannot stop
+    them, and would wait for them at exit."""
+    import threading
+
+    if any(t.name.startswith("evalstream-task") and t.is_alive()
+           for t in threading.enumerate()):
+        typer.echo("(calls past --timeout still running: not waited for)", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 @app.command(rich_help_panel="Evaluate")

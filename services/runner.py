@@ -251,11 +251,14 @@ class Runner:
     async def run(self, dataset_id: str, task: Callable[[Any], Any], *, name: str,
                   metadata: dict | None = None, run_id: str | None = None,
                   concurrency: int = 8, limit: int | None = None,
+                  item_timeout: float | None = None,
                   on_item: Callable[[], object] = lambda: None,
                   on_start: Callable[[RunReport, int], object] = lambda r, n: None) -> RunReport:
         """Start a run (or continue `run_id`), send every item's input through `task`, post the
         traces; returns once every trace is posted. `on_start` is told how many items there
-        are to do, `on_item` each one done."""
+        are to do, `on_item` each one done. An item whose call takes longer than `item_timeout`
+        seconds fails with a TimeoutError (an async call is cancelled; a plain function's thread
+        cannot be stopped and runs on, its result ignored)."""
         started = time.monotonic()
         if run_id is None:
             run = await self.start(dataset_id, name, metadata)
@@ -278,8 +281,12 @@ class Runner:
         # A coroutine function, or an object whose __call__ is one.
         is_async = inspect.iscoroutinefunction(task) or inspect.iscoroutinefunction(
             type(task).__call__)
-        threads = None if is_async else ThreadPoolExecutor(concurrency,
-                                                           thread_name_prefix="evalstream-task")
+        # With a timeout, room for calls that overran and still hold their thread.
+        threads = None if is_async else ThreadPoolExecutor(
+            concurrency * (4 if item_timeout else 1), thread_name_prefix="evalstream-task")
+
+        def overran() -> TimeoutError:
+            return TimeoutError(f"no answer within {item_timeout:g} s")
 
         with_item = _takes_item(task)
 
@@ -296,7 +303,10 @@ class Runner:
         async def timed_async(item: dict) -> tuple[Any, BaseException | None, float]:
             t0 = time.perf_counter()
             try:
-                return await task(*args(item)), None, (time.perf_counter() - t0) * 1000
+                result = await asyncio.wait_for(task(*args(item)), item_timeout)
+                return result, None, (time.perf_counter() - t0) * 1000
+            except TimeoutError:
+                return None, overran(), (time.perf_counter() - t0) * 1000
             except Exception as e:
                 return None, e, (time.perf_counter() - t0) * 1000
 
@@ -322,7 +332,11 @@ class Runner:
                 if is_async:
                     result, error, ms = await timed_async(item)
                 else:
-                    result, error, ms = await loop.run_in_executor(threads, timed, item)
+                    try:
+                        result, error, ms = await asyncio.wait_for(
+                            loop.run_in_executor(threads, timed, item), item_timeout)
+                    except TimeoutError:
+                        result, error, ms = None, overran(), item_timeout * 1000  # type: ignore
                 trace = trace_of(report.run_id, item["id"], result, error, ms)
                 report.items += 1
                 if trace["status"] == "succeeded":

@@ -6,6 +6,7 @@ API refuses."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from services.runner import TaskResult
 
@@ -25,3 +26,10 @@ async def answer_async(question: dict) -> str:
     await asyncio.sleep(0.001)
     return str(question["n"])
 
+
+
+def answer_slowly_on_3(question: dict) -> str:
+    """Hangs (a minute) on n = 3, as a model call that never returns would."""
+    if question["n"] == 3:
+        time.sleep(60)
+    return str(question["n"])

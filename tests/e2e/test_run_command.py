@@ -89,3 +89,17 @@ async def test_run_an_async_agent_through_the_python_api(api, migrated):
     assert summary["scores"]["exact_match"]["pass_rate"] == 1.0
     scoring = (await api.query.get(f"/v1/runs/{report.run_id}/scoring")).json()
     assert scoring["scored"] is True and scoring["missing_items"] == 0
+
+
+async def test_an_item_past_the_timeout_fails_and_the_command_does_not_wait_for_it(api, migrated):
+    dataset_id = await _dataset(api)
+    # The agent hangs for a minute on item 3: the command is done long before (its own
+    # timeout, 30 s, would fail the test), with that item failed.
+    out = await evalstream_command(_env(migrated), "run", dataset_id, "--task",
+                                   "tests.e2e.agent_task:answer_slowly_on_3", "--limit", "6",
+                                   "--timeout", "0.5", timeout=30)
+    run_id = out.strip().splitlines()[-1]
+    failed = await api.eventually(f"/v1/runs/{run_id}/results?status=failed",
+                                  lambda r: r["total"] == 1)
+    assert failed["items"][0]["dataset_item_id"].endswith("-03")
+    assert failed["items"][0]["error"] == "TimeoutError: no answer within 0.5 s"

@@ -235,3 +235,24 @@ async def test_a_refused_trace_is_posted_as_a_failure_and_the_rest_go_on():
     assert "usage" not in posted["i00007"]
     assert all(t["status"] == "succeeded" for i, t in posted.items() if i != "i00007")
     assert (report.succeeded, report.failed, report.posted) == (28, 2, 29)
+
+
+async def test_an_item_past_the_timeout_fails_and_the_run_goes_on():
+    def plain(x):
+        time.sleep(1.0 if x == 3 else 0)
+        return x
+
+    async def coroutine(x):
+        await asyncio.sleep(1.0 if x == 3 else 0)
+        return x
+
+    for task in (plain, coroutine):
+        apis = FakeApis(8)
+        started = time.monotonic()
+        report = await apis.runner().run("ds", task, name="n", concurrency=2, item_timeout=0.2)
+        assert time.monotonic() - started < 0.9  # not held up by the item that overran
+        posted = {t["dataset_item_id"]: t for call in apis.calls for t in call}
+        assert posted["i00003"]["status"] == "failed"
+        assert posted["i00003"]["error"] == "TimeoutError: no answer within 0.2 s"
+        assert posted["i00003"]["latency_ms"] >= 200
+        assert (report.succeeded, report.failed) == (7, 1)
