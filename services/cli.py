@@ -486,7 +486,8 @@ def upload(
 @app.command("run", rich_help_panel="Evaluate")
 def run_command(
     dataset: str | None = typer.Argument(None, metavar="DATASET",
-                                         help="The dataset whose items to run the task over."),
+                                         help="The dataset (id or name) whose items to run the "
+                                              "task over."),
     task: str = typer.Option(
         ..., help="Your agent, as module:function or file.py:function: called with each item's "
                   "input (plain or async), it returns the output, or a "
@@ -529,6 +530,20 @@ def run_command(
         fn = load_task(task)
     except RunnerError as e:
         raise typer.BadParameter(str(e), param_hint="--task") from None
+    if dataset is not None:
+        from services.check import CheckError, QueryApi
+        from services.listing import dataset_id
+
+        settings = Settings()
+        api = QueryApi(client.query_url(settings, query_url),
+                       client.client_key(settings, api_key))
+        try:
+            dataset = dataset_id(api, dataset)
+        except CheckError as e:
+            typer.echo(f"run stopped: {e}", err=True)
+            raise typer.Exit(1) from None
+        finally:
+            api.close()
     bar: tqdm | None = None
 
     def started(report, todo: int) -> None:
@@ -627,7 +642,8 @@ def datasets_command(
 
 @app.command("runs", rich_help_panel="Evaluate")
 def runs_command(
-    dataset: str = typer.Argument(..., metavar="DATASET", help="The dataset whose runs to list."),
+    dataset: str = typer.Argument(..., metavar="DATASET", help="The dataset (id or name) whose "
+                                                              "runs to list."),
     limit: int = typer.Option(20, min=1, max=1000, help="Most runs to list."),
     query_url: QueryUrl = None,
     api_key: ClientKey = None,

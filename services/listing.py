@@ -1,10 +1,11 @@
 """`evalstream datasets` and `evalstream runs DATASET`: what the read model holds, as tables for
 people finding the id to give `run`, `check`, `compare` or `review` (the query API's
-`GET /v1/datasets` and `GET /v1/datasets/{id}/runs`, newest first)."""
+`GET /v1/datasets` and `GET /v1/datasets/{id}/runs`, newest first); and a dataset named by its
+name where an id is asked for (`run`, `runs`)."""
 
 from __future__ import annotations
 
-from services.check import QueryApi
+from services.check import CheckError, QueryApi
 from services.compare import columns, percent
 
 
@@ -12,13 +13,35 @@ def _when(ts: str | None) -> str:
     return "—" if not ts else ts[:16].replace("T", " ")
 
 
+def dataset_id(api: QueryApi, id_or_name: str) -> str:
+    """The dataset with this id, or else the one with this name (CheckError when none is, or
+    when several are: names need not be unique)."""
+    try:
+        return api.get(f"/v1/datasets/{id_or_name}")["id"]
+    except CheckError as e:
+        if e.kind != "not_found":
+            raise
+    named: list[str] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = api.get("/v1/datasets", limit="1000", offset=str(offset))
+        named += [d["id"] for d in page["datasets"] if d["name"] == id_or_name]
+        offset = page["next_offset"]
+    if not named:
+        raise CheckError(f"no dataset has the id or the name {id_or_name!r}", "not_found")
+    if len(named) > 1:
+        raise CheckError(f"{len(named)} datasets are named {id_or_name!r}; give one's id: "
+                         f"{', '.join(named)}")
+    return named[0]
+
+
 def datasets(api: QueryApi, limit: int) -> tuple[list[dict], int]:
     page = api.get("/v1/datasets", limit=str(limit))
     return page["datasets"], page["total"]
 
 
-def runs(api: QueryApi, dataset_id: str, limit: int) -> tuple[list[dict], int]:
-    page = api.get(f"/v1/datasets/{dataset_id}/runs", limit=str(limit))
+def runs(api: QueryApi, dataset: str, limit: int) -> tuple[list[dict], int]:
+    page = api.get(f"/v1/datasets/{dataset_id(api, dataset)}/runs", limit=str(limit))
     return page["runs"], page["total"]
 
 

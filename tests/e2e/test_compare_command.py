@@ -5,12 +5,14 @@ their outputs, as the query API's comparison has them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 import uuid
 
 import pytest
 
-from tests.conftest import evalstream_command, settings_env
+from tests.conftest import ROOT, evalstream_command, settings_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
 
@@ -81,6 +83,18 @@ async def test_compare_a_run_with_a_baseline_in_the_terminal(api, migrated):
                                  "exact_match"]
     assert [line.split()[:2] + line.split()[-4:] for line in listed[1:]] == [
         [run, "v2", "5/5", "1", "75.0%", "75.0%"], [baseline, "v1", "5/5", "0", "80.0%", "80.0%"]]
+    # A name two datasets have is refused, naming both.
+    twins = [await api.dataset_with_items([{"id": "x", "input": 1}], name=f"twin {prefix}")
+             for _ in range(2)]
+    for twin in twins:
+        await api.eventually(f"/v1/datasets/{twin}", lambda d: d["item_count"] == 1)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "runs", f"twin {prefix}", env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert f"2 datasets are named 'twin {prefix}'; give one's id:" in err.decode()
+    assert all(t in err.decode() for t in twins)
     listed = (await evalstream_command(env, "datasets", "--limit", "1000")).splitlines()
     ours = next(line for line in listed if line.startswith(dataset_id)).split()
     assert ours[2:5] == ["5", "2", baseline]

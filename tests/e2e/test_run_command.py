@@ -34,7 +34,9 @@ async def _dataset(api) -> str:
 
 async def test_run_an_agent_over_a_dataset_then_continue_and_check_it(api, migrated):
     dataset_id = await _dataset(api)
-    out = await evalstream_command(_env(migrated), "run", dataset_id,
+    dataset = await api.eventually(f"/v1/datasets/{dataset_id}", lambda d: d["item_count"] == N)
+    # Named by its name (unique: the test's own prefix).
+    out = await evalstream_command(_env(migrated), "run", dataset["name"],
                                    "--task", "tests.e2e.agent_task:answer", "--limit", "25",
                                    "--name", "agent v1", "--metadata", "prompt=v1")
     run_id = out.strip().splitlines()[-1]
