@@ -550,7 +550,9 @@ def run_command(
         nonlocal bar
         typer.echo(f"run {report.run_id} ({report.name}) of dataset {report.dataset_id}",
                    err=True)
-        bar = tqdm(total=todo, unit="item", desc="running the task")
+        # In a CI log (no terminal), a line every 30 s rather than ten a second.
+        bar = tqdm(total=todo, unit="item", desc="running the task",
+                   mininterval=0.1 if sys.stderr.isatty() else 30)
 
     try:
         report = run_dataset(
