@@ -14,20 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-import httpx
-
-from services.client import auth, first_error, refusal
+from services.client import ApiError, QueryApi
 from services.projections.views import traced_enough
 
 
-class CheckError(RuntimeError):
-    """The check could not be decided; the message says why. `kind`: "not_found" (no such run,
-    or not in the read model yet), "unavailable" (the API unreachable, or answering 502, 503 or
-    504, which may pass) or "refused" (any other answer: a wrong key, an internal error)."""
-
-    def __init__(self, message: str, kind: str = "refused"):
-        super().__init__(message)
-        self.kind = kind
+class CheckError(ApiError):
+    """The check could not be decided; the message says why (`kind` as for ApiError: an API that
+    could not answer, or the run still not scored when the wait was over: "refused")."""
 
 
 # `--baseline pinned`: the dataset's own baseline run.
@@ -147,56 +140,6 @@ def evaluate(summary: dict, *, min_pass_rate: float | None, minimums: dict[str, 
     return checks
 
 
-class QueryApi:
-    """The query API calls of the check (and of compare, datasets and runs: `get`)."""
-
-    def __init__(self, url: str, api_key: str | None, timeout: float = 30.0):
-        self._client = httpx.Client(base_url=url, headers=auth(api_key), timeout=timeout)
-
-    def close(self) -> None:
-        self._client.close()
-
-    def get(self, path: str, **params: str) -> dict:
-        try:
-            response = self._client.get(path, params=params)
-        except httpx.HTTPError as e:
-            raise CheckError(f"query API at {self._client.base_url} unreachable: {e}",
-                             "unavailable") from None
-        if response.status_code == 404:
-            raise CheckError(f"{path}: {first_error(response)[1]}", "not_found")
-        if response.status_code != 200:
-            # 502/503/504: a gateway, or the API without its database for a moment (a 503, see
-            # README, HTTP API); any other answer will not change by asking again.
-            raise CheckError(f"{path}: {refusal(response)}",
-                             "unavailable" if response.status_code in (502, 503, 504)
-                             else "refused")
-        return response.json()
-
-    def scoring(self, run_id: str) -> dict:
-        return self.get(f"/v1/runs/{run_id}/scoring")
-
-    def summary(self, run_id: str) -> dict:
-        return self.get(f"/v1/runs/{run_id}")
-
-    def breakdown(self, run_id: str, by: str) -> list[dict]:
-        """Every group of the run's breakdown, page after page."""
-        groups: list[dict] = []
-        offset: int | None = 0
-        while offset is not None:
-            page = self.get(f"/v1/runs/{run_id}/breakdown", by=by, limit="1000",
-                            offset=str(offset))
-            groups += page["groups"]
-            offset = page["next_offset"]
-        return groups
-
-    def comparison(self, baseline: str | None, run_id: str) -> dict:
-        """The run against `baseline`, or (None) against its dataset's baseline run."""
-        if baseline is None:
-            return self.get("/v1/compare", runs=run_id, include="scores")
-        return self.get("/v1/compare", runs=f"{baseline},{run_id}", baseline=baseline,
-                        include="scores")
-
-
 def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,
               minimums: dict[str, float] | None = None, baseline: str | None = None,
               max_regressions: int = 0, max_failures: int | None = None,
@@ -211,7 +154,7 @@ def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,
         try:
             scoring = api.scoring(run_id)
             pending = waiting_for(scoring, items)
-        except CheckError as e:
+        except ApiError as e:
             elapsed = clock() - started
             if not (e.kind == "unavailable" or (
                     e.kind == "not_found" and elapsed < min(wait, NOT_FOUND_GRACE_S))):

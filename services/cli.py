@@ -183,6 +183,21 @@ QueryUrl = Annotated[str | None, typer.Option(
     help="Query API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_QUERY_PORT>).")]
 
 
+@contextlib.contextmanager
+def _query_api(url: str | None, api_key: str | None, stopped: str, code: int = 2):
+    """The query API's client for a command; an ApiError inside (the API unreachable, a run
+    not found, ...) ends the command with `code`, saying `<stopped>: <why>` on stderr."""
+    settings = Settings()
+    api = client.QueryApi(client.query_url(settings, url), client.client_key(settings, api_key))
+    try:
+        yield api
+    except client.ApiError as e:
+        typer.echo(f"{stopped}: {e}", err=True)
+        raise typer.Exit(code) from None
+    finally:
+        api.close()
+
+
 @app.command(rich_help_panel="Evaluate")
 def check(
     run_id: str = typer.Argument(..., metavar="RUN", help="The run to check."),
@@ -218,7 +233,7 @@ def check(
     after --wait)."""
     import json
 
-    from services.check import CheckError, QueryApi, check_run, parse_minimum
+    from services.check import check_run, parse_minimum
     from services.projections.breakdown import parse_group_by
     from services.projections.views import InvalidQuery
 
@@ -230,8 +245,6 @@ def check(
         by = str(parse_group_by(by)) if by is not None else None
     except InvalidQuery as e:  # before any wait
         raise typer.BadParameter(e.message, param_hint="--by") from None
-    settings = Settings()
-    api = QueryApi(client.query_url(settings, url), client.client_key(settings, api_key))
     said: list[str] = []
 
     def waiting(what: str) -> None:  # each new state once, on stderr
@@ -239,16 +252,11 @@ def check(
             said.append(what)
             typer.echo(f"waiting: {what}", err=True)
 
-    try:
+    with _query_api(url, api_key, "check undecided") as api:
         report = check_run(
             api, run_id, min_pass_rate=min_pass_rate, minimums=minimums, baseline=baseline,
             max_regressions=max_regressions, max_failures=max_failures, by=by, items=items,
             wait=wait, on_wait=waiting)
-    except CheckError as e:
-        typer.echo(f"check undecided: {e}", err=True)
-        raise typer.Exit(2) from None
-    finally:
-        api.close()
     if as_json:
         typer.echo(json.dumps(report.as_dict()))
     else:
@@ -531,19 +539,10 @@ def run_command(
     except RunnerError as e:
         raise typer.BadParameter(str(e), param_hint="--task") from None
     if dataset is not None:
-        from services.check import CheckError, QueryApi
         from services.listing import dataset_id
 
-        settings = Settings()
-        api = QueryApi(client.query_url(settings, query_url),
-                       client.client_key(settings, api_key))
-        try:
+        with _query_api(query_url, api_key, "run stopped", code=1) as api:
             dataset = dataset_id(api, dataset)
-        except CheckError as e:
-            typer.echo(f"run stopped: {e}", err=True)
-            raise typer.Exit(1) from None
-        finally:
-            api.close()
     bar: tqdm | None = None
 
     def started(report, todo: int) -> None:
@@ -614,18 +613,10 @@ def compare(
     that regressed, improved or changed status, with their outputs."""
     import json
 
-    from services.check import CheckError, QueryApi
     from services.compare import fetch, render
 
-    settings = Settings()
-    api = QueryApi(client.query_url(settings, query_url), client.client_key(settings, api_key))
-    try:
+    with _query_api(query_url, api_key, "compare") as api:
         comparison = fetch(api, run_id, baseline, items)
-    except CheckError as e:
-        typer.echo(f"compare: {e}", err=True)
-        raise typer.Exit(2) from None
-    finally:
-        api.close()
     typer.echo(json.dumps(comparison) if as_json else render(comparison, run_id))
 
 
@@ -661,17 +652,8 @@ def runs_command(
 def _listing(fetch, render, query_url: str | None, api_key: str | None, as_json: bool) -> None:
     import json
 
-    from services.check import CheckError, QueryApi
-
-    settings = Settings()
-    api = QueryApi(client.query_url(settings, query_url), client.client_key(settings, api_key))
-    try:
+    with _query_api(query_url, api_key, "evalstream") as api:
         rows, total = fetch(api)
-    except CheckError as e:
-        typer.echo(f"evalstream: {e}", err=True)
-        raise typer.Exit(2) from None
-    finally:
-        api.close()
     typer.echo(json.dumps({"total": total, "items": rows}) if as_json else render(rows, total))
 
 

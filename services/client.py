@@ -1,5 +1,6 @@
-"""What the client commands (`upload`, `run`, `review`, `check`) share: where the two APIs are,
-the key they send, and how an API's refusal reads."""
+"""What the client commands (`upload`, `run`, `check`, `compare`, `review`, `datasets`, `runs`)
+share: where the two APIs are, the key they send, how an API's refusal reads, and the query API's
+client."""
 
 from __future__ import annotations
 
@@ -12,6 +13,16 @@ from services.settings import Settings
 
 KEY_HINT = ("give --api-key or set EVALSTREAM_API_KEY; `make up` writes its key to "
             ".evalstream/api-key in its own directory")
+
+
+class ApiError(RuntimeError):
+    """An API that did not answer as asked; the message says why. `kind`: "not_found" (no such
+    thing, or not in the read model yet), "unavailable" (unreachable, or answering 502, 503 or
+    504, which may pass) or "refused" (any other answer: a wrong key, an internal error)."""
+
+    def __init__(self, message: str, kind: str = "refused"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def client_key(settings: Settings, given: str | None) -> str | None:
@@ -58,3 +69,54 @@ def refusal(r: httpx.Response) -> str:
     loc, msg = first_error(r)
     said = f"HTTP {r.status_code}: {'.'.join(loc) + ': ' if loc else ''}{msg}"
     return f"{said} ({KEY_HINT})" if r.status_code == 401 else said
+
+
+class QueryApi:
+    """The query API for the client commands: `get` any path (ApiError when it does not
+    answer 200), and the calls `check` makes."""
+
+    def __init__(self, url: str, api_key: str | None, timeout: float = 30.0):
+        self._client = httpx.Client(base_url=url, headers=auth(api_key), timeout=timeout)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def get(self, path: str, **params: str) -> dict:
+        try:
+            response = self._client.get(path, params=params)
+        except httpx.HTTPError as e:
+            raise ApiError(f"query API at {self._client.base_url} unreachable: {e}",
+                             "unavailable") from None
+        if response.status_code == 404:
+            raise ApiError(f"{path}: {first_error(response)[1]}", "not_found")
+        if response.status_code != 200:
+            # 502/503/504: a gateway, or the API without its database for a moment (a 503, see
+            # README, HTTP API); any other answer will not change by asking again.
+            raise ApiError(f"{path}: {refusal(response)}",
+                             "unavailable" if response.status_code in (502, 503, 504)
+                             else "refused")
+        return response.json()
+
+    def scoring(self, run_id: str) -> dict:
+        return self.get(f"/v1/runs/{run_id}/scoring")
+
+    def summary(self, run_id: str) -> dict:
+        return self.get(f"/v1/runs/{run_id}")
+
+    def breakdown(self, run_id: str, by: str) -> list[dict]:
+        """Every group of the run's breakdown, page after page."""
+        groups: list[dict] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = self.get(f"/v1/runs/{run_id}/breakdown", by=by, limit="1000",
+                            offset=str(offset))
+            groups += page["groups"]
+            offset = page["next_offset"]
+        return groups
+
+    def comparison(self, baseline: str | None, run_id: str) -> dict:
+        """The run against `baseline`, or (None) against its dataset's baseline run."""
+        if baseline is None:
+            return self.get("/v1/compare", runs=run_id, include="scores")
+        return self.get("/v1/compare", runs=f"{baseline},{run_id}", baseline=baseline,
+                        include="scores")

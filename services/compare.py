@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.check import QueryApi
+from services.client import QueryApi
 
 OUTPUT_CHARS = 60  # of an output, in the lists of items
 # The lists of items shown, as /v1/compare's `filter` names them: items a score regressed or

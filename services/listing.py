@@ -5,7 +5,7 @@ name where an id is asked for (`run`, `runs`)."""
 
 from __future__ import annotations
 
-from services.check import CheckError, QueryApi
+from services.client import ApiError, QueryApi
 from services.compare import columns, percent
 
 
@@ -14,11 +14,11 @@ def _when(ts: str | None) -> str:
 
 
 def dataset_id(api: QueryApi, id_or_name: str) -> str:
-    """The dataset with this id, or else the one with this name (CheckError when none is, or
+    """The dataset with this id, or else the one with this name (ApiError when none is, or
     when several are: names need not be unique)."""
     try:
         return api.get(f"/v1/datasets/{id_or_name}")["id"]
-    except CheckError as e:
+    except ApiError as e:
         if e.kind != "not_found":
             raise
     named: list[str] = []
@@ -28,9 +28,9 @@ def dataset_id(api: QueryApi, id_or_name: str) -> str:
         named += [d["id"] for d in page["datasets"] if d["name"] == id_or_name]
         offset = page["next_offset"]
     if not named:
-        raise CheckError(f"no dataset has the id or the name {id_or_name!r}", "not_found")
+        raise ApiError(f"no dataset has the id or the name {id_or_name!r}", "not_found")
     if len(named) > 1:
-        raise CheckError(f"{len(named)} datasets are named {id_or_name!r}; give one's id: "
+        raise ApiError(f"{len(named)} datasets are named {id_or_name!r}; give one's id: "
                          f"{', '.join(named)}")
     return named[0]
 

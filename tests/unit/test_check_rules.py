@@ -181,11 +181,11 @@ def test_a_run_not_found_is_believed_after_a_grace_a_wrong_key_at_once():
 def test_which_answers_are_worth_asking_again(status, kind):
     import httpx
 
-    from services.check import QueryApi
+    from services.client import ApiError, QueryApi
 
     api = QueryApi("http://query", None)
     api._client = httpx.Client(base_url="http://query", transport=httpx.MockTransport(
         lambda request: httpx.Response(status, text="no")))
-    with pytest.raises(CheckError) as raised:
+    with pytest.raises(ApiError) as raised:
         api.scoring("r2")
     assert raised.value.kind == kind
