@@ -765,7 +765,8 @@ evalstream is up.
   broker       {env['KAFKA_BOOTSTRAP_SERVERS']}
   database     {env['DATABASE_URL']}
   API key      {key}
-Ctrl-C stops everything.
+From another shell here: .venv/bin/evalstream upload | run | check | compare | review | datasets
+(README: "Try it"). Ctrl-C stops everything.
 """)
             while not procs.exited():
                 time.sleep(0.5)
