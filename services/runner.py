@@ -46,6 +46,9 @@ from schemas.common import deterministic_id
 from services.client import first_error, refusal
 
 CHUNK = 1000  # traces a call, the API's limit
+# Bytes of traces a call, well within the API's body limit (16 MB by default); a trace larger
+# than this alone (the broker takes events of up to 8 MB) is posted as a failure instead.
+CALL_BYTES = 8 * 1024 * 1024
 PAGE = 1000  # items read a call, the query API's limit
 FLUSH_S = 1.0  # a call goes out at least this often while traces are waiting
 ERROR_LIMIT = 100_000  # the API's limit on a trace's `error`
@@ -355,8 +358,10 @@ class Runner:
         async def post() -> None:
             pending: list[dict] = []
             oldest = 0.0  # when the oldest pending trace was done
+            size = 0  # bytes of the pending traces, as JSON
 
             async def send() -> None:
+                nonlocal size
                 while pending:
                     try:
                         await self._call(self.ingest, "POST", "/v1/traces", 202,
@@ -366,6 +371,16 @@ class Runner:
                         continue
                     report.posted += len(pending)
                     pending.clear()
+                size = 0
+
+            def sized(trace: dict) -> tuple[dict, int]:
+                """The trace and its size as JSON; one too large for any call, as a failure."""
+                n = len(json.dumps(trace, separators=(",", ":")))
+                if n <= CALL_BYTES:
+                    return trace, n
+                failed = as_failure(trace, "ValueError", f"ValueError: the trace is {n:,} bytes "
+                                    f"as JSON, more than a call takes ({CALL_BYTES:,})")
+                return failed, len(json.dumps(failed))
 
             def refused(n: int, why: str) -> None:
                 """A trace the API refuses (an item removed from the dataset meanwhile, a
@@ -376,13 +391,18 @@ class Runner:
                     del pending[n]
                     report.refused[trace["dataset_item_id"]] = why
                     return
+                pending[n] = as_failure(trace, "refused", f"{REFUSED}{why}")
+
+            def as_failure(trace: dict, kind: str, error: str) -> dict:
+                """The trace as a failure carrying `error` (without what the task returned),
+                counted as one of `kind`."""
                 if trace["status"] == "succeeded":
                     report.succeeded -= 1
                     report.failed += 1
-                report.errors["refused"] = report.errors.get("refused", 0) + 1
-                pending[n] = {k: trace[k] for k in ("trace_id", "run_id", "dataset_item_id",
-                                                    "latency_ms")} | {
-                    "output": None, "status": "failed", "error": f"{REFUSED}{why}"}
+                report.errors[kind] = report.errors.get(kind, 0) + 1
+                return {k: trace[k] for k in ("trace_id", "run_id", "dataset_item_id",
+                                              "latency_ms")} | {
+                    "output": None, "status": "failed", "error": error}
 
             while True:
                 wait = max(0.0, oldest + FLUSH_S - time.monotonic()) if pending else FLUSH_S
@@ -393,9 +413,13 @@ class Runner:
                 if trace is None:
                     break
                 if trace is not ...:
+                    trace, n = sized(trace)
+                    if pending and size + n > CALL_BYTES:
+                        await send()
                     if not pending:
                         oldest = time.monotonic()
                     pending.append(trace)
+                    size += n
                 if pending and (len(pending) >= CHUNK or time.monotonic() - oldest >= FLUSH_S):
                     await send()
             if pending:

@@ -256,3 +256,19 @@ async def test_an_item_past_the_timeout_fails_and_the_run_goes_on():
         assert posted["i00003"]["error"] == "TimeoutError: no answer within 0.2 s"
         assert posted["i00003"]["latency_ms"] >= 200
         assert (report.succeeded, report.failed) == (7, 1)
+
+
+async def test_calls_stay_within_their_size_and_a_trace_too_large_for_any_is_a_failure(
+        monkeypatch):
+    import services.runner as runner
+
+    monkeypatch.setattr(runner, "CALL_BYTES", 10_000)
+    apis = FakeApis(20)
+    report = await apis.runner().run(
+        "ds", lambda x: "y" * (20_000 if x == 5 else 3_000), name="n", concurrency=1)
+    sizes = [len(json.dumps({"traces": call}, separators=(",", ":"))) for call in apis.calls]
+    assert max(sizes) <= 10_000 + 100 and len(apis.calls) >= 7  # 3 traces of ~3 KB a call
+    posted = {t["dataset_item_id"]: t for call in apis.calls for t in call}
+    assert len(posted) == 20 and posted["i00005"]["status"] == "failed"
+    assert posted["i00005"]["error"].startswith("ValueError: the trace is 20,")
+    assert (report.succeeded, report.failed, report.errors) == (19, 1, {"ValueError": 1})
