@@ -305,13 +305,14 @@ class Runner:
 
         async def timed_async(item: dict) -> tuple[Any, BaseException | None, float]:
             t0 = time.perf_counter()
+            deadline = asyncio.timeout(item_timeout)
             try:
-                result = await asyncio.wait_for(task(*args(item)), item_timeout)
+                async with deadline:
+                    result = await task(*args(item))
                 return result, None, (time.perf_counter() - t0) * 1000
-            except TimeoutError:
-                return None, overran(), (time.perf_counter() - t0) * 1000
-            except Exception as e:
-                return None, e, (time.perf_counter() - t0) * 1000
+            except Exception as e:  # the task's own TimeoutError stays its own
+                error = overran() if deadline.expired() else e
+                return None, error, (time.perf_counter() - t0) * 1000
 
         async def feed() -> None:
             sent = 0

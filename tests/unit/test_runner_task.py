@@ -246,6 +246,15 @@ async def test_an_item_past_the_timeout_fails_and_the_run_goes_on():
         await asyncio.sleep(1.0 if x == 3 else 0)
         return x
 
+    async def own_timeout(x):  # the task's own TimeoutError, with or without a timeout set
+        raise TimeoutError("the model's client gave up")
+
+    for timeout in (None, 5):
+        apis = FakeApis(2)
+        await apis.runner().run("ds", own_timeout, name="n", item_timeout=timeout)
+        assert {t["error"] for call in apis.calls for t in call} == {
+            "TimeoutError: the model's client gave up"}
+
     for task in (plain, coroutine):
         apis = FakeApis(8)
         started = time.monotonic()
