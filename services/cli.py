@@ -170,7 +170,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
                f"(topic {settings.topics.dead_letter})")
 
 
-# The options of the client commands (upload, run, check, compare, review, datasets, runs);
+# The options of the client commands (upload, run, check, show, compare, review, datasets,
+# runs);
 # services/client.py finds the defaults.
 ClientKey = Annotated[str | None, typer.Option(
     envvar="EVALSTREAM_API_KEY",
@@ -539,7 +540,7 @@ def run_command(
     except RunnerError as e:
         raise typer.BadParameter(str(e), param_hint="--task") from None
     if dataset is not None:
-        from services.listing import dataset_id
+        from services.reports import dataset_id
 
         with _query_api(query_url, api_key, "run stopped", code=1) as api:
             dataset = dataset_id(api, dataset)
@@ -613,11 +614,31 @@ def compare(
     that regressed, improved or changed status, with their outputs."""
     import json
 
-    from services.compare import fetch, render
+    from services.reports import fetch_comparison, render_comparison
 
     with _query_api(query_url, api_key, "compare") as api:
-        comparison = fetch(api, run_id, baseline, items)
-    typer.echo(json.dumps(comparison) if as_json else render(comparison, run_id))
+        comparison = fetch_comparison(api, run_id, baseline, items)
+    typer.echo(json.dumps(comparison) if as_json else render_comparison(comparison, run_id))
+
+
+@app.command(rich_help_panel="Evaluate")
+def show(
+    run_id: str = typer.Argument(..., metavar="RUN", help="The run to show."),
+    items: int = typer.Option(10, min=0, help="Items to list of each kind."),
+    query_url: QueryUrl = None,
+    api_key: ClientKey = None,
+    as_json: bool = typer.Option(False, "--json", help="Print it as JSON."),
+) -> None:
+    """A run's summary — items, pass rate, each score's pass rate and average, cost, tokens,
+    latency — and the items to look at: those a score failed on (with their output and
+    expected output) and those whose trace failed (with the error)."""
+    import json
+
+    from services.reports import fetch_run, render_run
+
+    with _query_api(query_url, api_key, "show") as api:
+        shown = fetch_run(api, run_id, items)
+    typer.echo(json.dumps(shown) if as_json else render_run(shown))
 
 
 @app.command("datasets", rich_help_panel="Evaluate")
@@ -628,7 +649,7 @@ def datasets_command(
     as_json: bool = typer.Option(False, "--json", help="Print them as JSON."),
 ) -> None:
     """The datasets, newest first: id, name, items, runs, baseline run, last run."""
-    from services.listing import datasets, render_datasets
+    from services.reports import datasets, render_datasets
 
     _listing(lambda api: datasets(api, limit), render_datasets, query_url, api_key, as_json)
 
@@ -644,7 +665,7 @@ def runs_command(
 ) -> None:
     """A dataset's runs, newest first: id, name, items traced, failed, overall pass rate and
     each score's pass rate."""
-    from services.listing import render_runs, runs
+    from services.reports import render_runs, runs
 
     _listing(lambda api: runs(api, dataset, limit), render_runs, query_url, api_key, as_json)
 
@@ -765,7 +786,7 @@ evalstream is up.
   broker       {env['KAFKA_BOOTSTRAP_SERVERS']}
   database     {env['DATABASE_URL']}
   API key      {key}
-From another shell here: .venv/bin/evalstream upload | run | check | compare | review | datasets
+From another shell here: .venv/bin/evalstream upload | run | check | show | compare | review
 (README: "Try it"). Ctrl-C stops everything.
 """)
             while not procs.exited():

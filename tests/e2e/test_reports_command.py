@@ -1,7 +1,8 @@
-"""`evalstream compare` against the running services: a run against a baseline run given on the
-command line and against its dataset's pinned baseline — the summaries, each score's change with
-its better/worse/same counts, and the items that regressed, improved and changed status, with
-their outputs, as the query API's comparison has them."""
+"""`evalstream compare`, `show`, `runs` and `datasets` against the running services: a run against
+a baseline run given on the command line and against its dataset's pinned baseline — the
+summaries, each score's change with its better/worse/same counts, and the items that regressed,
+improved and changed status, with their outputs, as the query API's comparison has them —; one
+run's summary and the items to look at; and the lists to find the ids in."""
 
 from __future__ import annotations
 
@@ -58,6 +59,20 @@ async def test_compare_a_run_with_a_baseline_in_the_terminal(api, migrated):
     at = lines.index("status changed: 1")
     assert lines[at + 1].split()[:4] == [f"{prefix}-4", "succeeded", "→", "failed"]
     assert lines[at + 1].endswith('"a4" → failed: "TimeoutError: no answer"')
+
+    # One run alone: its summary and the items to look at.
+    lines = (await evalstream_command(settings_env(migrated) | {
+        "EVALSTREAM_QUERY_URL": f"http://127.0.0.1:{migrated.query_port}"},
+        "show", run)).splitlines()
+    assert lines[0].startswith(f"run v2 ({run}) of dataset dataset ({dataset_id})")
+    assert "items         4 completed, 1 failed, 0 missing, of 5" in lines
+    assert next(x for x in lines if x.startswith("exact_match")).split() == [
+        "exact_match", "75.0%", "0.750", "4"]
+    at = lines.index("items a score failed on: 1")
+    assert lines[at + 1].split() == [f"{prefix}-1", "exact_match", "Fail", "output", '"nope",',
+                                     "expected", '"a1"']
+    at = lines.index("items whose trace failed: 1")
+    assert lines[at + 1] == f'  {prefix}-4  error "TimeoutError: no answer"'
 
     # With no items listed: the counts alone.
     out = await evalstream_command(settings_env(migrated) | {

@@ -1,0 +1,229 @@
+"""What the read-side client commands print, from the query API: `evalstream compare RUN
+[BASELINE]` (a run against a baseline run of its dataset, the dataset's pinned one by default),
+`evalstream show RUN` (a run's summary and the items to look at), `evalstream datasets` and
+`evalstream runs DATASET` (what there is, to find the ids the other commands take; `run` and
+`runs` also take a dataset by its name).
+
+compare: the summaries side by side, each score's pass rate and average with the change, how many
+items got better or worse, and the items that regressed, improved or changed status (failed or
+missing in one run only), with their outputs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from services.client import ApiError, QueryApi
+
+OUTPUT_CHARS = 60  # of an output, in the lists of items
+# The lists of items shown, as /v1/compare's `filter` names them: items a score regressed or
+# improved on, and items whose trace failed, or is missing, in one run and not the other.
+LISTS = ("regressions", "improvements", "status_changed")
+
+
+def fetch_comparison(api: QueryApi, run_id: str, baseline: str | None, items: int) -> dict:
+    """The comparison (runs and scores), and of each of LISTS its count and first `items`."""
+    runs = f"{baseline},{run_id}" if baseline else run_id
+    base = {"runs": runs, **({"baseline": baseline} if baseline else {})}
+    out = api.get("/v1/compare", **base, include="runs,scores")
+    for which in LISTS:
+        page = api.get("/v1/compare", **base, include="items", filter=which,
+                       limit=str(max(items, 1)))["items"]
+        out[which] = page | {"items": page["items"][:items]}
+    return out
+
+
+def _percent(rate: float | None) -> str:
+    return "—" if rate is None else f"{100 * rate:.1f}%"
+
+
+def _points(delta: float | None) -> str:
+    return "" if delta is None else f"{100 * delta:+.1f} pts"
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = " ".join(str(text).split())
+    return json.dumps(text[:OUTPUT_CHARS] + ("…" if len(text) > OUTPUT_CHARS else ""),
+                      ensure_ascii=False)
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as lines, each column as wide as its widest cell."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in rows]
+
+
+def _changed(item: dict, baseline: str, run_id: str, which: str) -> str:
+    before = next(r for r in item["runs"] if r["run_id"] == baseline)
+    after = next(r for r in item["runs"] if r["run_id"] == run_id)
+    names = {"regressions": after["regressed"], "improvements": after["improved"]}.get(which) or []
+    scores = ", ".join(f"{n} {before['scores'].get(n, '—')} → {after['scores'].get(n, '—')}"
+                       for n in names)
+    if not scores:  # the status changed (a trace that failed, or is missing)
+        scores = f"{before['status']} → {after['status']}"
+
+    def shown(r: dict) -> str:
+        return _short(r["output"]) if r["status"] == "succeeded" else \
+            f"{r['status']}{': ' + _short(r['error']) if r.get('error') else ''}"
+    return f"  {item['dataset_item_id']}  {scores}   {shown(before)} → {shown(after)}"
+
+
+def render_comparison(c: dict, run_id: str) -> str:
+    """The comparison as text."""
+    baseline = c["baseline"]
+    runs = {r["id"]: r for r in c["runs"]}
+    b, r = runs[baseline], runs[run_id]
+    lines = [f"dataset {r['dataset_name']} ({c['dataset_id']}): run {r['name']} ({run_id}) "
+             f"against baseline {b['name']} ({baseline})", ""]
+
+    def ms(v: float | None) -> str:
+        return "—" if v is None else f"{v:,.0f} ms"
+    table = [["", "baseline", "run", "change"],
+             ["items completed", f"{b['completed_items']} of {b['total_items']}",
+              f"{r['completed_items']} of {r['total_items']}", ""],
+             ["items failed", str(b["failed_items"]), str(r["failed_items"]), ""],
+             ["pass rate", _percent(b["pass_rate"]), _percent(r["pass_rate"]),
+              _points(None if None in (b["pass_rate"], r["pass_rate"])
+                      else r["pass_rate"] - b["pass_rate"])],
+             ["cost", f"{b['total_cost'] or 0:g}", f"{r['total_cost'] or 0:g}", ""],
+             ["latency p50", ms(b["latency_p50_ms"]), ms(r["latency_p50_ms"]), ""]]
+    lines += _columns(table) + [""]
+    table = [["score", "baseline", "run", "change", "better", "worse", "same"]]
+    for score in c["scores"]:
+        sb = next(x for x in score["runs"] if x["run_id"] == baseline)
+        sr = next(x for x in score["runs"] if x["run_id"] == run_id)
+
+        def cell(x: dict) -> str:
+            if not x["count"]:
+                return "—"
+            avg = "" if x["average"] is None else f" (avg {x['average']:.3f})"
+            return f"{_percent(x['pass_rate'])}{avg}"
+        table.append([score["name"], cell(sb), cell(sr), _points(sr["delta_pass_rate"]),
+                      *(str(sr[k]) if sr[k] is not None else "" for k in
+                        ("improvements", "regressions", "unchanged"))])
+    lines += _columns(table)
+    for which in LISTS:
+        page = c[which]
+        shown = len(page["items"])
+        lines += ["", f"{which.replace('_', ' ')}: {page['total']}" + (
+            f" (the first {shown})" if 0 < shown < page["total"] else "")]
+        lines += [_changed(item, baseline, run_id, which) for item in page["items"]]
+    return "\n".join(lines)
+
+
+def fetch_run(api: QueryApi, run_id: str, items: int) -> dict:
+    """A run's summary, and its first `items` items a score failed on and that failed."""
+    out = {"summary": api.get(f"/v1/runs/{run_id}")}
+    for which, params in (("failed_scores", {"filter": "failed"}),
+                          ("failed_traces", {"status": "failed"})):
+        page = api.get(f"/v1/runs/{run_id}/results", limit=str(max(items, 1)), **params)
+        out[which] = {"total": page["total"], "items": page["items"][:items]}
+    return out
+
+
+def render_run(r: dict) -> str:
+    """`evalstream show`: the run's summary, then the items to look at."""
+    s = r["summary"]
+
+    def ms(v: float | None) -> str:
+        return "—" if v is None else f"{v:,.0f} ms"
+    lines = [f"run {s['name']} ({s['id']}) of dataset {s['dataset_name']} ({s['dataset_id']}), "
+             f"started {s['started_at'][:19].replace('T', ' ')}", ""]
+    lines += _columns([
+        ["items", f"{s['completed_items']} completed, {s['failed_items']} failed, "
+                  f"{s['missing_items']} missing, of {s['total_items']}"],
+        ["pass rate", _percent(s["pass_rate"])],
+        ["scored items", f"{s['items_with_scores']} ({s['evaluation_failures']} evaluator "
+                         "failure(s))"],
+        ["cost, tokens", f"{s['total_cost'] or 0:g}, {s['total_tokens'] or 0:,}"],
+        ["latency", f"p50 {ms(s['latency_p50_ms'])}, p95 {ms(s['latency_p95_ms'])}"]]) + [""]
+    table = [["score", "pass rate", "average", "count"]]
+    for name, x in sorted(s["scores"].items()):
+        labels = x.get("labels")
+        table.append([name, _percent(x.get("pass_rate")),
+                      "—" if x.get("average") is None else f"{x['average']:.3f}",
+                      str(x["count"]) + (f" ({', '.join(f'{k} {v}' for k, v in labels.items())})"
+                                         if labels else "")])
+    lines += _columns(table)
+    for which, title in (("failed_scores", "items a score failed on"),
+                         ("failed_traces", "items whose trace failed")):
+        page = r[which]
+        shown = len(page["items"])
+        lines += ["", f"{title}: {page['total']}" + (
+            f" (the first {shown})" if 0 < shown < page["total"] else "")]
+        for item in page["items"]:
+            failed = [f"{x['name']} {x.get('display_value') or x['value']}"
+                      + (f" ({x['comment']})" if x.get("comment") else "")
+                      for x in item["scores"] if x.get("passed") is False]
+            what = (f"output {_short(item['output'])}, expected {_short(item['expected_output'])}"
+                    if item["status"] == "succeeded" else f"error {_short(item['error'])}")
+            lines.append(f"  {item['dataset_item_id'] or item['trace_id']}  "
+                         f"{'; '.join(failed) + '   ' if failed else ''}{what}")
+    return "\n".join(lines)
+
+
+def _when(ts: str | None) -> str:
+    return "—" if not ts else ts[:16].replace("T", " ")
+
+
+def dataset_id(api: QueryApi, id_or_name: str) -> str:
+    """The dataset with this id, or else the one with this name (ApiError when none is, or
+    when several are: names need not be unique)."""
+    try:
+        return api.get(f"/v1/datasets/{id_or_name}")["id"]
+    except ApiError as e:
+        if e.kind != "not_found":
+            raise
+    named: list[str] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = api.get("/v1/datasets", limit="1000", offset=str(offset))
+        named += [d["id"] for d in page["datasets"] if d["name"] == id_or_name]
+        offset = page["next_offset"]
+    if not named:
+        raise ApiError(f"no dataset has the id or the name {id_or_name!r}", "not_found")
+    if len(named) > 1:
+        raise ApiError(f"{len(named)} datasets are named {id_or_name!r}; give one's id: "
+                         f"{', '.join(named)}")
+    return named[0]
+
+
+def datasets(api: QueryApi, limit: int) -> tuple[list[dict], int]:
+    page = api.get("/v1/datasets", limit=str(limit))
+    return page["datasets"], page["total"]
+
+
+def runs(api: QueryApi, dataset: str, limit: int) -> tuple[list[dict], int]:
+    page = api.get(f"/v1/datasets/{dataset_id(api, dataset)}/runs", limit=str(limit))
+    return page["runs"], page["total"]
+
+
+def render_datasets(rows: list[dict], total: int) -> str:
+    table = [["id", "name", "items", "runs", "baseline run", "last run"]]
+    table += [[d["id"], d["name"], str(d["item_count"]), str(d["run_count"]),
+               d["baseline_run_id"] or "—", _when(d["last_run_at"])] for d in rows]
+    return "\n".join(_columns(table) + _more(len(rows), total, "datasets"))
+
+
+def render_runs(rows: list[dict], total: int) -> str:
+    """Runs with their items, failures, overall pass rate and each score's pass rate (or, for a
+    score without one — categorical labels —, its count)."""
+    names = sorted({n for r in rows for n in r["scores"]})
+    table = [["id", "name", "started", "items", "failed", "pass rate", *names]]
+    for r in rows:
+        cells = []
+        for n in names:
+            s = r["scores"].get(n)
+            cells.append("—" if not s else _percent(s.get("pass_rate")) if s.get("pass_rate")
+                         is not None else f"{s.get('count', 0)} scored")
+        table.append([r["id"], r["name"], _when(r["started_at"]),
+                      f"{r['completed_items'] + r['failed_items']}/{r['total_items']}",
+                      str(r["failed_items"]), _percent(r["pass_rate"]), *cells])
+    return "\n".join(_columns(table) + _more(len(rows), total, "runs"))
+
+
+def _more(shown: int, total: int, what: str) -> list[str]:
+    return [f"({shown} of {total} {what}, newest first; --limit for more)"] \
+        if shown < total else []
