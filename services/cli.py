@@ -170,8 +170,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
                f"(topic {settings.topics.dead_letter})")
 
 
-# The options of the client commands (upload, run, check, show, compare, review, datasets,
-# runs);
+# The options of the client commands (upload, run, check, show, compare, rescore, review,
+# datasets, runs);
 # services/client.py finds the defaults.
 ClientKey = Annotated[str | None, typer.Option(
     envvar="EVALSTREAM_API_KEY",
@@ -622,6 +622,54 @@ def compare(
 
 
 @app.command(rich_help_panel="Evaluate")
+def rescore(
+    run_id: str = typer.Argument(..., metavar="RUN", help="The run to score again."),
+    evaluators: Path | None = typer.Option(
+        None, exists=True, dir_okay=False,
+        help="Evaluator specs (JSON or YAML list) to score with instead of the run's own."),
+    wait: float = typer.Option(300.0, min=0.0, help="Seconds to wait for every case (0: do "
+                                                    "not wait)."),
+    ingest_url: IngestUrl = None,
+    query_url: QueryUrl = None,
+    api_key: ClientKey = None,
+) -> None:
+    """Score a run's items again, with new evaluator specs or its own, without running the
+    agent again: the new values replace the old (kept in each score's history). Waits until
+    every case is done, with a progress bar; prints the request id on stdout."""
+    import httpx
+
+    from services import rescore as rescoring
+    from services.replay import SpecFileError, load_specs
+
+    try:
+        specs = load_specs(evaluators) if evaluators else None
+    except SpecFileError as e:
+        raise typer.BadParameter(str(e), param_hint="--evaluators") from None
+    settings = Settings()
+    with httpx.Client(base_url=client.ingest_url(settings, ingest_url),
+                      headers=client.auth(client.client_key(settings, api_key)),
+                      timeout=60) as ingest, \
+            _query_api(query_url, api_key, "rescore stopped", code=1) as api:
+        accepted = rescoring.request(ingest, run_id, specs)
+        typer.echo(f"request {accepted['request_id']}: {accepted['requested']:,} case(s) of run "
+                   f"{run_id} with {', '.join(s['type'] for s in accepted['evaluators'])}",
+                   err=True)
+        if wait:
+            with tqdm(total=accepted["requested"], unit="case", desc="rescoring",
+                      mininterval=0.1 if sys.stderr.isatty() else 30) as bar:
+                def moved(progress: dict) -> None:
+                    bar.update(progress["completed"] - bar.n)
+
+                done = rescoring.wait(api, accepted["request_id"], within=wait,
+                                      on_progress=moved)
+            typer.echo(f"done: {done['scored']:,} scored, {done['failed']:,} with an evaluator "
+                       f"failure, {done['unscored']:,} with nothing to score"
+                       + (f", {done['withdrawn']:,} withdrawn (run deleted)"
+                          if done["withdrawn"] else ""), err=True)
+    typer.echo(accepted["request_id"])
+
+
+@app.command(rich_help_panel="Evaluate")
 def show(
     run_id: str = typer.Argument(..., metavar="RUN", help="The run to show."),
     items: int = typer.Option(10, min=0, help="Items to list of each kind."),
@@ -786,7 +834,7 @@ evalstream is up.
   broker       {env['KAFKA_BOOTSTRAP_SERVERS']}
   database     {env['DATABASE_URL']}
   API key      {key}
-From another shell here: .venv/bin/evalstream upload | run | check | show | compare | review
+From another shell here: .venv/bin/evalstream upload | run | check | show | compare | rescore
 (README: "Try it"). Ctrl-C stops everything.
 """)
             while not procs.exited():

@@ -1,0 +1,56 @@
+"""`evalstream rescore RUN [--evaluators FILE]`: a run's items scored again — with new evaluator
+specs (an LLM judge's criteria reworded, a threshold changed) or the run's own — without running
+the agent again, through the ingest API (`POST /v1/runs/{id}/evaluate`), then waiting for the
+query API to report every case done (`GET /v1/score-requests/{request id}`). The new values
+replace the old ones, which stay in each score's history. The operator's way over the whole log
+is `evalstream replay`; this one needs only the two APIs and a key."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+
+from schemas.common import EvaluatorSpec
+from services.client import ApiError, QueryApi, refusal
+
+
+def request(ingest: httpx.Client, run_id: str,
+            specs: tuple[EvaluatorSpec, ...] | None) -> dict:
+    """Ask for the rescoring; the answer has `request_id` and `requested` (cases)."""
+    body = {"evaluators": [s.model_dump(exclude_none=True) for s in specs]} if specs else None
+    try:
+        r = ingest.post(f"/v1/runs/{run_id}/evaluate", json=body)
+    except httpx.HTTPError as e:
+        raise ApiError(f"ingest API at {ingest.base_url} unreachable: {e}", "unavailable") \
+            from None
+    if r.status_code != 202:
+        raise ApiError(f"POST /v1/runs/{run_id}/evaluate: {refusal(r)}",
+                       "not_found" if r.status_code == 404 else "refused")
+    return r.json()
+
+
+def wait(api: QueryApi, request_id: str, *, within: float, poll: float = 0.5,
+         on_progress: Callable[[dict], object] = lambda p: None,
+         sleep: Callable[[float], object] = time.sleep,
+         clock: Callable[[], float] = time.monotonic) -> dict:
+    """The request's progress once done (ApiError past `within` seconds). The request is not
+    known to the query API until its event has been applied: "not found" is asked again."""
+    started = clock()
+    while True:
+        try:
+            progress = api.get(f"/v1/score-requests/{request_id}")
+        except ApiError as e:
+            if e.kind not in ("not_found", "unavailable"):
+                raise
+            progress = None
+        if progress is not None:
+            on_progress(progress)
+            if progress["done"]:
+                return progress
+        if clock() - started >= within:
+            said = (f"{progress['completed']} of {progress['requested']} cases done"
+                    if progress else "the request is not in the read model yet")
+            raise ApiError(f"request {request_id} not done after {within:g} s: {said}")
+        sleep(poll)
