@@ -189,3 +189,34 @@ def test_which_answers_are_worth_asking_again(status, kind):
     with pytest.raises(ApiError) as raised:
         api.scoring("r2")
     assert raised.value.kind == kind
+
+
+def test_a_rescore_waits_past_a_request_not_yet_projected_until_done_or_the_wait_is_over():
+    from services.client import ApiError
+    from services.rescore import wait
+
+    class Progress:
+        def __init__(self, answers):
+            self.answers = list(answers)
+
+        def get(self, path):
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    not_yet = ApiError("/v1/score-requests/q: request q not found", "not_found")
+    half = {"requested": 4, "completed": 2, "done": False}
+    done = {"requested": 4, "completed": 4, "done": True}
+    seen: list[int] = []
+    api = Progress([not_yet, half, done])
+    assert wait(api, "q", within=10, sleep=lambda _: None,
+                on_progress=lambda p: seen.append(p["completed"])) == done
+    assert seen == [2, 4]
+
+    clock = iter(range(100))
+    with pytest.raises(ApiError, match="request q not done after 3 s: 2 of 4 cases done"):
+        wait(Progress([half] * 10), "q", within=3, sleep=lambda _: None,
+             clock=lambda: next(clock))
+    with pytest.raises(ApiError, match="401"):  # a wrong key is not waited out
+        wait(Progress([ApiError("HTTP 401: bad key")]), "q", within=3, sleep=lambda _: None)
