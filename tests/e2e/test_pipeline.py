@@ -130,10 +130,11 @@ async def test_projections_restart_mid_stream_loses_and_doubles_nothing(api, ser
             services.stop("projections", sig=9)  # killed hard, mid-batch if it can be
         if start == 400:
             services.start("projections")
+    # Traces and scores arrive on two topics, in either order: both awaited.
     summary = await api.eventually(
         f"/v1/runs/{run_id}",
-        lambda s: s["scores"].get("exact_match", {}).get("count") == n_items, timeout=60)
-    assert summary["completed_items"] == n_items
+        lambda s: s["scores"].get("exact_match", {}).get("count") == n_items
+        and s["completed_items"] == n_items, timeout=60)
     assert summary["total_cost"] == pytest.approx(0.5 * n_items)
     assert summary["scores"]["exact_match"]["average"] == pytest.approx(
         sum(1 for i in range(n_items) if i % 3) / n_items)
