@@ -134,13 +134,7 @@ async def run_summary(conn: asyncpg.Connection, run_id: str) -> dict | None:
 _RUN_SCORING_SQL = sql_template("""
 SELECT r.id AS run_id, r.total_items,
        (SELECT count(*) FROM run_items x WHERE x.run_id = r.id) AS traced_items,
-       (SELECT count(*) """ + _MISSING_ITEMS + """) AS missing_items,
-       -- of them, those the dataset held when the run started: upserted by then, and not
-       -- removed since (a removal prunes the times before it)
-       (SELECT count(*) """ + _MISSING_ITEMS + """
-          AND EXISTS (SELECT 1 FROM dataset_item_upserts u
-                      WHERE (u.dataset_id, u.item_id) = (di.dataset_id, di.id)
-                        AND u.upserted_at <= r.started_at)) AS missing_items_at_start,
+       m.missing_items, m.missing_items_at_start,
        (SELECT count(*) FROM run_items x
         WHERE x.run_id = r.id AND x.status = 'succeeded'
           AND NOT EXISTS (SELECT 1 FROM scores s
@@ -149,7 +143,17 @@ SELECT r.id AS run_id, r.total_items,
           AND NOT EXISTS (SELECT 1 FROM scoreless_cases c
                           WHERE c.run_id = $1 AND c.run_item_id = x.run_item_id
                             AND c.observed_at >= x.completed_at)) AS items_pending_scoring
-FROM runs r WHERE r.id = $1
+FROM runs r CROSS JOIN LATERAL (
+    -- the dataset's items without a trace, and of them (in the same pass) those the dataset
+    -- held when the run started: upserted by then, and not removed since (a removal prunes
+    -- the times before it)
+    SELECT count(*) AS missing_items,
+           count(*) FILTER (WHERE EXISTS (
+               SELECT 1 FROM dataset_item_upserts u
+               WHERE (u.dataset_id, u.item_id) = (di.dataset_id, di.id)
+                 AND u.upserted_at <= r.started_at)) AS missing_items_at_start
+    """ + _MISSING_ITEMS + """) m
+WHERE r.id = $1
 """)
 
 
