@@ -673,19 +673,29 @@ def rescore(
 def show(
     run_id: str = typer.Argument(..., metavar="RUN", help="The run to show."),
     items: int = typer.Option(10, min=0, help="Items to list of each kind."),
+    by: str | None = typer.Option(
+        None, help="A metadata key, item.<key> or trace.<key> (e.g. item.category): the pass "
+                   "rates per value of it too."),
     query_url: QueryUrl = None,
     api_key: ClientKey = None,
     as_json: bool = typer.Option(False, "--json", help="Print it as JSON."),
 ) -> None:
     """A run's summary — items, pass rate, each score's pass rate and average, cost, tokens,
-    latency — and the items to look at: those a score failed on (with their output and
-    expected output) and those whose trace failed (with the error)."""
+    latency —, with --by the pass rates per value of a metadata key, and the items to look at:
+    those a score failed on (with their output and expected output) and those whose trace
+    failed (with the error)."""
     import json
 
+    from services.projections.breakdown import parse_group_by
+    from services.projections.views import InvalidQuery
     from services.reports import fetch_run, render_run
 
+    try:
+        by = str(parse_group_by(by)) if by is not None else None
+    except InvalidQuery as e:
+        raise typer.BadParameter(e.message, param_hint="--by") from None
     with _query_api(query_url, api_key, "show") as api:
-        shown = fetch_run(api, run_id, items)
+        shown = fetch_run(api, run_id, items, by)
     typer.echo(json.dumps(shown) if as_json else render_run(shown))
 
 

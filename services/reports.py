@@ -113,9 +113,12 @@ def render_comparison(c: dict, run_id: str) -> str:
     return "\n".join(lines)
 
 
-def fetch_run(api: QueryApi, run_id: str, items: int) -> dict:
-    """A run's summary, and its first `items` items a score failed on and that failed."""
+def fetch_run(api: QueryApi, run_id: str, items: int, by: str | None = None) -> dict:
+    """A run's summary, its first `items` items a score failed on and that failed, and with
+    `by` (item.<key> or trace.<key>) its breakdown by that metadata key."""
     out = {"summary": api.get(f"/v1/runs/{run_id}")}
+    if by is not None:
+        out["breakdown"] = {"by": by, "groups": api.breakdown(run_id, by)}
     for which, params in (("failed_scores", {"filter": "failed"}),
                           ("failed_traces", {"status": "failed"})):
         page = api.get(f"/v1/runs/{run_id}/results", limit=str(max(items, 1)), **params)
@@ -147,6 +150,17 @@ def render_run(r: dict) -> str:
                       str(x["count"]) + (f" ({', '.join(f'{k} {v}' for k, v in labels.items())})"
                                          if labels else "")])
     lines += _columns(table)
+    if "breakdown" in r:
+        groups = r["breakdown"]["groups"]
+        names = sorted({n for g in groups for n in g["scores"]})
+        table = [[r["breakdown"]["by"], "items", "failed", "pass rate", *names]]
+        for g in groups:
+            value = "(none)" if g["value"] is None else g["value"] if isinstance(
+                g["value"], str) else json.dumps(g["value"])
+            table.append([value, str(g["items"]), str(g["failed_items"]),
+                          _percent(g["pass_rate"]),
+                          *(_percent(g["scores"].get(n, {}).get("pass_rate")) for n in names)])
+        lines += ["", *_columns(table)]
     for which, title in (("failed_scores", "items a score failed on"),
                          ("failed_traces", "items whose trace failed")):
         page = r[which]

@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.postgres]
 
 async def test_compare_a_run_with_a_baseline_in_the_terminal(api, migrated):
     prefix = uuid.uuid4().hex[:8]
-    items = [{"id": f"{prefix}-{n}", "input": f"q{n}", "expected_output": f"a{n}"}
-             for n in range(5)]
+    items = [{"id": f"{prefix}-{n}", "input": f"q{n}", "expected_output": f"a{n}",
+              "metadata": {"level": "easy" if n < 3 else "hard"}} for n in range(5)]
     dataset_id = await api.dataset_with_items(items)
     baseline = await api.run_with_outputs(dataset_id, items, ["a0", "a1", "x", "a3", "a4"],
                                           name="v1")
@@ -73,6 +73,15 @@ async def test_compare_a_run_with_a_baseline_in_the_terminal(api, migrated):
                                      "expected", '"a1"']
     at = lines.index("items whose trace failed: 1")
     assert lines[at + 1] == f'  {prefix}-4  error "TimeoutError: no answer"'
+
+    # ... and per value of a metadata key.
+    lines = (await evalstream_command(settings_env(migrated) | {
+        "EVALSTREAM_QUERY_URL": f"http://127.0.0.1:{migrated.query_port}"},
+        "show", run, "--by", "item.level", "--items", "0")).splitlines()
+    at = next(n for n, x in enumerate(lines) if x.startswith("item.level"))
+    assert [x.split() for x in lines[at:at + 3]] == [
+        ["item.level", "items", "failed", "pass", "rate", "exact_match"],
+        ["easy", "3", "0", "66.7%", "66.7%"], ["hard", "2", "1", "100.0%", "100.0%"]]
 
     # With no items listed: the counts alone.
     out = await evalstream_command(settings_env(migrated) | {
