@@ -562,14 +562,12 @@ def run_command(
             item_timeout=timeout, on_start=started, on_item=lambda: bar.update() if bar else None)
     except RunnerError as e:
         typer.echo(f"run stopped: {e}", err=True)
-        _exit_past_overran_calls(1)
         raise typer.Exit(1) from None
     finally:
         if bar is not None:
             bar.close()
     if as_json:
         typer.echo(json.dumps(report.as_dict()))
-        _exit_past_overran_calls(0)
         return
     errors = ", ".join(f"{k} {n}" for k, n in sorted(report.errors.items(), key=lambda e: -e[1]))
     typer.echo(f"{report.items:,} item(s) through the task in {report.seconds:,.1f} s: "
@@ -582,20 +580,6 @@ def run_command(
     typer.echo(f"next: evalstream check {report.run_id} (waits for the scores) · "
                f"evalstream compare {report.run_id} <baseline run>", err=True)
     typer.echo(report.run_id)
-    _exit_past_overran_calls(0)
-
-
-def _exit_past_overran_calls(code: int) -> None:
-    """Exit now if calls that overran --timeout still hold their threads: Python cannot stop
-    them, and would wait for them at exit."""
-    import threading
-
-    if any(t.name.startswith("evalstream-task") and t.is_alive()
-           for t in threading.enumerate()):
-        typer.echo("(calls past --timeout still running: not waited for)", err=True)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
 
 
 @app.command(rich_help_panel="Evaluate")

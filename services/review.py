@@ -37,12 +37,18 @@ class ReviewReport:
     run_id: str
     name: str
     items: int = 0  # items offered
-    correct: int = 0
-    incorrect: int = 0
     skipped: int = 0
     quit: bool = False
     # item -> the last verdict posted: True / False, or a rubric's label
     verdicts: dict[str, bool | str] = field(default_factory=dict)
+
+    @property
+    def correct(self) -> int:
+        return sum(v is True for v in self.verdicts.values())
+
+    @property
+    def incorrect(self) -> int:
+        return sum(v is False for v in self.verdicts.values())
 
     def counts(self) -> str:
         """`2 correct, 1 incorrect`, or per label of a rubric: `2 partial, 1 wrong`."""
@@ -164,6 +170,4 @@ def review(query: httpx.Client, ingest: httpx.Client, run_id: str, *,
         report.verdicts[key[1]] = verdict
         n += 1
     report.skipped = len(seen - report.verdicts.keys())
-    report.correct = sum(v is True for v in report.verdicts.values())
-    report.incorrect = sum(v is False for v in report.verdicts.values())
     return report

@@ -26,9 +26,9 @@ import importlib.util
 import inspect
 import json
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,24 @@ def _retryable(e: BaseException) -> bool:
     return isinstance(e, httpx.HTTPStatusError) and e.response.status_code in (502, 503, 504)
 
 
+def _in_thread(loop: asyncio.AbstractEventLoop, fn: Callable[[dict], Any],
+               item: dict) -> asyncio.Future:
+    """fn(item) (which does not raise) in a daemon thread of its own, its result on the loop: a
+    call past its timeout, which Python cannot stop, runs on ignored and does not hold up the
+    process's exit (a pool's threads would be waited for). The workers bound the threads."""
+    future = loop.create_future()
+
+    def target() -> None:
+        result = fn(item)
+        try:
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(result))
+        except RuntimeError:  # the loop is closed: nobody waits for this call any more
+            pass
+
+    threading.Thread(target=target, name="evalstream-task", daemon=True).start()
+    return future
+
+
 class Runner:
     """One run of a task over a dataset, through the ingest and query APIs."""
 
@@ -261,7 +279,7 @@ class Runner:
         traces; returns once every trace is posted. `on_start` is told how many items there
         are to do, `on_item` each one done. An item whose call takes longer than `item_timeout`
         seconds fails with a TimeoutError (an async call is cancelled; a plain function's thread
-        cannot be stopped and runs on, its result ignored)."""
+        cannot be stopped and runs on, its result ignored: see _in_thread)."""
         started = time.monotonic()
         if run_id is None:
             run = await self.start(dataset_id, name, metadata)
@@ -284,10 +302,6 @@ class Runner:
         # A coroutine function, or an object whose __call__ is one.
         is_async = inspect.iscoroutinefunction(task) or inspect.iscoroutinefunction(
             type(task).__call__)
-        # With a timeout, room for calls that overran and still hold their thread.
-        threads = None if is_async else ThreadPoolExecutor(
-            concurrency * (4 if item_timeout else 1), thread_name_prefix="evalstream-task")
-
         def overran() -> TimeoutError:
             return TimeoutError(f"no answer within {item_timeout:g} s")
 
@@ -338,7 +352,7 @@ class Runner:
                 else:
                     try:
                         result, error, ms = await asyncio.wait_for(
-                            loop.run_in_executor(threads, timed, item), item_timeout)
+                            _in_thread(loop, timed, item), item_timeout)
                     except TimeoutError:
                         result, error, ms = None, overran(), item_timeout * 1000  # type: ignore
                 trace = trace_of(report.run_id, item["id"], result, error, ms)
@@ -438,9 +452,6 @@ class Runner:
                                   f"posted before it; `--run {report.run_id}` continues the "
                                   "run)") from None
             raise first from None
-        finally:
-            if threads is not None:
-                threads.shutdown(wait=False, cancel_futures=True)
         report.seconds = round(time.monotonic() - started, 3)
         return report
 
