@@ -21,7 +21,7 @@ import typer
 from tqdm import tqdm
 
 from services import client
-from services.settings import NotConfigured, Settings
+from services.settings import ConfigurationError, NotConfigured, Settings
 
 app = typer.Typer(help="evalstream: event-sourced scoring of LLM application outputs.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -111,6 +111,7 @@ def replay(
     and run again: scores are replaced, never duplicated, and the old values stay in history."""
     import json
 
+    from services.evaluator import plugins
     from services.replay import ReplayFilter, SpecFileError, load_specs, parse_since
     from services.replay import replay as run_replay
 
@@ -122,6 +123,7 @@ def replay(
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--since") from None
     try:
+        plugins.load(settings.evaluator_plugins)  # their specs may be among those given
         specs = load_specs(evaluators) if evaluators else None
     except SpecFileError as e:
         raise typer.BadParameter(str(e), param_hint="--evaluators") from None
@@ -185,11 +187,15 @@ QueryUrl = Annotated[str | None, typer.Option(
 
 
 @contextlib.contextmanager
-def _query_api(url: str | None, api_key: str | None, stopped: str, code: int = 2):
-    """The query API's client for a command; an ApiError inside (the API unreachable, a run
-    not found, ...) ends the command with `code`, saying `<stopped>: <why>` on stderr."""
+def _query_api(url: str | None, api_key: str | None, stopped: str, code: int = 2,
+               ingest: bool = False):
+    """The query API's client for a command (with `ingest`, a client of the same kind for the
+    ingest API's GET endpoints); an ApiError inside (the API unreachable, a run not found, ...)
+    ends the command with `code`, saying `<stopped>: <why>` on stderr."""
     settings = Settings()
-    api = client.QueryApi(client.query_url(settings, url), client.client_key(settings, api_key))
+    key = client.client_key(settings, api_key)
+    api = client.QueryApi(client.ingest_url(settings, url), key, name="ingest API") if ingest \
+        else client.QueryApi(client.query_url(settings, url), key)
     try:
         yield api
     except client.ApiError as e:
@@ -712,6 +718,23 @@ def runs_command(
     _listing(lambda api: runs(api, dataset, limit), render_runs, query_url, api_key, as_json)
 
 
+@app.command("evaluators", rich_help_panel="Evaluate")
+def evaluators_command(
+    ingest_url: IngestUrl = None,
+    api_key: ClientKey = None,
+    as_json: bool = typer.Option(False, "--json", help="Print them as JSON."),
+) -> None:
+    """The evaluator types specs can name — built in, and your own from the plugins the ingest
+    API loaded (EVALSTREAM_EVALUATOR_PLUGINS) —, with their versions and options."""
+    import json
+
+    from services.reports import render_evaluators
+
+    with _query_api(ingest_url, api_key, "evalstream", ingest=True) as api:
+        rows = api.get("/v1/evaluators")["evaluators"]
+    typer.echo(json.dumps(rows) if as_json else render_evaluators(rows))
+
+
 def _listing(fetch, render, query_url: str | None, api_key: str | None, as_json: bool) -> None:
     import json
 
@@ -796,9 +819,11 @@ def up(broker_port: int = typer.Option(19092, help="Port of the local broker, wh
     """Start everything in the foreground: broker and Postgres unless their URLs are given, the
     three services, and print where they listen. Ctrl-C stops all of it."""
     from services.devstack import ServiceProcesses, embedded_postgres, tansu_broker
+    from services.evaluator import plugins
 
     settings = Settings()
     _logging(settings)
+    plugins.load(settings.evaluator_plugins)  # a plugin that does not load stops us here, once
     data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -848,6 +873,9 @@ def main() -> None:
 
     try:
         app()
+    except ConfigurationError as e:
+        typer.echo(f"evalstream: {e}", err=True)
+        raise SystemExit(2) from None
     except NotConfigured as e:
         typer.echo(f"evalstream: {e}; `make up` prints the URLs of the broker and database it "
                    "started (export KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL)", err=True)

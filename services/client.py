@@ -75,8 +75,10 @@ class QueryApi:
     """The query API for the client commands: `get` any path (ApiError when it does not
     answer 200), and the calls `check` makes."""
 
-    def __init__(self, url: str, api_key: str | None, timeout: float = 30.0):
+    def __init__(self, url: str, api_key: str | None, timeout: float = 30.0,
+                 name: str = "query API"):
         self._client = httpx.Client(base_url=url, headers=auth(api_key), timeout=timeout)
+        self._name = name
 
     def close(self) -> None:
         self._client.close()
@@ -85,7 +87,7 @@ class QueryApi:
         try:
             response = self._client.get(path, params=params)
         except httpx.HTTPError as e:
-            raise ApiError(f"query API at {self._client.base_url} unreachable: {e}",
+            raise ApiError(f"{self._name} at {self._client.base_url} unreachable: {e}",
                              "unavailable") from None
         if response.status_code == 404:
             raise ApiError(f"{path}: {first_error(response)[1]}", "not_found")

@@ -238,6 +238,21 @@ def render_runs(rows: list[dict], total: int) -> str:
     return "\n".join(_columns(table) + _more(len(rows), total, "runs"))
 
 
+def render_evaluators(rows: list[dict]) -> str:
+    """Evaluator types with their version, source, where they come from and their options
+    (`*`: required)."""
+    table = [["type", "version", "source", "from", "options"]]
+    for e in rows:
+        schema = e["options"]
+        required = set(schema.get("required", []))
+        options = [f"{name}*" if name in required else name
+                   for name in schema.get("properties", {}) if name != "pass_threshold"]
+        table.append([e["type"], e["version"], e["source"], e["plugin"] or "built in",
+                      ", ".join(options) or "—"])
+    return "\n".join([*_columns(table), "(* required; every spec also takes name and "
+                                        "pass_threshold)"])
+
+
 def _more(shown: int, total: int, what: str) -> list[str]:
     return [f"({shown} of {total} {what}, newest first; --limit for more)"] \
         if shown < total else []

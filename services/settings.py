@@ -13,6 +13,11 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, fiel
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+class ConfigurationError(RuntimeError):
+    """A setting that names something unusable (an evaluator plugin that does not load); the
+    message says which and why."""
+
+
 class NotConfigured(RuntimeError):
     """A setting the operation needs has no value (the message names it)."""
 
@@ -91,6 +96,10 @@ class Settings(BaseSettings):
         description="postgresql://…; unset = `evalstream up` starts an embedded Postgres.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated bearer keys accepted by ingest.")
+    evaluator_plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated modules or .py files of your own evaluators "
+                    "(services/evaluator/plugins.py); give every service the same list.")
     topics: Topics = Topics()
     llm_judge: LLMJudgeSettings = LLMJudgeSettings()
     retry: RetrySettings = RetrySettings()
@@ -131,9 +140,9 @@ class Settings(BaseSettings):
     data_dir: str = Field(".evalstream", description="Where `up` keeps its embedded Postgres.")
     log_level: str = "INFO"
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "evaluator_plugins", mode="before")
     @classmethod
-    def _split_keys(cls, v: object) -> object:
+    def _split_list(cls, v: object) -> object:
         if isinstance(v, str):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v

@@ -98,6 +98,7 @@ def make_settings(kafka_bootstrap: str, database_url: str, tag: str, **overrides
         evaluator_group=f"evaluator-{tag}", projections_group=f"projections-{tag}",
         ingest_port=free_port(), query_port=free_port(), metrics_port=free_port(),
         data_dir=f"/tmp/evalstream-{tag}",
+        evaluator_plugins=[str(ROOT / "tests/e2e/plugin_evaluators.py")],
         **overrides)
 
 
@@ -117,6 +118,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
                EVALSTREAM_INGEST_PORT=str(settings.ingest_port),
                EVALSTREAM_QUERY_PORT=str(settings.query_port),
                EVALSTREAM_TRACE_URL_TEMPLATE=settings.trace_url_template,
+               EVALSTREAM_EVALUATOR_PLUGINS=",".join(settings.evaluator_plugins),
                EVALSTREAM_LOG_LEVEL="WARNING")
     if settings.metrics_port is not None:
         env["EVALSTREAM_METRICS_PORT"] = str(settings.metrics_port)

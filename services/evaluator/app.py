@@ -15,6 +15,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from services import metrics
+from services.evaluator import plugins
 from services.evaluator.llm_judge import LLMJudge
 from services.evaluator.scoring import score_cases
 from services.messaging import (
@@ -51,6 +52,7 @@ def register(broker: KafkaBroker, settings: Settings, publisher: EventPublisher,
 
 
 def application_factory(settings: Settings) -> FastStream:
+    plugins.load(settings.evaluator_plugins)
     broker = broker_factory(settings)
     publisher = EventPublisher(settings, "evaluator")
     judge = LLMJudge(settings.llm_judge)

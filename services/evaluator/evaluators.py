@@ -7,6 +7,7 @@ scores them asynchronously, many cases at once (services/evaluator/llm_judge.py)
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import math
@@ -311,8 +312,10 @@ def validate_spec(spec: EvaluatorSpec) -> None:
     """
     evaluator = REGISTRY.get(spec.type)
     if evaluator is None:
-        raise SpecError("type", f"unknown evaluator type {spec.type!r}; "
-                                f"known: {', '.join(sorted(REGISTRY))}")
+        close = difflib.get_close_matches(spec.type, REGISTRY, n=1)
+        raise SpecError("type", f"unknown evaluator type {spec.type!r}"
+                                + (f" (did you mean {close[0]!r}?)" if close else "")
+                                + f"; known: {', '.join(sorted(REGISTRY))}")
     parse_options(evaluator.options, spec)
 
 

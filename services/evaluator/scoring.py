@@ -66,7 +66,8 @@ def score_case(env: Envelope, judged: Judged | None = None) -> Envelope:
         name = spec.score_name
         try:
             if evaluator is None:
-                raise LookupError(f"unknown evaluator type {spec.type!r}")
+                raise LookupError(f"unknown evaluator type {spec.type!r} (neither built in nor "
+                                  "registered by this evaluator's EVALSTREAM_EVALUATOR_PLUGINS)")
             if evaluator.batched and judged is not None:
                 score = judged[(env.id, n)]
                 if isinstance(score, BaseException):

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from schemas.catalog import DatasetItemsDeleted
 from schemas.scores import ScoreRecorded, ScoreRetracted
+from services.evaluator import plugins
 from services.ingest import rescoring
 from services.ingest.catalog import Catalog
 from services.ingest.commands import (
@@ -41,6 +42,13 @@ def publisher(request: Request) -> EventPublisher:
 
 
 CatalogDep = Annotated[Catalog, Depends(catalog)]
+
+
+@router.get("/evaluators")
+async def list_evaluators() -> dict:
+    """The evaluator types this ingest accepts in specs (built in, and those of the plugins it
+    loaded: EVALSTREAM_EVALUATOR_PLUGINS), with their version and options as JSON Schema."""
+    return {"evaluators": plugins.describe()}
 
 
 @router.post("/datasets", status_code=status.HTTP_201_CREATED)

@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI
 
 from services import metrics
 from services.database import create_pool
+from services.evaluator import plugins
 from services.http import BodySizeLimit, install_error_handlers, require_api_key
 from services.ingest.api import router
 from services.ingest.catalog import Catalog
@@ -19,6 +20,8 @@ from services.settings import Settings
 
 
 def application_factory(settings: Settings) -> FastAPI:
+    plugins.load(settings.evaluator_plugins)  # their specs are accepted and checked here
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ensure_topics(settings)

@@ -132,7 +132,9 @@ async def test_replay_after_a_version_change_rescores_only_the_chosen_runs(
     # A new evaluator deployment: `contains` v2 matches whole words only.
     own_services.stop("evaluator")
     v2 = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "tests/e2e/evaluator_contains_v2.py"), env=env, cwd=ROOT)
+        sys.executable, "-m", "services.cli", "serve", "evaluator", cwd=ROOT,
+        env={**env, "EVALSTREAM_EVALUATOR_PLUGINS": ",".join(
+            [*own_settings.evaluator_plugins, "tests/e2e/evaluator_contains_v2.py"])})
     try:
         report = await _cli(env, "replay", "--run", chosen)
         assert (report["requested"], report["runs"]) == (3, {chosen: 3})

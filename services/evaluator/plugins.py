@@ -1,0 +1,189 @@
+"""Your own evaluators, without forking evalstream: a module (or a .py file) that registers
+functions with `@evaluator`, named in `EVALSTREAM_EVALUATOR_PLUGINS`, which every service loads at
+start (ingest, to accept specs of the new type and check their options; the evaluator, to score
+with it; `evalstream replay`, to check the specs it is given).
+
+    # my_evals.py
+    from services.evaluator.plugins import Options, Score, evaluator
+
+    class ConciseOptions(Options):
+        max_words: int = 50
+
+    @evaluator("concise", version="1", options=ConciseOptions)
+    def concise(case, options: ConciseOptions):
+        return len(str(case.output).split()) <= options.max_words
+
+An evaluator is a pure function of the case (`case.input`, `.output`, `.expected_output`, …:
+schemas/traces.py, ScoringCase) and its options, like the built-in ones, so a replay through it
+gives the same scores; bump `version` whenever its semantics change, and every score says which
+version gave it. It returns a `Score`, or `True`/`False` (boolean 1/0), a number (numeric), a
+string (a categorical score with that label), or None (nothing to score). One that raises, or
+returns anything else, is that case's evaluator failure, listed in the run's results; the
+case's other evaluators carry on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import logging
+import math
+import re
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas.common import EvaluatorSpec
+from schemas.traces import ScoringCase
+from services.evaluator.evaluators import REGISTRY, Evaluator, Options, Score, parse_options
+from services.settings import ConfigurationError
+
+__all__ = ["Options", "PluginError", "Score", "ScoringCase", "evaluator", "load"]
+
+log = logging.getLogger(__name__)
+
+_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+_BUILT_IN = dict(REGISTRY)
+_by_plugin: dict[str, str] = {}  # evaluator type -> the plugin that registered it, as named
+_loaded: set[str] = set()
+_loading: list[str] = []  # the plugin being imported
+
+
+class PluginError(ConfigurationError):
+    """A plugin that cannot be loaded or registers an evaluator wrongly; the message says which
+    and why."""
+
+
+def as_score(result: Any) -> Score | None:
+    """What a plugin's function returned, as a score: see the module's docstring."""
+    if result is None or isinstance(result, Score):
+        score = result
+    elif isinstance(result, bool):
+        score = Score(1.0 if result else 0.0, "boolean")
+    elif isinstance(result, int | float):
+        score = Score(float(result), "numeric")
+    elif isinstance(result, str):
+        score = Score(0.0, "categorical", string_value=result)
+    else:
+        raise TypeError(f"the evaluator returned {type(result).__name__}; expected a Score, "
+                        "a bool, a number, a string (a label) or None")
+    if score is not None:
+        if not isinstance(score.value, int | float) or not math.isfinite(score.value):
+            raise ValueError(f"the score's value must be a finite number, not {score.value!r}")
+        if score.data_type == "categorical" and not (score.string_value or "").strip():
+            raise ValueError("a categorical score needs a label (string_value)")
+    return score
+
+
+def evaluator(kind: str, /, *, version: str,
+              options: type[Options] = Options) -> Callable[[Callable], Callable]:
+    """Register the decorated function as the evaluator of specs `{"type": kind, …}`; `options`
+    (a subclass of Options) are the spec's own fields, checked by ingest when a dataset or run
+    names them (a wrong one is a 422 naming it) and passed to the function validated. The
+    function takes `(case)` or `(case, options)`."""
+    if not isinstance(kind, str) or not _TYPE.fullmatch(kind):
+        raise PluginError(f"evaluator type {kind!r}: 1 to 100 letters, digits or _ . : -")
+    if not isinstance(version, str) or not version.strip():
+        raise PluginError(f"evaluator {kind!r}: `version` must be a non-empty string")
+    if not (isinstance(options, type) and issubclass(options, Options)):
+        raise PluginError(f"evaluator {kind!r}: `options` must be a subclass of "
+                          "services.evaluator.plugins.Options")
+
+    def register(fn: Callable) -> Callable:
+        if inspect.iscoroutinefunction(fn):
+            raise PluginError(f"evaluator {kind!r}: an async function is not supported; "
+                              "the evaluator calls plugins synchronously")
+        try:
+            takes_options = len(inspect.signature(fn).parameters) >= 2
+        except (TypeError, ValueError):
+            takes_options = True
+        origin = _loading[-1] if _loading else getattr(fn, "__module__", "?")
+        if kind in _by_plugin:
+            raise PluginError(f"evaluator {kind!r} is registered twice (by {_by_plugin[kind]} "
+                              f"and {origin})")
+        built_in = _BUILT_IN.get(kind)
+        if built_in is not None:
+            if built_in.version == version:
+                raise PluginError(
+                    f"evaluator {kind!r} from {origin} replaces the built-in one with the same "
+                    f"version {version!r}; give it another version, so that its scores can be "
+                    "told apart from the built-in's")
+            log.warning("evaluator %r version %s from %s replaces the built-in version %s",
+                        kind, version, origin, built_in.version)
+
+        def scored(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
+            parsed = parse_options(options, spec)
+            return as_score(fn(case, parsed) if takes_options else fn(case))
+
+        REGISTRY[kind] = Evaluator(kind, version, scored, options)
+        _by_plugin[kind] = origin
+        return fn
+
+    return register
+
+
+def _import(name: str) -> None:
+    if name.endswith(".py") or "/" in name or "\\" in name:
+        path = Path(name).expanduser().resolve()
+        if not path.is_file():
+            raise PluginError(f"EVALSTREAM_EVALUATOR_PLUGINS: no such file {str(path)!r}")
+        module_name = f"evalstream_plugin_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]
+            raise
+    else:
+        importlib.import_module(name)
+
+
+def load(names: Iterable[str]) -> list[str]:
+    """Import each plugin (a module name, or the path of a .py file) once; returns the evaluator
+    types they registered. A plugin that cannot be imported, raises on import or registers no
+    evaluator is a PluginError naming it."""
+    added: list[str] = []
+    for name in names:
+        if name in _loaded:
+            continue
+        before = set(_by_plugin)
+        _loading.append(name)
+        try:
+            _import(name)
+        except PluginError:
+            raise
+        except Exception as e:
+            raise PluginError(f"evaluator plugin {name!r} failed to load: "
+                              f"{type(e).__name__}: {e}") from e
+        finally:
+            _loading.pop()
+        new = sorted(set(_by_plugin) - before)
+        if not new:
+            raise PluginError(f"evaluator plugin {name!r} registers no evaluator "
+                              "(decorate a function with @evaluator)")
+        _loaded.add(name)
+        added += new
+        log.info("evaluator plugin %s: %s", name, ", ".join(
+            f"{t} (version {REGISTRY[t].version})" for t in new))
+    return added
+
+
+def describe() -> list[dict[str, Any]]:
+    """Every evaluator type known here, for `GET /v1/evaluators`: its version, its source,
+    whether a plugin gave it, and its options as JSON Schema."""
+    return [{"type": e.type, "version": e.version, "source": e.source,
+             "plugin": _by_plugin.get(e.type), "options": _options_schema(e.options)}
+            for e in sorted(REGISTRY.values(), key=lambda e: e.type)]
+
+
+def _options_schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    return schema

@@ -1,0 +1,196 @@
+"""Evaluator plugins: a team's own evaluators, loaded from a module or a file, checked like the
+built-in ones and scored by the same code path (services/evaluator/plugins.py)."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, datetime
+
+import pytest
+
+from schemas.common import EvaluatorSpec
+from schemas.envelope import wrap
+from schemas.traces import TraceCompleted
+from services.evaluator import evaluators, plugins
+from services.evaluator.evaluators import SpecError, validate_spec
+from services.evaluator.plugins import PluginError
+from services.evaluator.scoring import score_case
+from services.settings import Settings
+
+AT = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _registry():
+    """Each test's plugins are gone after it."""
+    registry, by_plugin, loaded = (dict(evaluators.REGISTRY), dict(plugins._by_plugin),
+                                   set(plugins._loaded))
+    yield
+    evaluators.REGISTRY.clear()
+    evaluators.REGISTRY.update(registry)
+    plugins._by_plugin.clear()
+    plugins._by_plugin.update(by_plugin)
+    plugins._loaded.clear()
+    plugins._loaded.update(loaded)
+
+
+def _plugin(tmp_path, source: str, name: str = "my_evals.py") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return str(path)
+
+
+WORD_LIMIT = """
+    from pydantic import Field
+    from services.evaluator.plugins import Options, Score, evaluator
+
+    class WordLimit(Options):
+        max_words: int = Field(ge=1)
+
+    @evaluator("word_limit", version="7", options=WordLimit)
+    def word_limit(case, options):
+        return len(str(case.output).split()) <= options.max_words
+
+    @evaluator("label", version="1")
+    def label(case):
+        return {"a": "good", "b": None, "c": float("nan"), "d": ["x"], "e": 0.25}[case.output]
+"""
+
+
+def _scored(specs, output="one two three"):
+    trace = TraceCompleted(trace_id="t1", run_id="r1", dataset_item_id="i1", output=output,
+                           status="succeeded", completed_at=AT, evaluators=specs)
+    return score_case(wrap(trace, source="t", key="r1", id="e1")).event
+
+
+def test_a_plugin_file_adds_evaluators_that_score_like_built_in_ones(tmp_path):
+    assert plugins.load([_plugin(tmp_path, WORD_LIMIT)]) == ["label", "word_limit"]
+    validate_spec(EvaluatorSpec(type="word_limit", max_words=3))
+    case = _scored((EvaluatorSpec(type="word_limit", max_words=2, name="short"),
+                    EvaluatorSpec(type="word_limit", max_words=3, pass_threshold=1.0),
+                    EvaluatorSpec(type="exact_match")))
+    scores = {s.name: s for s in case.scores}
+    assert (scores["short"].value, scores["short"].data_type) == (0.0, "boolean")
+    assert scores["word_limit"].value == 1.0 and scores["word_limit"].pass_threshold == 1.0
+    assert (scores["short"].evaluator, scores["short"].evaluator_version,
+            scores["short"].source) == ("word_limit", "7", "programmatic")
+    assert case.failures == ()  # exact_match: no expected output, no score
+
+
+def test_a_plugins_options_are_checked_and_named_as_the_built_in_ones_are(tmp_path):
+    plugins.load([_plugin(tmp_path, WORD_LIMIT)])
+    with pytest.raises(SpecError) as e:
+        validate_spec(EvaluatorSpec(type="word_limit", max_words=0))
+    assert e.value.field == "max_words"
+    with pytest.raises(SpecError) as e:
+        validate_spec(EvaluatorSpec(type="word_limit", max_words=3, max_chars=9))
+    assert e.value.field == "max_chars" and "allowed: pass_threshold, max_words" in str(e.value)
+    with pytest.raises(SpecError) as e:
+        validate_spec(EvaluatorSpec(type="word_limit"))
+    assert e.value.field == "max_words"
+
+
+@pytest.mark.parametrize(("output", "expected"), [
+    ("a", ("score", 0.0, "categorical", "good")),
+    ("e", ("score", 0.25, "numeric", None)),
+    ("b", None),
+    ("c", ("failure", "ValueError: the score's value must be a finite number, not nan")),
+    ("d", ("failure", "TypeError: the evaluator returned list; expected a Score, a bool, a "
+                      "number, a string (a label) or None")),
+    ("z", ("failure", "KeyError: 'z'")),
+])
+def test_what_a_plugin_returns_becomes_a_score_or_that_cases_failure(tmp_path, output,
+                                                                     expected):
+    plugins.load([_plugin(tmp_path, WORD_LIMIT)])
+    case = _scored((EvaluatorSpec(type="label"), EvaluatorSpec(type="word_limit", max_words=1)),
+                   output=output)
+    assert [s.name for s in case.scores if s.name == "word_limit"] == ["word_limit"]
+    got = [("score", s.value, s.data_type, s.string_value) for s in case.scores
+           if s.name == "label"] + [("failure", f.reason) for f in case.failures]
+    assert got == ([expected] if expected else [])
+    if expected and expected[0] == "failure":
+        assert case.failures[0].evaluator_version == "1"
+
+
+def test_a_module_on_the_path_loads_by_name_and_only_once(tmp_path, monkeypatch):
+    _plugin(tmp_path, WORD_LIMIT, name="team_evals.py")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert plugins.load(["team_evals"]) == ["label", "word_limit"]
+    assert plugins.load(["team_evals"]) == []  # the service and a command in one process
+    described = {d["type"]: d for d in plugins.describe()}
+    assert described["word_limit"]["plugin"] == "team_evals"
+    assert described["word_limit"]["options"]["required"] == ["max_words"]
+    assert (described["exact_match"]["plugin"], described["exact_match"]["version"]) == (None, "1")
+
+
+def test_a_plugin_may_replace_a_built_in_evaluator_under_another_version(tmp_path):
+    plugins.load([_plugin(tmp_path, """
+        from services.evaluator.evaluators import ContainsOptions
+        from services.evaluator.plugins import evaluator
+
+        @evaluator("contains", version="2", options=ContainsOptions)
+        def contains(case, options):
+            return 0.5
+    """)])
+    case = _scored((EvaluatorSpec(type="contains", keywords=["one"]),))
+    assert [(s.value, s.evaluator_version) for s in case.scores] == [(0.5, "2")]
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("""
+     from services.evaluator.plugins import evaluator
+     @evaluator("contains", version="1")
+     def contains(case):
+         return 1
+     """, "replaces the built-in one with the same version '1'"),
+    ("""
+     from services.evaluator.plugins import evaluator
+     @evaluator("twice", version="1")
+     def a(case):
+         return 1
+     @evaluator("twice", version="2")
+     def b(case):
+         return 1
+     """, "evaluator 'twice' is registered twice"),
+    ("""
+     from services.evaluator.plugins import evaluator
+     @evaluator("slow", version="1")
+     async def slow(case):
+         return 1
+     """, "an async function is not supported"),
+    ("""
+     from pydantic import BaseModel
+     from services.evaluator.plugins import evaluator
+     class Opts(BaseModel):
+         x: int = 1
+     @evaluator("opts", version="1", options=Opts)
+     def opts(case, options):
+         return 1
+     """, "`options` must be a subclass of services.evaluator.plugins.Options"),
+    ("""
+     from services.evaluator.plugins import evaluator
+     @evaluator("has space", version="1")
+     def f(case):
+         return 1
+     """, "evaluator type 'has space': 1 to 100 letters"),
+    ("x = 1\n", "registers no evaluator"),
+    ("import no_such_module_here\n",
+     "failed to load: ModuleNotFoundError: No module named 'no_such_module_here'"),
+])
+def test_a_plugin_that_cannot_be_used_is_refused_with_its_reason(tmp_path, source, message):
+    path = _plugin(tmp_path, source)
+    with pytest.raises(PluginError) as e:
+        plugins.load([path])
+    assert message in str(e.value)
+
+
+def test_a_plugin_named_wrongly_says_so(tmp_path):
+    with pytest.raises(PluginError, match="no such file"):
+        plugins.load([str(tmp_path / "missing.py")])
+    with pytest.raises(PluginError, match="No module named 'not_a_module_anywhere'"):
+        plugins.load(["not_a_module_anywhere"])
+
+
+def test_the_setting_is_a_comma_separated_list(monkeypatch):
+    monkeypatch.setenv("EVALSTREAM_EVALUATOR_PLUGINS", "team_evals, ./more.py,")
+    assert Settings().evaluator_plugins == ["team_evals", "./more.py"]
