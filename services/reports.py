@@ -247,8 +247,9 @@ def render_evaluators(rows: list[dict]) -> str:
         required = set(schema.get("required", []))
         options = [f"{name}*" if name in required else name
                    for name in schema.get("properties", {}) if name != "pass_threshold"]
-        table.append([e["type"], e["version"], e["source"], e["plugin"] or "built in",
-                      ", ".join(options) or "—"])
+        origin = (f"{e['plugin']} (async)" if e["async"] else e["plugin"]) if e["plugin"] \
+            else "built in"
+        table.append([e["type"], e["version"], e["source"], origin, ", ".join(options) or "—"])
     return "\n".join([*_columns(table), "(* required; every spec also takes name and "
                                         "pass_threshold)"])
 

@@ -67,6 +67,24 @@ class LLMJudgeSettings(BaseModel):
                                  "away and deliver the batch again.")
 
 
+class AsyncEvaluatorSettings(BaseModel):
+    """How the evaluator calls async plugin evaluators (`EVALSTREAM_ASYNC_EVALUATORS__*`): a
+    batch's calls at once, up to `concurrency`, and no longer than `deadline_s`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int = Field(32, ge=1, description="Most async evaluator calls in flight per "
+                                                   "process.")
+    max_batch: int = Field(
+        256, ge=1, description="With an async evaluator loaded, the evaluator takes at most this "
+                               "many records at once, so that a batch's calls end well within "
+                               "`deadline_s`.")
+    deadline_s: float = Field(
+        120.0, gt=0, description="Longest the evaluator waits for a batch's async calls; those "
+                                 "still running are cancelled and become evaluation failures "
+                                 "(rescore them later).")
+
+
 class RetrySettings(BaseModel):
     """How a consumer retries a batch whose work failed (Postgres or the broker down, say):
     `EVALSTREAM_RETRY__*`. The batch is kept and its failed step retried with exponential
@@ -102,6 +120,7 @@ class Settings(BaseSettings):
                     "(services/evaluator/plugins.py); give every service the same list.")
     topics: Topics = Topics()
     llm_judge: LLMJudgeSettings = LLMJudgeSettings()
+    async_evaluators: AsyncEvaluatorSettings = AsyncEvaluatorSettings()
     retry: RetrySettings = RetrySettings()
     topic_partitions: int = Field(8, ge=1, description="Partitions of topics evalstream creates.")
     host: str = "127.0.0.1"

@@ -36,19 +36,19 @@ def register(broker: KafkaBroker, settings: Settings, publisher: EventPublisher,
     async def on_scoring_cases(msg: KafkaMessage) -> None:
         with metrics.consumed_batch("evaluator", msg.raw_message, msg.consumer):
             envelopes = await decode_records(msg.raw_message, publisher)
-            scored = await score_cases(envelopes, judge)
+            scored = await score_cases(envelopes, judge, settings.async_evaluators)
             # The broker unreachable: the scored batch (and its judge verdicts) is kept and its
             # publication retried with backoff (services/messaging.py).
             await until_done(lambda: publisher.publish(settings.topics.scores, scored),
                              "publishing a batch's scores", settings.retry)
 
-    # A judge's calls take the batch's time: with one configured, batches are smaller, so that
-    # they end well within the judge's batch deadline even when every case asks for it.
-    judging = judge.configured
+    # A judge's (or an async plugin's) calls take the batch's time: with one configured, batches
+    # are smaller, so that they end well within the deadline even when every case asks for it.
+    limits = ([settings.llm_judge.max_batch] if judge.configured else []) + (
+        [settings.async_evaluators.max_batch] if plugins.any_async() else [])
     subscribe_batches(broker, settings, [settings.topics.traces, settings.topics.score_requests],
                       settings.evaluator_group, on_scoring_cases,
-                      max_records=min(settings.batch_max_records, settings.llm_judge.max_batch)
-                      if judging else None)
+                      max_records=min([settings.batch_max_records, *limits]) if limits else None)
 
 
 def application_factory(settings: Settings) -> FastStream:

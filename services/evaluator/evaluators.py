@@ -11,7 +11,7 @@ import difflib
 import functools
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from string import Template
 from typing import Annotated, Any, Literal, TypeVar
@@ -56,9 +56,11 @@ class Evaluator:
     fn: EvaluatorFn
     options: type[BaseModel]  # the spec's own options; validate_spec checks them against it
     source: Literal["programmatic", "llm_judge"] = "programmatic"
-    # True: scored asynchronously in batches by its own component (the LLM judge:
-    # services/evaluator/llm_judge.py, LLMJudge.judge_many); `fn` then only refuses.
+    # True: scored asynchronously, a batch's cases at once: by its own component (the LLM judge:
+    # services/evaluator/llm_judge.py, LLMJudge.judge_many), or by `call` (an async plugin's:
+    # services/evaluator/plugins.py, call_many); `fn` then only refuses.
     batched: bool = False
+    call: Callable[[ScoringCase, EvaluatorSpec], Awaitable[Score | None]] | None = None
 
 
 class SpecError(ValueError):

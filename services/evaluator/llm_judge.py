@@ -36,6 +36,7 @@ from tenacity import (
 
 from schemas.common import EvaluatorSpec
 from schemas.traces import ScoringCase
+from services.evaluator.deadline import within_deadline
 from services.evaluator.evaluators import PROMPT_FIELDS, LLMJudgeOptions, Score, parse_options
 from services.settings import LLMJudgeSettings, Settings
 
@@ -293,21 +294,10 @@ class LLMJudge:
     async def _within_deadline(self, calls: list) -> list[Score | BaseException]:
         """Every call's result or exception; a call still running at the batch deadline is
         cancelled and answered with a TimeoutError saying so."""
-        if not calls:
-            return []
-        tasks = [asyncio.ensure_future(call) for call in calls]
         deadline = self.settings.batch_deadline_s
-        _, late = await asyncio.wait(tasks, timeout=deadline)
-        for task in late:
-            task.cancel()
-        if late:
-            await asyncio.wait(late)
-            log.warning("%d judge call(s) unanswered after the batch deadline of %s s",
-                        len(late), deadline)
-        return [TimeoutError(f"the judge did not answer within the batch deadline of "
-                             f"{deadline:g} s (EVALSTREAM_LLM_JUDGE__BATCH_DEADLINE_S); "
-                             "rescore to ask again") if task in late
-                else task.exception() or task.result() for task in tasks]
+        return await within_deadline(calls, deadline, lambda: TimeoutError(
+            f"the judge did not answer within the batch deadline of {deadline:g} s "
+            "(EVALSTREAM_LLM_JUDGE__BATCH_DEADLINE_S); rescore to ask again"))
 
     async def _judge(self, model: str, messages: list[dict[str, str]], scale: Scale) -> Score:
         text, answered_by = await self._complete(model, messages)

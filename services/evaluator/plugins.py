@@ -20,10 +20,15 @@ version gave it. It returns a `Score`, or `True`/`False` (boolean 1/0), a number
 string (a categorical score with that label), or None (nothing to score). One that raises, or
 returns anything else, is that case's evaluator failure, listed in the run's results; the
 case's other evaluators carry on.
+
+An `async def` evaluator (one that calls a service) is awaited by the evaluator service a batch's
+cases at once, within `EVALSTREAM_ASYNC_EVALUATORS__*`'s bound and deadline (`call_many`); a plain
+one runs in the service's event loop, so it should only compute.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import inspect
@@ -31,7 +36,7 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +44,9 @@ from pydantic import BaseModel
 
 from schemas.common import EvaluatorSpec
 from schemas.traces import ScoringCase
+from services.evaluator.deadline import within_deadline
 from services.evaluator.evaluators import REGISTRY, Evaluator, Options, Score, parse_options
-from services.settings import ConfigurationError
+from services.settings import AsyncEvaluatorSettings, ConfigurationError
 
 __all__ = ["Options", "PluginError", "Score", "ScoringCase", "evaluator", "load"]
 
@@ -94,9 +100,6 @@ def evaluator(kind: str, /, *, version: str,
                           "services.evaluator.plugins.Options")
 
     def register(fn: Callable) -> Callable:
-        if inspect.iscoroutinefunction(fn):
-            raise PluginError(f"evaluator {kind!r}: an async function is not supported; "
-                              "the evaluator calls plugins synchronously")
         try:
             takes_options = len(inspect.signature(fn).parameters) >= 2
         except (TypeError, ValueError):
@@ -115,11 +118,24 @@ def evaluator(kind: str, /, *, version: str,
             log.warning("evaluator %r version %s from %s replaces the built-in version %s",
                         kind, version, origin, built_in.version)
 
-        def scored(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
-            parsed = parse_options(options, spec)
-            return as_score(fn(case, parsed) if takes_options else fn(case))
+        if inspect.iscoroutinefunction(fn):
+            async def called(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
+                parsed = parse_options(options, spec)
+                return as_score(await (fn(case, parsed) if takes_options else fn(case)))
 
-        REGISTRY[kind] = Evaluator(kind, version, scored, options)
+            def refuses(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
+                parse_options(options, spec)  # a wrong spec says so first
+                raise RuntimeError(f"{kind} is async: the evaluator service calls it, a batch's "
+                                   "cases at once")
+
+            REGISTRY[kind] = Evaluator(kind, version, refuses, options, batched=True,
+                                       call=called)
+        else:
+            def scored(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
+                parsed = parse_options(options, spec)
+                return as_score(fn(case, parsed) if takes_options else fn(case))
+
+            REGISTRY[kind] = Evaluator(kind, version, scored, options)
         _by_plugin[kind] = origin
         return fn
 
@@ -175,11 +191,38 @@ def load(names: Iterable[str]) -> list[str]:
     return added
 
 
+def any_async() -> bool:
+    """Whether a loaded plugin's evaluator is async (the evaluator then takes smaller batches)."""
+    return any(e.call is not None for e in REGISTRY.values())
+
+
+async def call_many(pairs: Sequence[tuple[ScoringCase, EvaluatorSpec]],
+                    settings: AsyncEvaluatorSettings) -> list[Score | None | BaseException]:
+    """Each (case, spec) of async evaluators scored, in order: its score, None, or the exception
+    that stopped it. At most `settings.concurrency` calls run at once; those still running at
+    `settings.deadline_s` are cancelled and answered with a TimeoutError saying so."""
+    bound = asyncio.Semaphore(settings.concurrency)
+
+    async def one(case: ScoringCase, spec: EvaluatorSpec) -> Score | None:
+        call = REGISTRY[spec.type].call
+        assert call is not None
+        async with bound:
+            return await call(case, spec)
+
+    deadline = settings.deadline_s
+    return await within_deadline([one(case, spec) for case, spec in pairs], deadline,
+                                 lambda: TimeoutError(
+                                     f"no answer within the batch deadline of {deadline:g} s "
+                                     "(EVALSTREAM_ASYNC_EVALUATORS__DEADLINE_S); rescore to try "
+                                     "again"))
+
+
 def describe() -> list[dict[str, Any]]:
     """Every evaluator type known here, for `GET /v1/evaluators`: its version, its source,
     whether a plugin gave it, and its options as JSON Schema."""
     return [{"type": e.type, "version": e.version, "source": e.source,
-             "plugin": _by_plugin.get(e.type), "options": _options_schema(e.options)}
+             "plugin": _by_plugin.get(e.type), "async": e.batched,
+             "options": _options_schema(e.options)}
             for e in sorted(REGISTRY.values(), key=lambda e: e.type)]
 
 

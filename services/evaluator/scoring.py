@@ -7,6 +7,7 @@ request, its completion arrive together, and each trace costs two Kafka records 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,8 @@ from schemas.envelope import Envelope, wrap
 from schemas.scores import CaseFailure, CaseScore, CaseScored
 from schemas.traces import ScoreRequested, ScoringCase, TraceCompleted
 from services.evaluator.evaluators import REGISTRY
+from services.evaluator.plugins import call_many
+from services.settings import AsyncEvaluatorSettings
 
 if TYPE_CHECKING:
     from services.evaluator.evaluators import Score
@@ -104,20 +107,35 @@ def score_batch(envelopes: Iterable[Envelope]) -> list[Envelope]:
     return [score_case(env) for env in envelopes if is_scorable(env.event)]
 
 
-async def score_cases(envelopes: Iterable[Envelope], judge: LLMJudge) -> list[Envelope]:
-    """score_batch, with the batched evaluators' cases of the whole batch sent to `judge` at once
-    (concurrently, up to its bound) before any case is assembled. A batch with no such spec costs
-    one registry lookup per spec more than score_batch.
+async def score_cases(envelopes: Iterable[Envelope], judge: LLMJudge,
+                      async_settings: AsyncEvaluatorSettings | None = None) -> list[Envelope]:
+    """score_batch, with the batched evaluators' cases of the whole batch scored at once before
+    any case is assembled: the LLM judge's sent to `judge` (concurrently, up to its bound), and
+    async plugins' called concurrently (services/evaluator/plugins.py: call_many), the two side
+    by side. A batch with no such spec costs one registry lookup per spec more than score_batch.
 
     The judge is a model, not a pure function: a redelivered case keeps the verdict first applied
     (its CaseScored has the same id), and a replay asks the model again."""
     cases = [env for env in envelopes if is_scorable(env.event)]
-    pairs, slots = [], []
+    judged_pairs, judged_slots, called_pairs, called_slots = [], [], [], []
     for env in cases:
         for n, spec in enumerate(env.event.evaluators):  # type: ignore[attr-defined]
             evaluator = REGISTRY.get(spec.type)
             if evaluator is not None and evaluator.batched:
+                pairs, slots = ((called_pairs, called_slots) if evaluator.call is not None
+                                else (judged_pairs, judged_slots))
                 pairs.append((env.event, spec))
                 slots.append((env.id, n))
-    judged = dict(zip(slots, await judge.judge_many(pairs), strict=True)) if pairs else None
+    if not (judged_pairs or called_pairs):
+        return [score_case(env) for env in cases]
+    judged_results, called_results = await asyncio.gather(
+        judge.judge_many(judged_pairs) if judged_pairs else _nothing(),
+        call_many(called_pairs, async_settings or AsyncEvaluatorSettings()) if called_pairs
+        else _nothing())
+    judged = dict(zip(judged_slots, judged_results, strict=True))
+    judged.update(zip(called_slots, called_results, strict=True))
     return [score_case(env, judged) for env in cases]
+
+
+async def _nothing() -> list:
+    return []

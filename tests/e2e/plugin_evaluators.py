@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pydantic import Field
 
 from services.evaluator.plugins import Options, Score, evaluator
@@ -28,3 +30,10 @@ def tone(case):
         raise RuntimeError("the tone model fell over")
     return Score(0.0, "categorical", string_value="shouting" if text.isupper() else "calm",
                  comment=f"{len(text)} characters")
+
+
+@evaluator("length_share", version="1")
+async def length_share(case):
+    """Async, as one calling a service would be: the output's length over 20, at most 1."""
+    await asyncio.sleep(0.01)
+    return min(1.0, len(str(case.output or "")) / 20)

@@ -23,6 +23,7 @@ async def test_a_plugins_evaluators_are_listed_checked_and_scored(api, migrated)
     assert (by_type["word_limit"]["version"], by_type["word_limit"]["plugin"]) == ("1", PLUGIN)
     assert by_type["word_limit"]["options"]["required"] == ["max_words"]
     assert (by_type["tone"]["version"], by_type["contains"]["plugin"]) == ("3", None)
+    assert (by_type["length_share"]["async"], by_type["tone"]["async"]) == (True, False)
 
     # A plugin's spec is checked by ingest as a built-in one is: the field at fault is named.
     r = await api.ingest.post("/v1/datasets", json={"name": "d", "evaluators": [
@@ -40,7 +41,7 @@ async def test_a_plugins_evaluators_are_listed_checked_and_scored(api, migrated)
     items = [{"id": f"{prefix}-{n}", "expected_output": "Paris"} for n in range(4)]
     dataset_id = await api.dataset_with_items(items, [
         {"type": "word_limit", "max_words": 2, "name": "short"}, {"type": "tone"},
-        {"type": "exact_match"}])
+        {"type": "exact_match"}, {"type": "length_share"}])
     run_id = await api.run_with_outputs(
         dataset_id, items, ["Paris", "PARIS, OF COURSE", "It is Paris boom", ""])
     summary = await api.eventually(
@@ -48,6 +49,8 @@ async def test_a_plugins_evaluators_are_listed_checked_and_scored(api, migrated)
     summary = await api.eventually(f"/v1/runs/{run_id}",
                                    lambda s: s["scores"].get("short", {}).get("count") == 4)
     assert summary["scores"]["short"]["average"] == pytest.approx(0.5)  # 1, 0, 0, 1 ("" → 0 words)
+    assert summary["scores"]["length_share"]["average"] == pytest.approx(
+        (5 + 16 + 16 + 0) / 20 / 4)  # async: awaited by the evaluator, a batch's cases at once
     # The empty output has no tone; "boom" made it raise: two labels.
     assert summary["scores"]["tone"]["labels"] == {"calm": 1, "shouting": 1}
     results = {r["dataset_item_id"]: r for r in (await api.query.get(

@@ -3,6 +3,7 @@ built-in ones and scored by the same code path (services/evaluator/plugins.py)."
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from datetime import UTC, datetime
 
@@ -13,9 +14,10 @@ from schemas.envelope import wrap
 from schemas.traces import TraceCompleted
 from services.evaluator import evaluators, plugins
 from services.evaluator.evaluators import SpecError, validate_spec
+from services.evaluator.llm_judge import LLMJudge
 from services.evaluator.plugins import PluginError
-from services.evaluator.scoring import score_case
-from services.settings import Settings
+from services.evaluator.scoring import score_case, score_cases
+from services.settings import AsyncEvaluatorSettings, LLMJudgeSettings, Settings
 
 AT = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -153,12 +155,6 @@ def test_a_plugin_may_replace_a_built_in_evaluator_under_another_version(tmp_pat
          return 1
      """, "evaluator 'twice' is registered twice"),
     ("""
-     from services.evaluator.plugins import evaluator
-     @evaluator("slow", version="1")
-     async def slow(case):
-         return 1
-     """, "an async function is not supported"),
-    ("""
      from pydantic import BaseModel
      from services.evaluator.plugins import evaluator
      class Opts(BaseModel):
@@ -194,3 +190,63 @@ def test_a_plugin_named_wrongly_says_so(tmp_path):
 def test_the_setting_is_a_comma_separated_list(monkeypatch):
     monkeypatch.setenv("EVALSTREAM_EVALUATOR_PLUGINS", "team_evals, ./more.py,")
     assert Settings().evaluator_plugins == ["team_evals", "./more.py"]
+
+
+ASYNC_PLUGIN = """
+    import asyncio
+    from services.evaluator.plugins import Options, evaluator
+
+    in_flight = peak = 0
+
+    class Wait(Options):
+        seconds: float = 0.01
+
+    @evaluator("remote_check", version="2", options=Wait)
+    async def remote_check(case, options):
+        global in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(options.seconds)
+            if case.output == "raise":
+                raise ConnectionError("the checker is down")
+            return len(str(case.output)) / 10
+        finally:
+            in_flight -= 1
+"""
+
+
+def _envelopes(outputs, specs):
+    return [wrap(TraceCompleted(trace_id=f"t{n}", run_id="r1", dataset_item_id=f"i{n}",
+                                output=out, status="succeeded", completed_at=AT,
+                                evaluators=specs), source="t", key="r1", id=f"e{n}")
+            for n, out in enumerate(outputs)]
+
+
+async def test_an_async_plugin_scores_a_batchs_cases_concurrently_within_its_bound(tmp_path):
+    plugins.load([_plugin(tmp_path, ASYNC_PLUGIN, name="remote.py")])
+    module = sys.modules["evalstream_plugin_remote"]
+    assert plugins.any_async()
+    specs = (EvaluatorSpec(type="remote_check"), EvaluatorSpec(type="exact_match"))
+    outputs = ["abcde", "raise", *["x" * n for n in range(10)]]
+    scored = await score_cases(_envelopes(outputs, specs), LLMJudge(LLMJudgeSettings()),
+                               AsyncEvaluatorSettings(concurrency=4))
+    events = [env.event for env in scored]
+    assert [[(s.name, s.value, s.evaluator_version) for s in e.scores] for e in events[:2]] == [
+        [("remote_check", 0.5, "2")], []]
+    assert [f.reason for f in events[1].failures] == ["ConnectionError: the checker is down"]
+    assert [e.scores[0].value for e in events[2:]] == [n / 10 for n in range(10)]
+    assert module.peak == 4  # 12 calls, at most 4 at once
+
+
+async def test_an_async_plugins_calls_still_running_at_the_deadline_are_failures(tmp_path):
+    plugins.load([_plugin(tmp_path, ASYNC_PLUGIN, name="remote.py")])
+    specs = (EvaluatorSpec(type="remote_check", seconds=5), EvaluatorSpec(type="exact_match"),
+             EvaluatorSpec(type="remote_check", name="quick"))
+    scored = await score_cases(_envelopes(["abc"], specs), LLMJudge(LLMJudgeSettings()),
+                               AsyncEvaluatorSettings(deadline_s=0.2))
+    case = scored[0].event
+    assert [(s.name, s.value) for s in case.scores] == [("quick", 0.3)]
+    assert [(f.name, f.reason) for f in case.failures] == [
+        ("remote_check", "TimeoutError: no answer within the batch deadline of 0.2 s "
+                         "(EVALSTREAM_ASYNC_EVALUATORS__DEADLINE_S); rescore to try again")]
