@@ -19,6 +19,8 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 JSONValue = Any
 ScoreSource = Literal["programmatic", "manual", "llm_judge"]
 ScoreDataType = Literal["numeric", "boolean", "categorical"]
+# A boolean or numeric score passes at or above its spec's `pass_threshold`, else this.
+PASS_THRESHOLD = 0.5
 TraceStatus = Literal["succeeded", "failed"]
 
 

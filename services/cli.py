@@ -718,14 +718,23 @@ def runs_command(
     _listing(lambda api: runs(api, dataset, limit), render_runs, query_url, api_key, as_json)
 
 
-@app.command("evaluators", rich_help_panel="Evaluate")
+evaluators_app = typer.Typer(help="The evaluator types specs can name, and trying specs on "
+                                   "outputs.", no_args_is_help=False)
+app.add_typer(evaluators_app, name="evaluators", rich_help_panel="Evaluate")
+
+
+@evaluators_app.callback(invoke_without_command=True)
 def evaluators_command(
+    ctx: typer.Context,
     ingest_url: IngestUrl = None,
     api_key: ClientKey = None,
     as_json: bool = typer.Option(False, "--json", help="Print them as JSON."),
 ) -> None:
     """The evaluator types specs can name — built in, and your own from the plugins the ingest
-    API loaded (EVALSTREAM_EVALUATOR_PLUGINS) —, with their versions and options."""
+    API loaded (EVALSTREAM_EVALUATOR_PLUGINS) —, with their versions and options; `evalstream
+    evaluators try` scores outputs with specs."""
+    if ctx.invoked_subcommand is not None:
+        return
     import json
 
     from services.reports import render_evaluators
@@ -733,6 +742,80 @@ def evaluators_command(
     with _query_api(ingest_url, api_key, "evalstream", ingest=True) as api:
         rows = api.get("/v1/evaluators")["evaluators"]
     typer.echo(json.dumps(rows) if as_json else render_evaluators(rows))
+
+
+@evaluators_app.command("try")
+def try_evaluators(
+    specs: list[str] = typer.Argument(
+        None, metavar="[SPEC]...", help='Evaluator specs as JSON, e.g. \'{"type": "regex", '
+                                        '"pattern": "^\\\\d+$"}\'.'),
+    specs_file: Path | None = typer.Option(
+        None, "--specs", exists=True, dir_okay=False,
+        help="JSON or YAML file of specs (a list, or {evaluators: [...]}), besides those given."),
+    output: str | None = typer.Option(None, help="An output to score, as text."),
+    expected: str | None = typer.Option(None, help="Its expected output, as text."),
+    input_: str | None = typer.Option(None, "--input", help="Its input, as text."),
+    cases_file: Path | None = typer.Option(
+        None, "--cases", exists=True, dir_okay=False,
+        help="Cases to score: JSON Lines, or a JSON/YAML list, of {input, output, "
+             "expected_output, metadata} (any JSON values; at most 100)."),
+    ingest_url: IngestUrl = None,
+    api_key: ClientKey = None,
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Score outputs with evaluator specs as the evaluator would — built-in types, your plugins,
+    the LLM judge if ingest has one — and print each score, whether it passes, and each
+    evaluator failure. Nothing is stored: for writing a spec against examples."""
+    import json
+
+    from services.reports import render_trial
+
+    given = []
+    for n, text in enumerate(specs or []):
+        try:
+            given.append(json.loads(text))
+        except ValueError as e:
+            raise typer.BadParameter(f"spec {n + 1} is not JSON: {e}", param_hint="SPEC") \
+                from None
+    if specs_file is not None:
+        from services.replay import SpecFileError, load_specs
+
+        try:
+            given += [s.model_dump(exclude_none=True) for s in load_specs(specs_file)]
+        except SpecFileError as e:
+            raise typer.BadParameter(str(e), param_hint="--specs") from None
+    if not given:
+        raise typer.BadParameter("give a spec, as JSON or in a --specs file", param_hint="SPEC")
+    cases: list = []
+    if output is not None:
+        cases.append({"input": input_, "output": output, "expected_output": expected})
+    if cases_file is not None:
+        cases += _cases(cases_file)
+    if not cases:
+        raise typer.BadParameter("give --output (with --expected, --input) or a --cases file",
+                                 param_hint="--output")
+    with _query_api(ingest_url, api_key, "evalstream", ingest=True) as api:
+        results = api.post("/v1/evaluators/try", {"evaluators": given,
+                                                   "cases": cases})["results"]
+    typer.echo(json.dumps(results) if as_json else render_trial(cases, results))
+
+
+def _cases(path: Path) -> list:
+    """The cases of a JSON Lines file, or of a JSON or YAML list."""
+    import json
+
+    import yaml
+
+    try:
+        text = path.read_text()
+        data = ([json.loads(line) for line in text.splitlines() if line.strip()]
+                if path.suffix == ".jsonl" else yaml.safe_load(text))
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise typer.BadParameter(f"{path}: {e}", param_hint="--cases") from None
+    if not isinstance(data, list) or not all(isinstance(c, dict) for c in data):
+        raise typer.BadParameter(f"{path}: expected a list of objects with an `output`",
+                                 param_hint="--cases")
+    return data
 
 
 def _listing(fetch, render, query_url: str | None, api_key: str | None, as_json: bool) -> None:

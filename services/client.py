@@ -73,7 +73,8 @@ def refusal(r: httpx.Response) -> str:
 
 class QueryApi:
     """The query API for the client commands: `get` any path (ApiError when it does not
-    answer 200), and the calls `check` makes."""
+    answer 200), and the calls `check` makes; with another `name` and URL, ingest's GET and
+    POST endpoints that answer at once (`post`)."""
 
     def __init__(self, url: str, api_key: str | None, timeout: float = 30.0,
                  name: str = "query API"):
@@ -95,6 +96,19 @@ class QueryApi:
             # 502/503/504: a gateway, or the API without its database for a moment (a 503, see
             # README, HTTP API); any other answer will not change by asking again.
             raise ApiError(f"{path}: {refusal(response)}",
+                             "unavailable" if response.status_code in (502, 503, 504)
+                             else "refused")
+        return response.json()
+
+    def post(self, path: str, body: object, expect: int = 200) -> dict:
+        """POST `body` as JSON; ApiError unless the answer is `expect` (a 422 names the field)."""
+        try:
+            response = self._client.post(path, json=body)
+        except httpx.HTTPError as e:
+            raise ApiError(f"{self._name} at {self._client.base_url} unreachable: {e}",
+                             "unavailable") from None
+        if response.status_code != expect:
+            raise ApiError(f"POST {path}: {refusal(response)}",
                              "unavailable" if response.status_code in (502, 503, 504)
                              else "refused")
         return response.json()

@@ -254,6 +254,25 @@ def render_evaluators(rows: list[dict]) -> str:
                                         "pass_threshold)"])
 
 
+def render_trial(cases: list[dict], results: list[dict]) -> str:
+    """Each case tried, with its output (and expected output), then each score — value or label,
+    passed or failed, comment — and each evaluator that failed with its reason."""
+    lines: list[str] = []
+    for n, (case, result) in enumerate(zip(cases, results, strict=True), 1):
+        said = f"case {n}: output {_short(case.get('output'))}"
+        if case.get("expected_output") is not None:
+            said += f", expected {_short(case['expected_output'])}"
+        lines.append(said)
+        table = [["  " + s["name"], s["label"] if s["label"] is not None else f"{s['value']:g}",
+                  {True: "passed", False: "failed", None: "—"}[s["passed"]],
+                  s["comment"] or ""] for s in result["scores"]]
+        lines += _columns(table) if table else []
+        lines += [f"  {f['name']}  evaluator failed: {f['reason']}" for f in result["failures"]]
+        if not (result["scores"] or result["failures"]):
+            lines.append("  no score (nothing to compare with)")
+    return "\n".join(lines)
+
+
 def _more(shown: int, total: int, what: str) -> list[str]:
     return [f"({shown} of {total} {what}, newest first; --limit for more)"] \
         if shown < total else []

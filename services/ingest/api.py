@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from schemas.catalog import DatasetItemsDeleted
 from schemas.scores import ScoreRecorded, ScoreRetracted
-from services.evaluator import plugins
+from services.evaluator import plugins, trial
 from services.ingest import rescoring
 from services.ingest.catalog import Catalog
 from services.ingest.commands import (
@@ -26,6 +26,7 @@ from services.ingest.commands import (
     SetBaseline,
     Specs,
     StartRun,
+    TryEvaluators,
     UpsertItems,
 )
 from services.messaging import EventPublisher
@@ -49,6 +50,17 @@ async def list_evaluators() -> dict:
     """The evaluator types this ingest accepts in specs (built in, and those of the plugins it
     loaded: EVALSTREAM_EVALUATOR_PLUGINS), with their version and options as JSON Schema."""
     return {"evaluators": plugins.describe()}
+
+
+@router.post("/evaluators/try")
+async def try_evaluators(cmd: TryEvaluators, request: Request) -> dict:
+    """Score up to 100 outputs with the given specs, as the evaluator would — built-in types,
+    plugins, and the LLM judge if this ingest has EVALSTREAM_LLM_JUDGE__BASE_URL — and answer
+    with each case's scores (value, label, passed, comment) and failures. Nothing is published
+    or stored: for writing a spec against examples before a dataset uses it."""
+    results = await trial.try_specs(cmd.evaluators, [c.model_dump() for c in cmd.cases],
+                                    request.app.state.settings)
+    return {"results": results}
 
 
 @router.post("/datasets", status_code=status.HTTP_201_CREATED)

@@ -142,6 +142,21 @@ class EvaluateRun(Command):
         examples=[[{"type": "contains", "name": "mentions_city", "keywords": ["paris", "rome"]}]])
 
 
+class TryCase(Command):
+    input: JSONValue = None
+    output: JSONValue = Field(description="The output to score (any JSON; null allowed).")
+    expected_output: JSONValue = None
+    metadata: dict[str, Any] | None = None
+
+
+class TryEvaluators(Command):
+    """Specs tried on a few outputs: scored as the evaluator would, nothing published."""
+
+    evaluators: Specs = Field(min_length=1, examples=[[{"type": "regex", "pattern": r"^\d+$"}]])
+    cases: list[TryCase] = Field(min_length=1, max_length=100,
+                                 examples=[[{"output": "42", "expected_output": "42"}]])
+
+
 class RecordScore(Command):
     """A person's verdict on one run item; a later verdict of the same name replaces it."""
 

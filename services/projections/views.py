@@ -11,7 +11,7 @@ from typing import Literal
 import asyncpg
 
 # A score passes at or above its spec's `pass_threshold` (scores.pass_threshold), else this.
-PASS_THRESHOLD = 0.5
+from schemas.common import PASS_THRESHOLD
 
 # Categorical scores are counted per label; only boolean and numeric scores have a value that
 # averages, passes or fails, and compares. {rm}-free SQL of an item's scores of one name, as

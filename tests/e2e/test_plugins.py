@@ -81,3 +81,45 @@ async def test_a_plugin_that_does_not_load_stops_the_service_with_its_reason(mig
     assert err.decode().strip().splitlines()[-1] == (
         f"evalstream: evaluator plugin '{broken}' failed to load: ModuleNotFoundError: "
         "No module named 'not_installed_anywhere'")
+
+
+async def test_specs_are_tried_on_outputs_without_a_run(api, migrated, fake_judge):
+    r = await api.ingest.post("/v1/evaluators/try", json={"evaluators": [
+        {"type": "regex", "pattern": r"^\d+$", "name": "digits"},
+        {"type": "word_limit", "max_words": 1}, {"type": "llm_judge", "criteria": "correct"},
+        {"type": "length_share", "pass_threshold": 0.8}, {"type": "tone"}],
+        "cases": [{"output": "42", "expected_output": "42"},
+                  {"output": "Paris, boom", "expected_output": "paris", "input": "Capital?"}]})
+    assert r.status_code == 200, r.text
+    first, second = r.json()["results"]
+
+    def scores(result):
+        return {s["name"]: (s["value"], s["label"], s["passed"]) for s in result["scores"]}
+
+    assert scores(first) == {"digits": (1.0, None, True), "word_limit": (1.0, None, True),
+                             "llm_judge": (1.0, None, True),  # the fake judge: output ⊇ expected
+                             "length_share": (0.1, None, False), "tone": (0.0, "calm", None)}
+    assert first["failures"] == []
+    assert scores(second) == {"digits": (0.0, None, False), "word_limit": (0.0, None, False),
+                              "llm_judge": (1.0, None, True),
+                              "length_share": (pytest.approx(0.55), None, False)}
+    assert second["failures"] == [{"name": "tone", "evaluator": "tone",
+                                   "reason": "RuntimeError: the tone model fell over"}]
+
+    # Wrong specs and cases are named as everywhere else.
+    r = await api.ingest.post("/v1/evaluators/try", json={
+        "evaluators": [{"type": "regex"}], "cases": [{"output": "x"}]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "evaluators", 0]
+    assert "pattern" in r.json()["detail"][0]["msg"]
+    r = await api.ingest.post("/v1/evaluators/try", json={
+        "evaluators": [{"type": "exact_match"}], "cases": []})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "cases"]
+
+    env = settings_env(migrated) | {
+        "EVALSTREAM_INGEST_URL": f"http://127.0.0.1:{migrated.ingest_port}"}
+    out = await evalstream_command(env, "evaluators", "try",
+                                   r'{"type": "regex", "pattern": "^\\d+$"}',
+                                   '{"type": "exact_match"}', "--output", "42", "--expected", "41")
+    assert out.splitlines() == ['case 1: output "42", expected "41"',
+                                "  regex        1  passed",
+                                "  exact_match  0  failed"]
