@@ -61,7 +61,8 @@ async def migrate_all(settings: Settings) -> None:
 
     conn = await asyncpg.connect(settings.dsn)
     try:
-        await create_dashboard_views(conn, live, settings.dashboard_schema)
+        await create_dashboard_views(conn, live, settings.dashboard_schema,
+                                     reader_password=settings.reader_password)
     finally:
         await conn.close()
 

@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     metrics_port: int | None = None
     catalog_schema: str = "catalog"
     read_model_schema: str = Field("read_model", description="Live read-model schema.")
+    reader_password: SecretStr | None = Field(
+        None, description="Given by `migrate` to the dashboard views' read-only role "
+                          "(evalstream_reader), for a dashboard connecting over the network.")
     dashboard_schema: str = Field(
         "dashboard", description="Schema of the SQL views dashboards read (docs/dashboards.md).")
     evaluator_group: str = "evalstream-evaluator"

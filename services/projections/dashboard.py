@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import asyncpg
+from pydantic import SecretStr
 
 from services.database import checked_schema
 from services.projections.views import (
@@ -201,10 +202,21 @@ async def _ensure_role(conn: asyncpg.Connection, role: str) -> bool:
     return True
 
 
+async def _set_password(conn: asyncpg.Connection, role: str, password: str) -> None:
+    try:
+        async with conn.transaction():
+            await conn.execute(f'ALTER ROLE "{role}" PASSWORD {_literal(password)}')
+    except asyncpg.InsufficientPrivilegeError:
+        log.warning("cannot give role %s its password (no CREATEROLE); give it one as an "
+                    "administrator: ALTER ROLE %s PASSWORD '…'", role, role)
+
+
 async def create_dashboard_views(conn: asyncpg.Connection, read_model_schema: str,
-                                 dashboard_schema: str, *, reader_role: str = READER_ROLE) -> None:
+                                 dashboard_schema: str, *, reader_role: str = READER_ROLE,
+                                 reader_password: SecretStr | None = None) -> None:
     """(Re)create the dashboard views in `dashboard_schema` over `read_model_schema`, with their
-    comments, and let `reader_role` (created if need be) read them and nothing else.
+    comments, and let `reader_role` (created if need be, and given `reader_password` when one is
+    set: a dashboard connecting over the network needs one) read them and nothing else.
 
     Idempotent. Inside a caller's transaction every view switches when that transaction commits;
     outside one it runs in its own."""
@@ -228,3 +240,5 @@ async def create_dashboard_views(conn: asyncpg.Connection, read_model_schema: st
             # read-model tables themselves.
             await conn.execute(f'GRANT USAGE ON SCHEMA "{dash}" TO "{role}"')
             await conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{dash}" TO "{role}"')
+            if reader_password is not None:
+                await _set_password(conn, role, reader_password.get_secret_value())

@@ -251,3 +251,111 @@ async def test_views_switch_to_another_read_model_and_back(dashboard):
         assert len(names) == 3
     finally:
         await conn.execute(f"DROP VIEW IF EXISTS {schema}.panel")
+
+
+GRAFANA = ROOT / "grafana"
+
+
+def _grafana_queries() -> dict[str, str]:
+    """Every SQL the provisioned Grafana dashboard runs: its variables' and its panels'."""
+    board = json.loads((GRAFANA / "dashboards" / "evalstream.json").read_text())
+    queries = {f"variable {v['name']}": v["query"] for v in board["templating"]["list"]}
+    for panel in board["panels"]:
+        (target,) = panel["targets"]
+        queries[panel["title"]] = target["rawSql"]
+    return queries
+
+
+def test_the_grafana_dashboard_reads_the_provisioned_reader_source():
+    import yaml
+
+    (source,) = yaml.safe_load(
+        (GRAFANA / "provisioning" / "datasources" / "evalstream.yaml").read_text())["datasources"]
+    assert source["user"] == READER_ROLE
+    board = json.loads((GRAFANA / "dashboards" / "evalstream.json").read_text())
+    used = [p["datasource"] for p in board["panels"]] + [
+        t["datasource"] for p in board["panels"] for t in p["targets"]] + [
+        v["datasource"] for v in board["templating"]["list"]]
+    assert {(d["type"], d["uid"]) for d in used} == {(source["type"], source["uid"])}
+    assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
+    provider = yaml.safe_load(
+        (GRAFANA / "provisioning" / "dashboards" / "evalstream.yaml").read_text())["providers"]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["grafana"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["volumes"] if v.startswith("./")}
+    assert mounts[provider[0]["options"]["path"]] == "./grafana/dashboards"
+    assert mounts["/etc/grafana/provisioning"] == "./grafana/provisioning"
+
+
+async def test_the_grafana_dashboards_queries_give_the_scenarios_figures_as_the_reader(dashboard):
+    """Each of the dashboard's queries, its variables filled in as Grafana does (text), run as the
+    read-only role on the views over the scenario: run B against baseline A."""
+    runs = dashboard["runs"]
+    filled = {"$dataset": dashboard["dataset_id"], "$baseline": runs["A"], "$run": runs["B"],
+              "$key": "region", "dashboard.": f"{dashboard['schema']}."}
+
+    async def run_all(conn):
+        answers = {}
+        for name, sql in _grafana_queries().items():
+            for variable, value in filled.items():
+                sql = sql.replace(variable, value)
+            answers[name] = [dict(r) for r in await conn.fetch(sql)]
+        return answers
+
+    got = await _as_reader(dashboard["dsn"], run_all)
+    assert got["variable dataset"] == [{"__text": "capitals",
+                                        "__value": dashboard["dataset_id"]}]
+    assert [r["__value"] for r in got["variable run"]] == [runs[k] for k in "CBA"]
+    assert got["variable baseline"][0]["__value"] == runs["C"]  # the newest other run
+    assert [r["__value"] for r in got["variable key"]] == ["geo", "region", "tags"]
+
+    expected = sc.run_figures("B")
+    (stat,) = got["Run $run"]
+    assert (stat["completed"], stat["failed traces"], stat["missing"]) == (
+        expected["completed_items"], expected["failed_items"], expected["missing_items"])
+    assert stat["pass rate"] == pytest.approx(expected["pass_rate"])
+    assert stat["cost (USD)"] == pytest.approx(expected["total_cost"])
+    assert {r["score"]: (r["average"], r["pass rate"], r["items"])
+            for r in got["Scores of $run"]} == {
+        name: (pytest.approx(f["average"]), pytest.approx(f["pass_rate"]), f["count"])
+        for name, f in expected["scores"].items()}
+
+    compared = sc.score_figures(["A", "B"], "A")
+    assert {r["score"]: (r["improved"], r["regressed"])
+            for r in got["$run against $baseline, per score"]} == {
+        name: (per_run["B"]["improvements"], per_run["B"]["regressions"])
+        for name, per_run in compared.items()}
+    regressed = sorted((dashboard["item_ids"][n], name) for n, item in enumerate(
+        sc.item_figures(["A", "B"], "A")) for name in item["runs"]["B"]["regressed"])
+    assert sorted((r["item"], r["score"]) for r in got[
+        "Items that regressed against $baseline"]) == regressed
+
+    over_time = got["Pass rate per score, run after run"]
+    assert sorted((r["metric"], round(r["value"], 9)) for r in over_time) == sorted(
+        (name, round(f["pass_rate"], 9)) for run in "ABC"
+        for name, f in sc.run_figures(run)["scores"].items())
+
+    by_region = got['Pass rate per value of item metadata "$key"']
+    assert sorted({r["value"] for r in by_region}) == sorted(set(sc.REGIONS))
+    items = got["Items of $run, failures and lowest scores first"]
+    assert [r["status"] for r in items[:2]] == sorted(
+        sc.status("B", n) for n in range(len(sc.QUESTIONS)) if sc.status("B", n) != "succeeded")
+    assert len(items) == len(sc.QUESTIONS)
+
+
+async def test_migrate_gives_the_reader_its_password_when_one_is_set(dashboard):
+    from pydantic import SecretStr
+
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    conn = dashboard["conn"]
+    try:
+        await create_dashboard_views(conn, dashboard["read_model"], dashboard["schema"],
+                                     reader_role=role)
+        assert await conn.fetchval(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1", role) is None
+        await create_dashboard_views(conn, dashboard["read_model"], dashboard["schema"],
+                                     reader_role=role, reader_password=SecretStr("it's s3cret"))
+        stored = await conn.fetchval("SELECT rolpassword FROM pg_authid WHERE rolname = $1", role)
+        assert stored is not None and stored.startswith(("SCRAM-SHA-256$", "md5"))
+    finally:
+        await conn.execute(f'DROP OWNED BY "{role}"')
+        await conn.execute(f'DROP ROLE "{role}"')
