@@ -233,6 +233,10 @@ def check(
         help="Query API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_QUERY_PORT>)."),
     api_key: ClientKey = None,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    summary_file: Path | None = typer.Option(
+        None, "--summary", dir_okay=False,
+        help='Also append the report, with the run\'s scores (against --baseline), as Markdown '
+             'to this file, e.g. --summary "$GITHUB_STEP_SUMMARY".'),
 ) -> None:
     """The gate for a CI job: wait until the run is scored, then check its pass rates, the items
     that regressed against --baseline and its evaluator failures. Exit 0 when every check is met,
@@ -264,6 +268,13 @@ def check(
             api, run_id, min_pass_rate=min_pass_rate, minimums=minimums, baseline=baseline,
             max_regressions=max_regressions, max_failures=max_failures, by=by, items=items,
             wait=wait, on_wait=waiting)
+        if summary_file is not None:
+            from services.reports import fetch_comparison, markdown_check
+
+            compared = fetch_comparison(api, run_id, report.baseline, 10) \
+                if report.baseline else None
+            with summary_file.open("a") as out:
+                out.write(markdown_check(report, api.summary(run_id), compared))
     if as_json:
         typer.echo(json.dumps(report.as_dict()))
     else:
@@ -598,17 +609,20 @@ def compare(
     query_url: QueryUrl = None,
     api_key: ClientKey = None,
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print it as GitHub Markdown (for a "
+                                                            "pull request's comment)."),
 ) -> None:
     """A run against a baseline run of its dataset: the summaries side by side, each score's
     pass rate and average with the change, how many items got better or worse, and the items
     that regressed, improved or changed status, with their outputs."""
     import json
 
-    from services.reports import fetch_comparison, render_comparison
+    from services.reports import fetch_comparison, markdown_comparison, render_comparison
 
     with _query_api(query_url, api_key, "compare") as api:
         comparison = fetch_comparison(api, run_id, baseline, items)
-    typer.echo(json.dumps(comparison) if as_json else render_comparison(comparison, run_id))
+    typer.echo(json.dumps(comparison) if as_json else markdown_comparison(comparison, run_id)
+               if markdown else render_comparison(comparison, run_id))
 
 
 @app.command(rich_help_panel="Evaluate")

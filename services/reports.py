@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from services.check import CheckReport
 from services.client import ApiError, QueryApi
 
 OUTPUT_CHARS = 60  # of an output, in the lists of items
@@ -55,7 +56,9 @@ def _columns(rows: list[list[str]]) -> list[str]:
             for r in rows]
 
 
-def _changed(item: dict, baseline: str, run_id: str, which: str) -> str:
+def _changed(item: dict, baseline: str, run_id: str, which: str) -> tuple[str, str, str, str]:
+    """An item of a comparison's list: its id, what changed, and its baseline's and run's
+    outputs (or status and error)."""
     before = next(r for r in item["runs"] if r["run_id"] == baseline)
     after = next(r for r in item["runs"] if r["run_id"] == run_id)
     names = {"regressions": after["regressed"], "improvements": after["improved"]}.get(which) or []
@@ -67,30 +70,29 @@ def _changed(item: dict, baseline: str, run_id: str, which: str) -> str:
     def shown(r: dict) -> str:
         return _short(r["output"]) if r["status"] == "succeeded" else \
             f"{r['status']}{': ' + _short(r['error']) if r.get('error') else ''}"
-    return f"  {item['dataset_item_id']}  {scores}   {shown(before)} → {shown(after)}"
+    return item["dataset_item_id"], scores, shown(before), shown(after)
 
 
-def render_comparison(c: dict, run_id: str) -> str:
-    """The comparison as text."""
+def _comparison_tables(c: dict, run_id: str) -> tuple[dict, dict, list[list[str]],
+                                                       list[list[str]]]:
+    """The baseline's and the run's summaries, the table of both runs' figures and the table of
+    their scores, each with its heading row."""
     baseline = c["baseline"]
     runs = {r["id"]: r for r in c["runs"]}
     b, r = runs[baseline], runs[run_id]
-    lines = [f"dataset {r['dataset_name']} ({c['dataset_id']}): run {r['name']} ({run_id}) "
-             f"against baseline {b['name']} ({baseline})", ""]
 
     def ms(v: float | None) -> str:
         return "—" if v is None else f"{v:,.0f} ms"
-    table = [["", "baseline", "run", "change"],
-             ["items completed", f"{b['completed_items']} of {b['total_items']}",
-              f"{r['completed_items']} of {r['total_items']}", ""],
-             ["items failed", str(b["failed_items"]), str(r["failed_items"]), ""],
-             ["pass rate", _percent(b["pass_rate"]), _percent(r["pass_rate"]),
-              _points(None if None in (b["pass_rate"], r["pass_rate"])
-                      else r["pass_rate"] - b["pass_rate"])],
-             ["cost", f"{b['total_cost'] or 0:g}", f"{r['total_cost'] or 0:g}", ""],
-             ["latency p50", ms(b["latency_p50_ms"]), ms(r["latency_p50_ms"]), ""]]
-    lines += _columns(table) + [""]
-    table = [["score", "baseline", "run", "change", "better", "worse", "same"]]
+    figures = [["", "baseline", "run", "change"],
+               ["items completed", f"{b['completed_items']} of {b['total_items']}",
+                f"{r['completed_items']} of {r['total_items']}", ""],
+               ["items failed", str(b["failed_items"]), str(r["failed_items"]), ""],
+               ["pass rate", _percent(b["pass_rate"]), _percent(r["pass_rate"]),
+                _points(None if None in (b["pass_rate"], r["pass_rate"])
+                        else r["pass_rate"] - b["pass_rate"])],
+               ["cost", f"{b['total_cost'] or 0:g}", f"{r['total_cost'] or 0:g}", ""],
+               ["latency p50", ms(b["latency_p50_ms"]), ms(r["latency_p50_ms"]), ""]]
+    scores = [["score", "baseline", "run", "change", "better", "worse", "same"]]
     for score in c["scores"]:
         sb = next(x for x in score["runs"] if x["run_id"] == baseline)
         sr = next(x for x in score["runs"] if x["run_id"] == run_id)
@@ -100,17 +102,73 @@ def render_comparison(c: dict, run_id: str) -> str:
                 return "—"
             avg = "" if x["average"] is None else f" (avg {x['average']:.3f})"
             return f"{_percent(x['pass_rate'])}{avg}"
-        table.append([score["name"], cell(sb), cell(sr), _points(sr["delta_pass_rate"]),
-                      *(str(sr[k]) if sr[k] is not None else "" for k in
-                        ("improvements", "regressions", "unchanged"))])
-    lines += _columns(table)
+        scores.append([score["name"], cell(sb), cell(sr), _points(sr["delta_pass_rate"]),
+                       *(str(sr[k]) if sr[k] is not None else "" for k in
+                         ("improvements", "regressions", "unchanged"))])
+    return b, r, figures, scores
+
+
+def _list_heading(c: dict, which: str) -> str:
+    page = c[which]
+    shown = len(page["items"])
+    return f"{which.replace('_', ' ')}: {page['total']}" + (
+        f" (the first {shown})" if 0 < shown < page["total"] else "")
+
+
+def render_comparison(c: dict, run_id: str) -> str:
+    """The comparison as text."""
+    b, r, figures, scores = _comparison_tables(c, run_id)
+    lines = [f"dataset {r['dataset_name']} ({c['dataset_id']}): run {r['name']} ({run_id}) "
+             f"against baseline {b['name']} ({c['baseline']})", ""]
+    lines += _columns(figures) + [""] + _columns(scores)
     for which in LISTS:
-        page = c[which]
-        shown = len(page["items"])
-        lines += ["", f"{which.replace('_', ' ')}: {page['total']}" + (
-            f" (the first {shown})" if 0 < shown < page["total"] else "")]
-        lines += [_changed(item, baseline, run_id, which) for item in page["items"]]
+        lines += ["", _list_heading(c, which)]
+        lines += ["  {}  {}   {} → {}".format(*_changed(item, c["baseline"], run_id, which))
+                  for item in c[which]["items"]]
     return "\n".join(lines)
+
+
+def _md_table(rows: list[list[str]]) -> list[str]:
+    """Rows (the first a heading) as a GitHub Markdown table."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    return [line(rows[0]), "|" + "---|" * len(rows[0]), *(line(r) for r in rows[1:])]
+
+
+def markdown_comparison(c: dict, run_id: str, heading: str = "###") -> str:
+    """The comparison as GitHub Markdown (a pull request's comment, a CI job's summary)."""
+    b, r, figures, scores = _comparison_tables(c, run_id)
+    lines = [f"{heading} Run {r['name']} against baseline {b['name']}", "",
+             f"Dataset {r['dataset_name']} (`{c['dataset_id']}`), run `{run_id}`, baseline "
+             f"`{c['baseline']}`.", "", *_md_table(figures), "", *_md_table(scores)]
+    for which in LISTS:
+        lines += ["", f"**{_list_heading(c, which)}**"]
+        if c[which]["items"]:
+            lines += ["", *_md_table([["item", "change", "baseline", "run"], *(
+                list(_changed(item, c["baseline"], run_id, which))
+                for item in c[which]["items"])])]
+    return "\n".join(lines)
+
+
+def markdown_check(report: CheckReport, summary: dict, comparison: dict | None) -> str:
+    """`evalstream check --summary`: the verdict, each check, and the run's scores — against its
+    baseline when it has one — as GitHub Markdown (a CI job's summary page)."""
+    failed = sum(not c.passed for c in report.checks)
+    verdict = (f"❌ failed {failed} of {len(report.checks)} check(s)" if failed
+               else f"✅ passed ({len(report.checks)} check(s))")
+    lines = [f"## evalstream check {verdict}: run {report.run_name}", "",
+             f"Run `{report.run_id}`, {report.items} item(s) scored"
+             + (f", against baseline `{report.baseline}`." if report.baseline else "."), ""]
+    lines += _md_table([["", "check"], *(["✅" if c.passed else "❌", c.describe()]
+                                         for c in report.checks)])
+    if comparison is not None:
+        lines += ["", markdown_comparison(comparison, report.run_id)]
+    else:
+        lines += ["", *_md_table([["score", "pass rate", "average", "count"], *(
+            [name, _percent(x.get("pass_rate")),
+             "—" if x.get("average") is None else f"{x['average']:.3f}", str(x["count"])]
+            for name, x in sorted(summary["scores"].items()))])]
+    return "\n".join(lines) + "\n"
 
 
 def fetch_run(api: QueryApi, run_id: str, items: int, by: str | None = None) -> dict:

@@ -78,10 +78,24 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
     assert [(c["what"], c["value"], c["passed"]) for c in report["checks"]] == [
         ("pass rate", pytest.approx(2 / 3), True),
         ("exact_match items regressed", 1, False)]
-    # ... which a tolerance of one regression lets through
-    code, out, err = await _check(migrated, second, "--baseline", run_id,
-                                  "--max-regressions", "1")
-    assert code == 0, out + err
+    # ... which a tolerance of one regression lets through; --summary appends the report, the
+    # comparison with its regressed item among it, as Markdown (a CI job's summary page).
+    summary = ROOT / f".pytest-summary-{prefix}.md"
+    summary.write_text("# earlier steps\n")
+    try:
+        code, out, err = await _check(migrated, second, "--baseline", run_id,
+                                      "--max-regressions", "1", "--summary", str(summary))
+        assert code == 0, out + err
+        md = summary.read_text().splitlines()
+    finally:
+        summary.unlink()
+    assert md[:4] == ["# earlier steps", "## evalstream check ✅ passed (1 check(s)): run v2", "",
+                      f"Run `{second}`, 3 item(s) scored, against baseline `{run_id}`."]
+    assert "| ✅ | exact_match items regressed: 1 <= 1 |" in md
+    assert "| exact_match | 66.7% (avg 0.667) | 66.7% (avg 0.667) | +0.0 pts | 1 | 1 | 1 |" in md
+    assert f'| {items[1]["id"]} | exact_match 1 → 0 | "Berlin" | "Bonn" |' in md
+    # No Markdown without --summary: the terminal report is the same as ever.
+    assert "✅" not in out
 
     # An unknown run: asked again for the length of the wait (at most 30 s), then believed.
     code, out, err = await _check(migrated, f"{prefix}-no-such-run", "--wait", "2")

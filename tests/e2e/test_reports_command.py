@@ -83,6 +83,19 @@ async def test_compare_a_run_with_a_baseline_in_the_terminal(api, migrated):
         ["item.level", "items", "failed", "pass", "rate", "exact_match"],
         ["easy", "3", "0", "66.7%", "66.7%"], ["hard", "2", "1", "100.0%", "100.0%"]]
 
+    # The same as GitHub Markdown, for a pull request's comment.
+    md = (await evalstream_command(settings_env(migrated) | {
+        "EVALSTREAM_QUERY_URL": f"http://127.0.0.1:{migrated.query_port}"},
+        "compare", run, baseline, "--markdown")).splitlines()
+    assert md[0] == "### Run v2 against baseline v1"
+    assert "| pass rate | 80.0% | 75.0% | -5.0 pts |" in md
+    assert "| exact_match | 80.0% (avg 0.800) | 75.0% (avg 0.750) | -5.0 pts | 1 | 1 | 2 |" in md
+    at = md.index("**regressions: 1**")
+    assert md[at + 2:at + 5] == ["| item | change | baseline | run |", "|---|---|---|---|",
+                                 f'| {prefix}-1 | exact_match 1 → 0 | "a1" | "nope" |']
+    assert f'| {prefix}-4 | succeeded → failed | "a4" | failed: "TimeoutError: no answer" |' \
+        in md
+
     # With no items listed: the counts alone.
     out = await evalstream_command(settings_env(migrated) | {
         "EVALSTREAM_QUERY_URL": f"http://127.0.0.1:{migrated.query_port}"},
