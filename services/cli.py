@@ -773,6 +773,13 @@ def try_evaluators(
         None, "--cases", exists=True, dir_okay=False,
         help="Cases to score: JSON Lines, or a JSON/YAML list, of {input, output, "
              "expected_output, metadata} (any JSON values; at most 100)."),
+    local: bool = typer.Option(
+        False, "--local", help="Score in this process, with the plugins of "
+                               "EVALSTREAM_EVALUATOR_PLUGINS and --plugin: no server needed, "
+                               "and a plugin just edited is the one used."),
+    plugin: list[str] = typer.Option(
+        [], "--plugin", help="With --local: a plugin (module or .py file) to load besides "
+                             "EVALSTREAM_EVALUATOR_PLUGINS (repeatable)."),
     ingest_url: IngestUrl = None,
     api_key: ClientKey = None,
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
@@ -808,10 +815,37 @@ def try_evaluators(
     if not cases:
         raise typer.BadParameter("give --output (with --expected, --input) or a --cases file",
                                  param_hint="--output")
-    with _query_api(ingest_url, api_key, "evalstream", ingest=True) as api:
-        results = api.post("/v1/evaluators/try", {"evaluators": given,
-                                                   "cases": cases})["results"]
+    if plugin and not local:
+        raise typer.BadParameter("only with --local (the server loads its own plugins)",
+                                 param_hint="--plugin")
+    if local:
+        results = _try_locally(given, cases, plugin)
+    else:
+        with _query_api(ingest_url, api_key, "evalstream", ingest=True) as api:
+            results = api.post("/v1/evaluators/try", {"evaluators": given,
+                                                       "cases": cases})["results"]
     typer.echo(json.dumps(results) if as_json else render_trial(cases, results))
+
+
+def _try_locally(specs: list, cases: list, plugins_given: list[str]) -> list[dict]:
+    """`evaluators try --local`: the specs and cases checked as ingest checks them, then scored
+    in this process (services/evaluator/trial.py)."""
+    from pydantic import ValidationError
+
+    from services.evaluator import plugins, trial
+    from services.ingest.commands import TryEvaluators
+
+    settings = Settings()
+    plugins.load([*settings.evaluator_plugins, *plugins_given])
+    try:
+        command = TryEvaluators.model_validate({"evaluators": specs, "cases": cases})
+    except ValidationError as e:
+        error = e.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        raise typer.BadParameter(f"{where}: {error['msg']}", param_hint="SPEC / --cases") \
+            from None
+    return asyncio.run(trial.try_specs(command.evaluators,
+                                       [c.model_dump() for c in command.cases], settings))
 
 
 def _cases(path: Path) -> list:

@@ -3,6 +3,7 @@ built-in ones and scored by the same code path (services/evaluator/plugins.py)."
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from services.evaluator.llm_judge import LLMJudge
 from services.evaluator.plugins import PluginError
 from services.evaluator.scoring import score_case, score_cases
 from services.settings import AsyncEvaluatorSettings, LLMJudgeSettings, Settings
+from tests.conftest import ROOT
 
 AT = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
@@ -250,3 +252,33 @@ async def test_an_async_plugins_calls_still_running_at_the_deadline_are_failures
     assert [(f.name, f.reason) for f in case.failures] == [
         ("remote_check", "TimeoutError: no answer within the batch deadline of 0.2 s "
                          "(EVALSTREAM_ASYNC_EVALUATORS__DEADLINE_S); rescore to try again")]
+
+
+def test_specs_are_tried_locally_with_a_plugin_just_written(tmp_path):
+    """`evalstream evaluators try --local`: no server; the plugin as it is on disk now."""
+    import json
+    import subprocess
+
+    path = _plugin(tmp_path, WORD_LIMIT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVALSTREAM_")}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "services.cli", "evaluators", "try",
+                               "--local", *args], capture_output=True, text=True, env=env,
+                              cwd=ROOT, timeout=60)
+
+    done = cli("--plugin", path, '{"type": "word_limit", "max_words": 2}',
+               '{"type": "label"}', "--output", "a", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [[(s["name"], s["value"], s["label"], s["passed"]) for s in r["scores"]]
+            for r in json.loads(done.stdout)] == [[("word_limit", 1.0, None, True),
+                                                   ("label", 0.0, "good", None)]]
+    def said(done):  # the error panel's text, unwrapped
+        return " ".join(done.stderr.replace("│", " ").split())
+
+    done = cli("--plugin", path, '{"type": "word_limit", "max_words": 0}', "--output", "a")
+    assert done.returncode == 2
+    assert "evaluators.0: Value error, max_words: Input should be greater than or equal to 1" \
+        in said(done)
+    done = cli('{"type": "word_limit"}', "--output", "a")  # the plugin not named: unknown
+    assert done.returncode == 2 and "unknown evaluator type 'word_limit'" in said(done)
