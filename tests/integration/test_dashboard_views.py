@@ -309,25 +309,25 @@ async def test_the_grafana_dashboards_queries_give_the_scenarios_figures_as_the_
     assert [r["__value"] for r in got["variable key"]] == ["geo", "region", "tags"]
 
     expected = sc.run_figures("B")
-    (stat,) = got["Run $run"]
+    (stat,) = got["Run ${run:text}"]
     assert (stat["completed"], stat["failed traces"], stat["missing"]) == (
         expected["completed_items"], expected["failed_items"], expected["missing_items"])
     assert stat["pass rate"] == pytest.approx(expected["pass_rate"])
     assert stat["cost (USD)"] == pytest.approx(expected["total_cost"])
     assert {r["score"]: (r["average"], r["pass rate"], r["items"])
-            for r in got["Scores of $run"]} == {
+            for r in got["Scores of ${run:text}"]} == {
         name: (pytest.approx(f["average"]), pytest.approx(f["pass_rate"]), f["count"])
         for name, f in expected["scores"].items()}
 
     compared = sc.score_figures(["A", "B"], "A")
     assert {r["score"]: (r["improved"], r["regressed"])
-            for r in got["$run against $baseline, per score"]} == {
+            for r in got["${run:text} against ${baseline:text}, per score"]} == {
         name: (per_run["B"]["improvements"], per_run["B"]["regressions"])
         for name, per_run in compared.items()}
     regressed = sorted((dashboard["item_ids"][n], name) for n, item in enumerate(
         sc.item_figures(["A", "B"], "A")) for name in item["runs"]["B"]["regressed"])
     assert sorted((r["item"], r["score"]) for r in got[
-        "Items that regressed against $baseline"]) == regressed
+        "Items that regressed against ${baseline:text}"]) == regressed
 
     over_time = got["Pass rate per score, run after run"]
     assert sorted((r["metric"], round(r["value"], 9)) for r in over_time) == sorted(
@@ -336,7 +336,7 @@ async def test_the_grafana_dashboards_queries_give_the_scenarios_figures_as_the_
 
     by_region = got['Pass rate per value of item metadata "$key"']
     assert sorted({r["value"] for r in by_region}) == sorted(set(sc.REGIONS))
-    items = got["Items of $run, failures and lowest scores first"]
+    items = got["Items of ${run:text}, failures and lowest scores first"]
     assert [r["status"] for r in items[:2]] == sorted(
         sc.status("B", n) for n in range(len(sc.QUESTIONS)) if sc.status("B", n) != "succeeded")
     assert len(items) == len(sc.QUESTIONS)
