@@ -625,6 +625,12 @@ def compare(
                if markdown else render_comparison(comparison, run_id))
 
 
+class RescoreOnly(StrEnum):
+    evaluator_failures = "evaluator-failures"
+    failed = "failed"
+    unscored = "unscored"
+
+
 @app.command(rich_help_panel="Evaluate")
 def rescore(
     run_id: str = typer.Argument(..., metavar="RUN", help="The run to score again."),
@@ -633,6 +639,10 @@ def rescore(
         help="Evaluator specs (JSON or YAML list) to score with instead of the run's own."),
     wait: float = typer.Option(300.0, min=0.0, help="Seconds to wait for every case (0: do "
                                                     "not wait)."),
+    only: RescoreOnly | None = typer.Option(
+        None, help="Only the items an evaluator failed on (a judge that timed out, say), a "
+                   "score failed on, or that have no score."),
+    score: str | None = typer.Option(None, help="With --only: of this score name alone."),
     ingest_url: IngestUrl = None,
     query_url: QueryUrl = None,
     api_key: ClientKey = None,
@@ -654,7 +664,16 @@ def rescore(
                       headers=client.auth(client.client_key(settings, api_key)),
                       timeout=60) as ingest, \
             _query_api(query_url, api_key, "rescore stopped", code=1) as api:
-        accepted = rescoring.request(ingest, run_id, specs)
+        chosen = None
+        if only is not None:
+            chosen = rescoring.select(api, run_id, only.value, score)
+            if not (chosen[0] or chosen[1]):
+                typer.echo(f"nothing to rescore: no item of run {run_id} matches --only "
+                           f"{only.value}" + (f" --score {score}" if score else ""), err=True)
+                return
+        elif score is not None:
+            raise typer.BadParameter("only with --only", param_hint="--score")
+        accepted = rescoring.request(ingest, run_id, specs, chosen)
         typer.echo(f"request {accepted['request_id']}: {accepted['requested']:,} case(s) of run "
                    f"{run_id} with {', '.join(s['type'] for s in accepted['evaluators'])}",
                    err=True)

@@ -1,9 +1,10 @@
-"""`evalstream rescore RUN [--evaluators FILE]`: a run's items scored again — with new evaluator
-specs (an LLM judge's criteria reworded, a threshold changed) or the run's own — without running
-the agent again, through the ingest API (`POST /v1/runs/{id}/evaluate`), then waiting for the
-query API to report every case done (`GET /v1/score-requests/{request id}`). The new values
-replace the old ones, which stay in each score's history. The operator's way over the whole log
-is `evalstream replay`; this one needs only the two APIs and a key."""
+"""`evalstream rescore RUN [--evaluators FILE] [--only …]`: a run's items (or those an evaluator
+failed on, say) scored again — with new evaluator specs (an LLM judge's criteria reworded, a
+threshold changed) or the run's own — without running the agent again, through the ingest API
+(`POST /v1/runs/{id}/evaluate`), then waiting for the query API to report every case done
+(`GET /v1/score-requests/{request id}`). The new values replace the old ones, which stay in each
+score's history. The operator's way over the whole log is `evalstream replay`; this one needs only
+the two APIs and a key."""
 
 from __future__ import annotations
 
@@ -15,11 +16,40 @@ import httpx
 from schemas.common import EvaluatorSpec
 from services.client import ApiError, QueryApi, refusal
 
+# `--only`: which items to score again, as the results' `filter` names them.
+ONLY = {"evaluator-failures": "evaluator_failed", "failed": "failed", "unscored": "unscored"}
 
-def request(ingest: httpx.Client, run_id: str,
-            specs: tuple[EvaluatorSpec, ...] | None) -> dict:
-    """Ask for the rescoring; the answer has `request_id` and `requested` (cases)."""
-    body = {"evaluators": [s.model_dump(exclude_none=True) for s in specs]} if specs else None
+
+def select(api: QueryApi, run_id: str, only: str, score: str | None = None) -> \
+        tuple[list[str], list[str]]:
+    """The succeeded items of the run that `only` picks (an evaluator failed on them, a score
+    failed, no score; of `score` alone if given), as dataset item ids and, for traces outside a
+    dataset, trace ids."""
+    items: list[str] = []
+    traces: list[str] = []
+    offset = 0
+    while True:
+        page = api.get(f"/v1/runs/{run_id}/results", filter=ONLY[only], status="succeeded",
+                       limit="1000", offset=str(offset),
+                       **({"score": score} if score else {}))
+        for item in page["items"]:
+            if item["dataset_item_id"] is not None:
+                items.append(item["dataset_item_id"])
+            else:
+                traces.append(item["trace_id"])
+        offset += len(page["items"])
+        if not page["items"] or offset >= page["total"]:
+            return items, traces
+
+
+def request(ingest: httpx.Client, run_id: str, specs: tuple[EvaluatorSpec, ...] | None,
+            chosen: tuple[list[str], list[str]] | None = None) -> dict:
+    """Ask for the rescoring (of the `chosen` dataset item and trace ids alone, if given); the
+    answer has `request_id` and `requested` (cases)."""
+    body: dict | None = {"evaluators": [s.model_dump(exclude_none=True) for s in specs]} \
+        if specs else None
+    if chosen is not None:
+        body = (body or {}) | {"dataset_item_ids": chosen[0], "trace_ids": chosen[1]}
     try:
         r = ingest.post(f"/v1/runs/{run_id}/evaluate", json=body)
     except httpx.HTTPError as e:

@@ -192,8 +192,10 @@ async def evaluate_run(run_id: str, catalog: CatalogDep,
     """Run evaluators again on every succeeded item of the run, with the given specs or the
     run's own; scores of the same item, name and source are replaced, earlier values kept as
     history. Progress: `GET /v1/score-requests/{request_id}` on the query API."""
-    accepted = await rescoring.evaluate_run(catalog.pool, catalog.settings, run_id,
-                                            cmd.evaluators if cmd else None)
+    accepted = await rescoring.evaluate_run(
+        catalog.pool, catalog.settings, run_id, cmd.evaluators if cmd else None,
+        dataset_item_ids=cmd.dataset_item_ids if cmd else None,
+        trace_ids=cmd.trace_ids if cmd else None)
     return {"request_id": accepted.request_id, "run_id": run_id,
             "requested": accepted.requested,
             "evaluators": [s.model_dump(exclude_none=True) for s in accepted.evaluators]}

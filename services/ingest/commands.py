@@ -140,6 +140,13 @@ class EvaluateRun(Command):
     evaluators: Specs | None = Field(
         None, description="Specs to score the run's items with; default: the run's own.",
         examples=[[{"type": "contains", "name": "mentions_city", "keywords": ["paris", "rome"]}]])
+    dataset_item_ids: list[Id] | None = Field(
+        None, max_length=100_000, description="Only these items of the run (each must have a "
+                                              "succeeded trace in it); default: every one.")
+    trace_ids: list[Id] | None = Field(
+        None, max_length=100_000, description="Only the run items of these traces (the latest "
+                                              "of their item, succeeded), besides "
+                                              "`dataset_item_ids`.")
 
 
 class TryCase(Command):

@@ -102,11 +102,21 @@ async def _append_outbox(conn: asyncpg.Connection, topic: str,
         [e.body() for e in envelopes])
 
 
+# The run items an evaluate request scores: $1 the run, $2 whether ids were given, $3 / $4 the
+# dataset item and trace ids.
+_CHOSEN = """run_id = $1 AND status = 'succeeded'
+    AND (NOT $2 OR dataset_item_id = ANY($3::text[]) OR trace_id = ANY($4::text[]))"""
+
+
 async def evaluate_run(pool: asyncpg.Pool, settings: Settings, run_id: str,
-                       given: Sequence[EvaluatorSpec] | None) -> EvaluateAccepted:
-    """Request a rescoring of every succeeded run item of `run_id`, with `given` specs or the
-    run's own. The header event and every request are written to the outbox in one transaction:
-    the 202 means all of them will be published, or, on error, none."""
+                       given: Sequence[EvaluatorSpec] | None, *,
+                       dataset_item_ids: Sequence[str] | None = None,
+                       trace_ids: Sequence[str] | None = None) -> EvaluateAccepted:
+    """Request a rescoring of every succeeded run item of `run_id` (or, with `dataset_item_ids`
+    or `trace_ids`, of those alone: an id without a succeeded run item in the run is a
+    FieldError naming it), with `given` specs or the run's own. The header event and every
+    request are written to the outbox in one transaction: the 202 means all of them will be
+    published, or, on error, none."""
     request_id = str(uuid.uuid4())
     requested_at = utcnow()
     # One snapshot for the count and the rows, whatever traces arrive meanwhile.
@@ -119,9 +129,21 @@ async def evaluate_run(pool: asyncpg.Pool, settings: Settings, run_id: str,
         specs = tuple(given) if given else tuple(
             EvaluatorSpec.model_validate(s) for s in run["evaluators"])
         specs_json = [s.model_dump(mode="json", exclude_none=True) for s in specs]
+        chosen = dataset_item_ids is not None or trace_ids is not None
+        items, traces = list(dataset_item_ids or []), list(trace_ids or [])
+        for field, ids, column in (("dataset_item_ids", items, "dataset_item_id"),
+                                   ("trace_ids", traces, "trace_id")):
+            unknown = await conn.fetchval(f"""
+                SELECT min(n) FROM unnest($2::text[]) WITH ORDINALITY AS x(id, n)
+                WHERE NOT EXISTS (SELECT 1 FROM run_items r WHERE r.run_id = $1
+                                  AND r.status = 'succeeded' AND r.{column} = x.id)""",
+                                          run_id, ids)
+            if unknown is not None:
+                raise FieldError((field, unknown - 1), f"{ids[unknown - 1]!r} has no succeeded "
+                                                       f"trace in run {run_id}")
         # Counted first so that the header, written first, precedes its requests in the outbox.
         requested = await conn.fetchval(
-            "SELECT count(*) FROM run_items WHERE run_id = $1 AND status = 'succeeded'", run_id)
+            f"SELECT count(*) FROM run_items WHERE {_CHOSEN}", run_id, chosen, items, traces)
         header = ScoreRequestsIssued(
             request_id=request_id, origin="evaluate", run_id=run_id, requested=requested,
             runs={run_id: requested}, evaluators=specs, requested_at=requested_at)
@@ -133,10 +155,10 @@ async def evaluate_run(pool: asyncpg.Pool, settings: Settings, run_id: str,
             header, source=SOURCE, key=run_id, time=requested_at,
             id=issued_event_id(request_id))])
         cursor = conn.cursor(
-            """SELECT run_item_id, dataset_id, dataset_item_id, trace_id, input, output,
-                      expected_output
-               FROM run_items WHERE run_id = $1 AND status = 'succeeded'
-               ORDER BY run_item_id""", run_id, prefetch=CHUNK)
+            f"""SELECT run_item_id, dataset_id, dataset_item_id, trace_id, input, output,
+                       expected_output
+                FROM run_items WHERE {_CHOSEN}
+                ORDER BY run_item_id""", run_id, chosen, items, traces, prefetch=CHUNK)
         chunk: list[Envelope] = []
         async for row in cursor:
             event = ScoreRequested(

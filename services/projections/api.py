@@ -126,12 +126,13 @@ async def get_run_results(
     sort: Annotated[str, Query(description="dataset_item_id, latency_ms, cost, completed_at, "
                                            "status, or score:<score name>")] = "dataset_item_id",
     order: Literal["asc", "desc"] = "asc",
-    filter: Annotated[Literal["passed", "failed", "unscored"] | None, Query(
+    filter: Annotated[views.Outcome | None, Query(
         description="passed: scored and every score passes (>= its pass_threshold, default "
                     "0.5; labels neither pass nor fail); failed: a score does "
                     "not; unscored: no score (e.g. `score=manual&status=succeeded`: the items "
-                    "awaiting a person's verdict). Only scores named `score` count when it is "
-                    "given.")] = None,
+                    "awaiting a person's verdict); evaluator_failed: an evaluator failed on the "
+                    "item (what `evalstream rescore --only evaluator-failures` scores again). "
+                    "Only scores (and evaluators) named `score` count when it is given.")] = None,
     score: Annotated[str | None, Query(description="Score name `filter` looks at.")] = None,
     status: Annotated[Literal["succeeded", "failed"] | None,
                       Query(description="Trace status.")] = None,
@@ -188,8 +189,7 @@ async def get_run_results_csv(
     run_id: str, request: Request,
     sort: Annotated[str, Query(description="As for /results.")] = "dataset_item_id",
     order: Literal["asc", "desc"] = "asc",
-    filter: Annotated[Literal["passed", "failed", "unscored"] | None,
-                      Query(description="As for /results.")] = None,
+    filter: Annotated[views.Outcome | None, Query(description="As for /results.")] = None,
     score: Annotated[str | None, Query(description="As for /results.")] = None,
     status: Annotated[Literal["succeeded", "failed"] | None,
                       Query(description="As for /results.")] = None,

@@ -175,7 +175,7 @@ def traced_enough(scoring) -> bool:
 # Sort keys of the results: a column, or `score:<name>` (the item's value of that score).
 RESULT_SORTS = {"dataset_item_id": "r.dataset_item_id", "latency_ms": "r.latency_ms",
                 "cost": "r.cost", "completed_at": "r.completed_at", "status": "r.status"}
-Outcome = Literal["passed", "failed", "unscored"]
+Outcome = Literal["passed", "failed", "unscored", "evaluator_failed"]
 
 
 class InvalidQuery(ValueError):
@@ -234,6 +234,9 @@ def _results_sql(sort: str, descending: bool, outcome: Outcome | None, score: st
                    " AND x.data_type <> 'categorical')")
         if outcome == "unscored":
             where.append(f"NOT EXISTS (SELECT 1 FROM scores x"
+                         f" WHERE x.run_item_id = r.run_item_id{of_name})")
+        elif outcome == "evaluator_failed":  # an evaluator (of that name) raised on the item
+            where.append(f"EXISTS (SELECT 1 FROM evaluation_failures x"
                          f" WHERE x.run_item_id = r.run_item_id{of_name})")
         elif outcome == "failed":
             where.append(failing)

@@ -70,3 +70,52 @@ async def test_rescore_without_waiting(api, migrated):
                                            "--wait", "0")).strip()
     progress = await api.eventually(f"/v1/score-requests/{request_id}", lambda p: p["done"])
     assert progress["requested"] == 1 and progress["scored"] == 1
+
+
+async def test_rescore_only_the_items_an_evaluator_failed_on(api, migrated, tmp_path):
+    """A plugin's evaluator (tests/e2e/plugin_evaluators.py: `tone`) raises on one output; only
+    that item is scored again, with a spec that does not fail, and its failure is gone."""
+    prefix = uuid.uuid4().hex[:8]
+    items = [{"id": f"{prefix}-{n}", "expected_output": "Paris"} for n in range(3)]
+    dataset_id = await api.dataset_with_items(items, [{"type": "exact_match"},
+                                                      {"type": "tone"}])
+    run_id = await api.run_with_outputs(dataset_id, items, ["Paris", "boom", "Rome"])
+    await api.eventually(f"/v1/runs/{run_id}/scoring", lambda s: s["scored"])
+    page = (await api.query.get(f"/v1/runs/{run_id}/results",
+                                params={"filter": "evaluator_failed"})).json()
+    assert [i["dataset_item_id"] for i in page["items"]] == [f"{prefix}-1"]
+
+    specs = tmp_path / "specs.yaml"
+    specs.write_text("- type: exact_match\n- type: regex\n  name: tone\n  pattern: boom\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "rescore", run_id, "--only", "evaluator-failures",
+        "--evaluators", str(specs), env=_env(migrated), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, err.decode()
+    assert f"1 case(s) of run {run_id} with exact_match, regex" in err.decode()
+    results = {i["dataset_item_id"]: i for i in (await api.query.get(
+        f"/v1/runs/{run_id}/results")).json()["items"]}
+    assert results[f"{prefix}-1"]["evaluation_failures"] == []
+    assert [(s["name"], s["evaluator"], s["value"]) for s in results[f"{prefix}-1"]["scores"]
+            ] == [("exact_match", "exact_match", 0.0), ("tone", "regex", 1.0)]
+    # The others were not asked again: each score has its first value alone.
+    for n in (0, 2):
+        history = (await api.query.get(
+            f"/v1/runs/{run_id}/items/{prefix}-{n}/scores/history")).json()["scores"]
+        assert {s["name"]: len(s["history"]) for s in history} == {"exact_match": 1, "tone": 1}
+
+    # Nothing left to pick: no request at all.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "rescore", run_id, "--only", "evaluator-failures",
+        env=_env(migrated), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0 and out == b""
+    assert "nothing to rescore" in err.decode()
+    # The API names an id the run has no succeeded trace of.
+    r = await api.ingest.post(f"/v1/runs/{run_id}/evaluate",
+                              json={"dataset_item_ids": [f"{prefix}-0", "nope"]})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "dataset_item_ids", 1]
+    assert "'nope' has no succeeded trace" in r.json()["detail"][0]["msg"]
