@@ -464,6 +464,34 @@ def projections_drop_previous(
 
 
 @app.command(rich_help_panel="Evaluate")
+def download(
+    dataset: str = typer.Argument(..., metavar="DATASET", help="The dataset (id or name)."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", dir_okay=False,
+        help="The .jsonl file to write (default: standard output)."),
+    query_url: QueryUrl = None,
+    api_key: ClientKey = None,
+) -> None:
+    """Write a dataset's items as JSON Lines (id, input, expected_output, metadata), the form
+    `evalstream upload` reads: to keep a dataset in version control or move it elsewhere."""
+    from services.download import download as fetch
+    from services.reports import dataset_id
+
+    with _query_api(query_url, api_key, "download stopped") as api:
+        found = dataset_id(api, dataset)
+        if output is None:
+            fetch(api, found, sys.stdout)
+            return
+        with output.open("w") as out, tqdm(unit="item", desc=f"writing {output.name}") as bar:
+            def moved(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            written = fetch(api, found, out, moved)
+    typer.echo(f"{written:,} item(s) of dataset {found} written to {output}", err=True)
+
+
+@app.command(rich_help_panel="Evaluate")
 def upload(
     file: Path = typer.Argument(..., exists=True, dir_okay=False,
                                 help="A .jsonl (one item object a line) or .csv file."),

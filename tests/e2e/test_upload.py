@@ -1,6 +1,7 @@
 """`evalstream upload` as a user runs it against the running services: a JSON Lines file of
 2,500 items into a new dataset (three calls), a CSV file whose extra columns become metadata,
-and a file the API refuses part of, which names the line and what was already sent."""
+the dataset downloaded and uploaded again as a copy, and a file the API refuses part of, which
+names the line and what was already sent."""
 
 from __future__ import annotations
 
@@ -61,6 +62,23 @@ async def test_upload_a_jsonl_and_a_csv_file(api, migrated, tmp_path):
     assert by_id[f"{prefix}-c1"]["input"] == "Capital of France, please?"
     assert by_id[f"{prefix}-c1"]["metadata"] == {"category": "geo"}
     assert by_id[f"{prefix}-c2"]["metadata"] in (None, {})
+
+    # Downloaded (by its name) and uploaded into a new dataset: the same items.
+    env = _env(migrated) | {"EVALSTREAM_QUERY_URL": f"http://127.0.0.1:{migrated.query_port}"}
+    lines = (await evalstream_command(env, "download", f"upload {prefix}")).splitlines()
+    assert len(lines) == 2502
+    assert json.loads(lines[0]) == {"id": f"{prefix}-0", "input": {"q": 0},
+                                    "expected_output": "0", "metadata": {"bucket": 0}}
+    copy = tmp_path / "copy.jsonl"
+    await evalstream_command(env, "download", dataset_id, "-o", str(copy))
+    assert copy.read_text().splitlines() == lines
+    out = await evalstream_command(_env(migrated), "upload", str(copy), "--name", f"copy {prefix}")
+    copied = out.split()[1].rstrip(":")
+    await api.eventually(f"/v1/datasets/{copied}/items", lambda p: p["total"] == 2502)
+    assert {k: {f: v.get(f) or None for f in ("input", "expected_output", "metadata")}
+            for k, v in (await _items(api, copied)).items()} == {
+        k: {f: v.get(f) or None for f in ("input", "expected_output", "metadata")}
+        for k, v in by_id.items()}
 
 
 async def test_a_refused_line_is_named_with_what_was_sent(api, migrated, tmp_path):
