@@ -1031,8 +1031,8 @@ evalstream is up.
   broker       {env['KAFKA_BOOTSTRAP_SERVERS']}
   database     {env['DATABASE_URL']}
   API key      {key}
-From another shell here: .venv/bin/evalstream upload | run | check | show | compare | rescore
-(README: "Try it"). Ctrl-C stops everything.
+From another shell here: .venv/bin/evalstream upload | run | check | show | compare | rescore |
+evaluators (README: "Try it"). Ctrl-C stops everything.
 """)
             while not procs.exited():
                 time.sleep(0.5)

@@ -1,6 +1,6 @@
-"""What the client commands (`upload`, `run`, `check`, `compare`, `review`, `datasets`, `runs`)
-share: where the two APIs are, the key they send, how an API's refusal reads, and the query API's
-client."""
+"""What the client commands (`upload`, `download`, `run`, `check`, `show`, `compare`, `review`,
+`rescore`, `evaluators`, `datasets`, `runs`) share: where the two APIs are, the key they send, how
+an API's refusal reads, and the query API's client."""
 
 from __future__ import annotations
 
