@@ -29,6 +29,7 @@ one runs in the service's event loop, so it should only compute.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -147,7 +148,9 @@ def _import(name: str) -> None:
         path = Path(name).expanduser().resolve()
         if not path.is_file():
             raise PluginError(f"EVALSTREAM_EVALUATOR_PLUGINS: no such file {str(path)!r}")
-        module_name = f"evalstream_plugin_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}"
+        # Named after the file and its place, so two plugins of the same file name both load.
+        module_name = (f"evalstream_plugin_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}_"
+                       f"{hashlib.sha256(str(path).encode()).hexdigest()[:8]}")
         spec = importlib.util.spec_from_file_location(module_name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)

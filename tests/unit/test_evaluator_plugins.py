@@ -29,7 +29,11 @@ def _registry():
     """Each test's plugins are gone after it."""
     registry, by_plugin, loaded = (dict(evaluators.REGISTRY), dict(plugins._by_plugin),
                                    set(plugins._loaded))
+    modules = set(sys.modules)
     yield
+    for name in set(sys.modules) - modules:
+        if name.startswith("evalstream_plugin_"):
+            del sys.modules[name]
     evaluators.REGISTRY.clear()
     evaluators.REGISTRY.update(registry)
     plugins._by_plugin.clear()
@@ -114,6 +118,20 @@ def test_what_a_plugin_returns_becomes_a_score_or_that_cases_failure(tmp_path, o
     assert got == ([expected] if expected else [])
     if expected and expected[0] == "failure":
         assert case.failures[0].evaluator_version == "1"
+
+
+def test_two_plugin_files_of_the_same_name_both_load(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = _plugin(tmp_path, WORD_LIMIT, name="a/evals.py")
+    second = _plugin(tmp_path, """
+        from services.evaluator.plugins import evaluator
+
+        @evaluator("other", version="1")
+        def other(case):
+            return 1
+    """, name="b/evals.py")
+    assert plugins.load([first, second]) == ["label", "word_limit", "other"]
 
 
 def test_a_module_on_the_path_loads_by_name_and_only_once(tmp_path, monkeypatch):
@@ -227,7 +245,8 @@ def _envelopes(outputs, specs):
 
 async def test_an_async_plugin_scores_a_batchs_cases_concurrently_within_its_bound(tmp_path):
     plugins.load([_plugin(tmp_path, ASYNC_PLUGIN, name="remote.py")])
-    module = sys.modules["evalstream_plugin_remote"]
+    (module,) = [m for name, m in sys.modules.items()
+                 if name.startswith("evalstream_plugin_remote_")]
     assert plugins.any_async()
     specs = (EvaluatorSpec(type="remote_check"), EvaluatorSpec(type="exact_match"))
     outputs = ["abcde", "raise", *["x" * n for n in range(10)]]
