@@ -683,8 +683,10 @@ def rescore(
     from services import rescore as rescoring
     from services.replay import SpecFileError, load_specs
 
-    try:
-        specs = load_specs(evaluators) if evaluators else None
+    if score is not None and only is None:
+        raise typer.BadParameter("only with --only", param_hint="--score")
+    try:  # types and options are checked by ingest, which knows its plugins
+        specs = load_specs(evaluators, check=False) if evaluators else None
     except SpecFileError as e:
         raise typer.BadParameter(str(e), param_hint="--evaluators") from None
     settings = Settings()
@@ -699,8 +701,6 @@ def rescore(
                 typer.echo(f"nothing to rescore: no item of run {run_id} matches --only "
                            f"{only.value}" + (f" --score {score}" if score else ""), err=True)
                 return
-        elif score is not None:
-            raise typer.BadParameter("only with --only", param_hint="--score")
         accepted = rescoring.request(ingest, run_id, specs, chosen)
         typer.echo(f"request {accepted['request_id']}: {accepted['requested']:,} case(s) of run "
                    f"{run_id} with {', '.join(s['type'] for s in accepted['evaluators'])}",
@@ -849,7 +849,8 @@ def try_evaluators(
         from services.replay import SpecFileError, load_specs
 
         try:
-            given += [s.model_dump(exclude_none=True) for s in load_specs(specs_file)]
+            given += [s.model_dump(exclude_none=True)
+                      for s in load_specs(specs_file, check=False)]  # checked where scored
         except SpecFileError as e:
             raise typer.BadParameter(str(e), param_hint="--specs") from None
     if not given:

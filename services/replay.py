@@ -41,8 +41,11 @@ class SpecFileError(ValueError):
     """An evaluators file that cannot be used; the message names the file and the field."""
 
 
-def load_specs(path: Path) -> tuple[EvaluatorSpec, ...]:
-    """Evaluator specs from a JSON or YAML file: a list of specs, or `{"evaluators": [...]}`."""
+def load_specs(path: Path, *, check: bool = True) -> tuple[EvaluatorSpec, ...]:
+    """Evaluator specs from a JSON or YAML file: a list of specs, or `{"evaluators": [...]}`.
+    With `check`, each one's type and options are checked here (against the evaluators this
+    process knows, its plugins included); without, only its form, and the API that takes them
+    checks the rest (a client need not have a server's plugins)."""
     try:
         data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
     except (OSError, yaml.YAMLError) as e:
@@ -55,7 +58,8 @@ def load_specs(path: Path) -> tuple[EvaluatorSpec, ...]:
     for n, raw in enumerate(data):
         try:
             spec = EvaluatorSpec.model_validate(raw)
-            validate_spec(spec)
+            if check:
+                validate_spec(spec)
         except ValidationError as e:
             loc = ".".join(str(p) for p in e.errors()[0]["loc"])
             raise SpecFileError(f"{path}: [{n}].{loc}: {e.errors()[0]['msg']}") from None

@@ -85,20 +85,23 @@ async def test_rescore_only_the_items_an_evaluator_failed_on(api, migrated, tmp_
                                 params={"filter": "evaluator_failed"})).json()
     assert [i["dataset_item_id"] for i in page["items"]] == [f"{prefix}-1"]
 
+    # A plugin's type in the file: the client has not the plugin, ingest checks it.
     specs = tmp_path / "specs.yaml"
-    specs.write_text("- type: exact_match\n- type: regex\n  name: tone\n  pattern: boom\n")
+    specs.write_text("- type: exact_match\n- type: word_limit\n  name: tone\n  max_words: 3\n")
+    client_env = {k: v for k, v in _env(migrated).items()
+                  if k != "EVALSTREAM_EVALUATOR_PLUGINS"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.cli", "rescore", run_id, "--only", "evaluator-failures",
-        "--evaluators", str(specs), env=_env(migrated), cwd=ROOT,
+        "--evaluators", str(specs), env=client_env, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 90)
     assert proc.returncode == 0, err.decode()
-    assert f"1 case(s) of run {run_id} with exact_match, regex" in err.decode()
+    assert f"1 case(s) of run {run_id} with exact_match, word_limit" in err.decode()
     results = {i["dataset_item_id"]: i for i in (await api.query.get(
         f"/v1/runs/{run_id}/results")).json()["items"]}
     assert results[f"{prefix}-1"]["evaluation_failures"] == []
     assert [(s["name"], s["evaluator"], s["value"]) for s in results[f"{prefix}-1"]["scores"]
-            ] == [("exact_match", "exact_match", 0.0), ("tone", "regex", 1.0)]
+            ] == [("exact_match", "exact_match", 0.0), ("tone", "word_limit", 1.0)]
     # The others were not asked again: each score has its first value alone.
     for n in (0, 2):
         history = (await api.query.get(
