@@ -496,24 +496,34 @@ def upload(
     file: Path = typer.Argument(..., exists=True, dir_okay=False,
                                 help="A .jsonl (one item object a line) or .csv file."),
     dataset: str | None = typer.Option(None, help="The dataset to add the items to."),
-    name: str | None = typer.Option(None, help="Or: create a dataset of this name (with "
-                                               "exact_match) and add them to it."),
+    name: str | None = typer.Option(None, help="Or: create a dataset of this name and add "
+                                               "them to it."),
+    evaluators: Path | None = typer.Option(
+        None, exists=True, dir_okay=False,
+        help="Evaluator specs (JSON or YAML list) of the dataset: a new one's (default: "
+             "exact_match), or an existing one's, replaced (later runs take them)."),
     url: str | None = typer.Option(
         None, envvar="EVALSTREAM_INGEST_URL",
         help="Ingest API (default http://<EVALSTREAM_HOST>:<EVALSTREAM_INGEST_PORT>)."),
     api_key: ClientKey = None,
 ) -> None:
     """Upload a dataset's items from a JSON Lines or CSV file (CSV: columns input, id,
-    expected_output; the other columns become the items' metadata), 1,000 per call. The file
-    is checked whole first: a wrong line stops it before anything is sent. Items with the ids of
-    existing ones replace them."""
+    expected_output; the other columns become the items' metadata), 1,000 per call, and with
+    --evaluators the dataset's evaluator specs. The file is checked whole first: a wrong line
+    stops it before anything is sent. Items with the ids of existing ones replace them."""
     import httpx
 
+    from services.replay import SpecFileError, load_specs
     from services.upload import UploadError, read_items
     from services.upload import upload as send
 
     if (dataset is None) == (name is None):
         raise typer.BadParameter("give --dataset ID or --name NAME", param_hint="--dataset")
+    try:  # types and options are checked by ingest, which knows its plugins
+        specs = [s.model_dump(exclude_none=True)
+                 for s in load_specs(evaluators, check=False)] if evaluators else None
+    except SpecFileError as e:
+        raise typer.BadParameter(str(e), param_hint="--evaluators") from None
     settings = Settings()
     try:
         items = read_items(file)
@@ -525,10 +535,15 @@ def upload(
                       timeout=60) as ingest:
         try:
             if dataset is None:
-                r = ingest.post("/v1/datasets", json={"name": name})
+                r = ingest.post("/v1/datasets", json={"name": name} | (
+                    {"evaluators": specs} if specs else {}))
                 if r.status_code != 201:
                     raise UploadError(f"creating the dataset: {client.refusal(r)}")
                 dataset = r.json()["id"]
+            elif specs:
+                r = ingest.put(f"/v1/datasets/{dataset}/evaluators", json=specs)
+                if r.status_code != 200:
+                    raise UploadError(f"setting the dataset's evaluators: {client.refusal(r)}")
             with tqdm(total=len(items), unit="item", desc=f"uploading {file.name}") as bar:
                 ids = send(ingest, dataset, items, bar.update)
         except (UploadError, httpx.HTTPError) as e:

@@ -63,6 +63,27 @@ async def test_upload_a_jsonl_and_a_csv_file(api, migrated, tmp_path):
     assert by_id[f"{prefix}-c1"]["metadata"] == {"category": "geo"}
     assert by_id[f"{prefix}-c2"]["metadata"] in (None, {})
 
+    # With evaluators, of a plugin's type too (ingest checks them; this client has no plugin).
+    specs = tmp_path / "specs.yaml"
+    specs.write_text("- type: word_limit\n  max_words: 5\n- type: exact_match\n")
+    client_env = {k: v for k, v in _env(migrated).items()
+                  if k != "EVALSTREAM_EVALUATOR_PLUGINS"}
+    out = await evalstream_command(client_env, "upload", str(csv_file), "--name",
+                                   f"judged {prefix}", "--evaluators", str(specs))
+    judged = out.split()[1].rstrip(":")
+    found = await api.eventually(f"/v1/datasets/{judged}", lambda d: d["item_count"] == 2)
+    assert found["evaluators"] == [{"type": "word_limit", "max_words": 5},
+                                   {"type": "exact_match"}]
+    specs.write_text("- type: word_limit\n  max_words: 0\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "upload", str(csv_file), "--dataset", judged,
+        "--evaluators", str(specs), env=client_env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert "upload stopped: setting the dataset's evaluators: HTTP 422: body.0: Value error, " \
+           "max_words: Input should be greater than or equal to 1" in err.decode()
+
     # Downloaded (by its name) and uploaded into a new dataset: the same items.
     env = _env(migrated) | {"EVALSTREAM_QUERY_URL": f"http://127.0.0.1:{migrated.query_port}"}
     lines = (await evalstream_command(env, "download", f"upload {prefix}")).splitlines()
