@@ -23,8 +23,12 @@ from tqdm import tqdm
 from services import client
 from services.settings import ConfigurationError, NotConfigured, Settings
 
+# Markdown: a docstring's lines are one paragraph in --help, as written, not broken where the
+# source breaks them.
+HELP_MARKUP = "markdown"
 app = typer.Typer(help="evalstream: event-sourced scoring of LLM application outputs.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=HELP_MARKUP)
 
 
 class Service(StrEnum):
@@ -291,6 +295,7 @@ def check(
 
 
 dead_letters_app = typer.Typer(
+    rich_markup_mode=HELP_MARKUP,
     help="The records consumers could not take (undecodable, or refused by the read model).",
     invoke_without_command=True)
 app.add_typer(dead_letters_app, name="dead-letters", rich_help_panel="Run the system")
@@ -350,7 +355,8 @@ def dead_letters_redrive(
         typer.echo(f"  {count:>8,}  {topic}")
 
 
-projections_app = typer.Typer(help="Operate the read models.", no_args_is_help=True)
+projections_app = typer.Typer(help="Operate the read models.", no_args_is_help=True,
+                              rich_markup_mode=HELP_MARKUP)
 app.add_typer(projections_app, name="projections", rich_help_panel="Run the system")
 
 
@@ -795,7 +801,8 @@ def runs_command(
 
 
 evaluators_app = typer.Typer(help="The evaluator types specs can name, and trying specs on "
-                                   "outputs.", no_args_is_help=False)
+                                   "outputs.", no_args_is_help=False,
+                             rich_markup_mode=HELP_MARKUP)
 app.add_typer(evaluators_app, name="evaluators", rich_help_panel="Evaluate")
 
 
