@@ -226,7 +226,7 @@ def check(
         None, min=0, help="Most evaluator failures the run may have (an item an evaluator "
                           "failed on has no score of it, and pass rates leave it out)."),
     by: str | None = typer.Option(
-        None, help="A metadata key, item.<key> or trace.<key> (e.g. item.category): "
+        None, help="A metadata key, `item.<key>` or `trace.<key>` (e.g. item.category): "
                    "--min-pass-rate and --min must also be met in each of its groups."),
     items: int | None = typer.Option(
         None, min=0, help="Wait for this many items with a trace (default: every item of the "
@@ -746,7 +746,7 @@ def show(
     run_id: str = typer.Argument(..., metavar="RUN", help="The run to show."),
     items: int = typer.Option(10, min=0, help="Items to list of each kind."),
     by: str | None = typer.Option(
-        None, help="A metadata key, item.<key> or trace.<key> (e.g. item.category): the pass "
+        None, help="A metadata key, `item.<key>` or `trace.<key>` (e.g. item.category): the pass "
                    "rates per value of it too."),
     query_url: QueryUrl = None,
     api_key: ClientKey = None,
@@ -831,7 +831,7 @@ def evaluators_command(
 def try_evaluators(
     specs: list[str] = typer.Argument(
         None, metavar="[SPEC]...", help='Evaluator specs as JSON, e.g. \'{"type": "regex", '
-                                        '"pattern": "^\\\\d+$"}\'.'),
+                                        '"pattern": "^[0-9]+$"}\'.'),
     specs_file: Path | None = typer.Option(
         None, "--specs", exists=True, dir_okay=False,
         help="JSON or YAML file of specs (a list, or {evaluators: [...]}), besides those given."),
