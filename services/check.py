@@ -108,13 +108,17 @@ def group_label(by: str, value: object) -> str:
 def evaluate(summary: dict, *, min_pass_rate: float | None, minimums: dict[str, float],
              comparison: dict | None = None, max_regressions: int = 0,
              max_failures: int | None = None, by: str | None = None,
-             groups: list[dict] | None = None) -> list[Check]:
+             groups: list[dict] | None = None, significant: bool = False) -> list[Check]:
     """The checks on a scored run's summary (and on its comparison with a baseline, if given).
     An evaluator that failed on an item leaves no score there, so pass rates leave it out:
     `max_failures` bounds how many such failures the run may have.
 
     With `groups` (the run's breakdown `by` a metadata key), the pass rates must be met in every
-    group too: the overall rate in each, and a score's in each group that has that score."""
+    group too: the overall rate in each, and a score's in each group that has that score.
+
+    Against a baseline, each score fails on more than `max_regressions` regressed items; with
+    `significant`, instead, only when its pass rate fell by more than chance: the upper end of
+    the 95% interval of its change over the items both runs scored is below 0."""
     checks = []
     if max_failures is not None:
         checks.append(Check("evaluator failures", summary["evaluation_failures"], max_failures,
@@ -135,15 +139,23 @@ def evaluate(summary: dict, *, min_pass_rate: float | None, minimums: dict[str, 
     if comparison is not None:
         for score in comparison["scores"]:
             ours = next(r for r in score["runs"] if r["run_id"] == summary["id"])
-            checks.append(Check(f"{score['name']} items regressed", ours["regressions"] or 0,
-                                max_regressions, maximum=True))
+            if significant:
+                interval = (ours.get("paired") or {}).get("delta_pass_rate_ci95")
+                if interval is not None:  # a label-only score, or fewer than two items paired
+                    checks.append(Check(
+                        f"{score['name']} pass rate change, upper end of its 95% interval",
+                        round(interval[1], 6), 0.0))
+            else:
+                checks.append(Check(f"{score['name']} items regressed", ours["regressions"] or 0,
+                                    max_regressions, maximum=True))
     return checks
 
 
 def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,
               minimums: dict[str, float] | None = None, baseline: str | None = None,
               max_regressions: int = 0, max_failures: int | None = None,
-              by: str | None = None, items: int | None = None, wait: float = 300.0,
+              by: str | None = None, items: int | None = None, significant: bool = False,
+              wait: float = 300.0,
               poll: float = 1.0, on_wait: Callable[[str], object] = lambda _: None,
               sleep: Callable[[float], object] = time.sleep,
               clock: Callable[[], float] = time.monotonic) -> CheckReport:
@@ -178,5 +190,6 @@ def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,
     groups = api.breakdown(run_id, by) if by else None
     report.checks = evaluate(summary, min_pass_rate=min_pass_rate, minimums=minimums or {},
                              comparison=comparison, max_regressions=max_regressions,
-                             max_failures=max_failures, by=by, groups=groups)
+                             max_failures=max_failures, by=by, groups=groups,
+                             significant=significant)
     return report

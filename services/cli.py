@@ -222,6 +222,11 @@ def check(
                    "baseline run: the items that regressed are counted per score."),
     max_regressions: int = typer.Option(
         0, min=0, help="With --baseline: most items that may regress, per score."),
+    significant: bool = typer.Option(
+        False, "--significant", help="With --baseline: instead of counting regressed items, "
+                                     "fail a score only when its pass rate fell by more than "
+                                     "chance (the 95% interval of its change over the items "
+                                     "both runs scored lies below 0)."),
     max_failures: int | None = typer.Option(
         None, min=0, help="Most evaluator failures the run may have (an item an evaluator "
                           "failed on has no score of it, and pass rates leave it out)."),
@@ -260,6 +265,8 @@ def check(
         by = str(parse_group_by(by)) if by is not None else None
     except InvalidQuery as e:  # before any wait
         raise typer.BadParameter(e.message, param_hint="--by") from None
+    if significant and baseline is None:
+        raise typer.BadParameter("only with --baseline", param_hint="--significant")
     said: list[str] = []
 
     def waiting(what: str) -> None:  # each new state once, on stderr
@@ -271,7 +278,7 @@ def check(
         report = check_run(
             api, run_id, min_pass_rate=min_pass_rate, minimums=minimums, baseline=baseline,
             max_regressions=max_regressions, max_failures=max_failures, by=by, items=items,
-            wait=wait, on_wait=waiting)
+            significant=significant, wait=wait, on_wait=waiting)
         if summary_file is not None:
             from services.reports import fetch_comparison, markdown_check
 

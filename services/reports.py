@@ -92,7 +92,7 @@ def _comparison_tables(c: dict, run_id: str) -> tuple[dict, dict, list[list[str]
                         else r["pass_rate"] - b["pass_rate"])],
                ["cost", f"{b['total_cost'] or 0:g}", f"{r['total_cost'] or 0:g}", ""],
                ["latency p50", ms(b["latency_p50_ms"]), ms(r["latency_p50_ms"]), ""]]
-    scores = [["score", "baseline", "run", "change", "better", "worse", "same"]]
+    scores = [["score", "baseline", "run", "change", "95% CI", "better", "worse", "same"]]
     for score in c["scores"]:
         sb = next(x for x in score["runs"] if x["run_id"] == baseline)
         sr = next(x for x in score["runs"] if x["run_id"] == run_id)
@@ -103,9 +103,23 @@ def _comparison_tables(c: dict, run_id: str) -> tuple[dict, dict, list[list[str]
             avg = "" if x["average"] is None else f" (avg {x['average']:.3f})"
             return f"{_percent(x['pass_rate'])}{avg}"
         scores.append([score["name"], cell(sb), cell(sr), _points(sr["delta_pass_rate"]),
+                       _interval(sr.get("paired")),
                        *(str(sr[k]) if sr[k] is not None else "" for k in
                          ("improvements", "regressions", "unchanged"))])
     return b, r, figures, scores
+
+
+# Under the scores' table: what its interval column means.
+INTERVAL_NOTE = ("95% CI: of the change of pass rate, over the items both runs scored; * where "
+                 "it excludes 0 (a change more than chance).")
+
+
+def _interval(paired: dict | None) -> str:
+    """A paired change's 95% interval in points, `*` when significant; empty without one."""
+    if not paired or paired.get("delta_pass_rate_ci95") is None:
+        return ""
+    low, high = paired["delta_pass_rate_ci95"]
+    return f"{100 * low:+.1f} … {100 * high:+.1f}{' *' if paired['significant'] else ''}"
 
 
 def _list_heading(c: dict, which: str) -> str:
@@ -120,7 +134,7 @@ def render_comparison(c: dict, run_id: str) -> str:
     b, r, figures, scores = _comparison_tables(c, run_id)
     lines = [f"dataset {r['dataset_name']} ({c['dataset_id']}): run {r['name']} ({run_id}) "
              f"against baseline {b['name']} ({c['baseline']})", ""]
-    lines += _columns(figures) + [""] + _columns(scores)
+    lines += _columns(figures) + [""] + _columns(scores) + [INTERVAL_NOTE]
     for which in LISTS:
         lines += ["", _list_heading(c, which)]
         lines += ["  {}  {}   {} → {}".format(*_changed(item, c["baseline"], run_id, which))
@@ -140,7 +154,8 @@ def markdown_comparison(c: dict, run_id: str, heading: str = "###") -> str:
     b, r, figures, scores = _comparison_tables(c, run_id)
     lines = [f"{heading} Run {r['name']} against baseline {b['name']}", "",
              f"Dataset {r['dataset_name']} (`{c['dataset_id']}`), run `{run_id}`, baseline "
-             f"`{c['baseline']}`.", "", *_md_table(figures), "", *_md_table(scores)]
+             f"`{c['baseline']}`.", "", *_md_table(figures), "", *_md_table(scores), "",
+             INTERVAL_NOTE]
     for which in LISTS:
         lines += ["", f"**{_list_heading(c, which)}**"]
         if c[which]["items"]:

@@ -5,6 +5,7 @@ read models) for the end-to-end and integration tests of the comparison and dash
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from datetime import timedelta
 
@@ -133,7 +134,7 @@ def score_figures(runs: list[str], baseline: str) -> dict[str, dict[str, dict]]:
                      "count": own["count"] if own else 0}
             if run == baseline:
                 entry.update(delta_average=None, delta_pass_rate=None, improvements=None,
-                             regressions=None, unchanged=None)
+                             regressions=None, unchanged=None, paired=None)
             else:
                 pairs = [(scores(run, n)[name], scores(baseline, n)[name])
                          for n in range(len(QUESTIONS))
@@ -144,9 +145,37 @@ def score_figures(runs: list[str], baseline: str) -> dict[str, dict[str, dict]]:
                     if own and base else None,
                     improvements=sum(v > b for v, b in pairs),
                     regressions=sum(v < b for v, b in pairs),
-                    unchanged=sum(v == b for v, b in pairs))
+                    unchanged=sum(v == b for v, b in pairs),
+                    paired=paired_figures(pairs))
             out[name][run] = entry
     return out
+
+
+# Student's t, two-sided 95%, for the degrees of freedom this scenario has (up to 5 pairs).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
+
+
+def paired_figures(pairs: list[tuple[float, float]]) -> dict:
+    """Over (run value, baseline value) pairs of one score name: the mean change of the value
+    and of passing, each with its 95% interval (the pass rate's within ±1), and whether the
+    latter excludes 0."""
+    def interval(diffs: list[float]) -> list[float] | None:
+        if len(diffs) < 2:
+            return None
+        half = T95[len(diffs) - 1] * statistics.stdev(diffs) / math.sqrt(len(diffs))
+        return [statistics.mean(diffs) - half, statistics.mean(diffs) + half]
+
+    values = [v - b for v, b in pairs]
+    passes = [float((v >= PASS) - (b >= PASS)) for v, b in pairs]
+    pass_ci = interval(passes)
+    if pass_ci is not None:
+        pass_ci = [max(pass_ci[0], -1.0), min(pass_ci[1], 1.0)]
+    return {"items": len(pairs),
+            "delta_average": statistics.mean(values) if pairs else None,
+            "delta_average_ci95": interval(values),
+            "delta_pass_rate": statistics.mean(passes) if pairs else None,
+            "delta_pass_rate_ci95": pass_ci,
+            "significant": None if pass_ci is None else (pass_ci[0] > 0 or pass_ci[1] < 0)}
 
 
 def item_figures(runs: list[str], baseline: str) -> list[dict]:

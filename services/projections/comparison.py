@@ -85,21 +85,28 @@ async def dataset_of(conn: asyncpg.Connection, run_ids: Sequence[str]) -> str:
     return datasets.pop()
 
 
-# Per compared run: its per-item values joined to the baseline's and counted per name. Each side
-# is one run's slice of scores_run_item_name, aggregated and joined in index order.
+# Per compared run: its per-item values joined to the baseline's and counted per name, with the
+# mean and spread of the paired differences of values and of passing (an item's share of its
+# scores of that name that pass). Each side is one run's slice of scores_run_item_name,
+# aggregated and joined in index order. $3: the pass threshold of a score without its own.
 _SCORE_CHANGES_SQL = """
-SELECT o.run_id, c.name, c.improvements, c.regressions, c.unchanged
+SELECT o.run_id, c.*
 FROM unnest($1::text[]) AS o(run_id)
 CROSS JOIN LATERAL (
     SELECT s.name,
            count(*) FILTER (WHERE s.value > b.value) AS improvements,
            count(*) FILTER (WHERE s.value < b.value) AS regressions,
-           count(*) FILTER (WHERE s.value = b.value) AS unchanged
-    FROM (SELECT dataset_item_id, name, avg(value) AS value FROM scores
+           count(*) FILTER (WHERE s.value = b.value) AS unchanged,
+           count(*) AS paired,
+           avg(s.value - b.value) AS value_delta, stddev_samp(s.value - b.value) AS value_sd,
+           avg(s.passed - b.passed) AS pass_delta, stddev_samp(s.passed - b.passed) AS pass_sd
+    FROM (SELECT dataset_item_id, name, avg(value) AS value,
+                 avg((value >= coalesce(pass_threshold, $3))::int)::float8 AS passed FROM scores
           WHERE run_id = o.run_id AND dataset_item_id IS NOT NULL
             AND data_type <> 'categorical'
           GROUP BY dataset_item_id, name) s
-    JOIN (SELECT dataset_item_id, name, avg(value) AS value FROM scores
+    JOIN (SELECT dataset_item_id, name, avg(value) AS value,
+                 avg((value >= coalesce(pass_threshold, $3))::int)::float8 AS passed FROM scores
           WHERE run_id = $2 AND dataset_item_id IS NOT NULL AND data_type <> 'categorical'
           GROUP BY dataset_item_id, name) b
       ON b.dataset_item_id = s.dataset_item_id AND b.name = s.name
@@ -107,6 +114,39 @@ CROSS JOIN LATERAL (
 ) c
 WHERE o.run_id <> $2
 """
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (1–30); past 30, the normal's.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def interval95(mean: float | None, sd: float | None, n: int) -> list[float] | None:
+    """The 95% confidence interval of a mean of `n` paired differences (Student's t): where the
+    mean difference between the two runs lies, given how much the items disagree. None below
+    two pairs."""
+    if mean is None or sd is None or n < 2:
+        return None
+    half = (_T95[n - 2] if n - 1 <= len(_T95) else 1.960) * sd / n ** 0.5
+    return [float(mean) - half, float(mean) + half]
+
+
+def paired(counted: asyncpg.Record | None) -> dict:
+    """The paired comparison of one run with the baseline on one score name: over the items both
+    scored, the mean change of the value and of passing, each with its 95% confidence interval,
+    and whether the change of passing is significant (its interval excludes 0) — a drop of a few
+    points on a small dataset often is not."""
+    if counted is None:
+        return {"items": 0, "delta_average": None, "delta_average_ci95": None,
+                "delta_pass_rate": None, "delta_pass_rate_ci95": None, "significant": None}
+    n = counted["paired"]
+    pass_ci = interval95(counted["pass_delta"], counted["pass_sd"], n)
+    if pass_ci is not None:  # a change of pass rate lies within ±1 whatever the spread says
+        pass_ci = [max(pass_ci[0], -1.0), min(pass_ci[1], 1.0)]
+    return {"items": n, "delta_average": counted["value_delta"],
+            "delta_average_ci95": interval95(counted["value_delta"], counted["value_sd"], n),
+            "delta_pass_rate": counted["pass_delta"], "delta_pass_rate_ci95": pass_ci,
+            "significant": None if pass_ci is None else (pass_ci[0] > 0 or pass_ci[1] < 0)}
 
 _SCORE_SUMMARIES_SQL = (f"SELECT * FROM ({views.sql_template(views.SCORE_SUMMARY_TEMPLATE)}) s"
                         " WHERE run_id = ANY($1::text[])")
@@ -120,7 +160,8 @@ async def score_changes(conn: asyncpg.Connection, run_ids: Sequence[str],
                         baseline: str) -> dict[tuple[str, str], asyncpg.Record]:
     """(run, score name) → how many items improved, regressed or stayed equal."""
     return {(r["run_id"], r["name"]): r
-            for r in await conn.fetch(_SCORE_CHANGES_SQL, list(run_ids), baseline)}
+            for r in await conn.fetch(_SCORE_CHANGES_SQL, list(run_ids), baseline,
+                                      views.PASS_THRESHOLD)}
 
 
 async def score_summaries(conn: asyncpg.Connection,
@@ -150,7 +191,8 @@ def score_comparison(run_ids: Sequence[str], baseline: str,
                 entry["labels"] = own["labels"]
             if run_id == baseline:
                 entry |= {"delta_average": None, "delta_pass_rate": None,
-                          "improvements": None, "regressions": None, "unchanged": None}
+                          "improvements": None, "regressions": None, "unchanged": None,
+                          "paired": None}
             else:
                 counted = changes.get((run_id, name))
                 entry |= {
@@ -158,7 +200,8 @@ def score_comparison(run_ids: Sequence[str], baseline: str,
                     "delta_pass_rate": _delta(entry["pass_rate"], base and base["pass_rate"]),
                     "improvements": counted["improvements"] if counted else 0,
                     "regressions": counted["regressions"] if counted else 0,
-                    "unchanged": counted["unchanged"] if counted else 0}
+                    "unchanged": counted["unchanged"] if counted else 0,
+                    "paired": paired(counted)}
             entries.append(entry)
         out.append({"name": name, "runs": entries})
     return out

@@ -92,10 +92,17 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
     assert md[:4] == ["# earlier steps", "## evalstream check ✅ passed (1 check(s)): run v2", "",
                       f"Run `{second}`, 3 item(s) scored, against baseline `{run_id}`."]
     assert "| ✅ | exact_match items regressed: 1 <= 1 |" in md
-    assert "| exact_match | 66.7% (avg 0.667) | 66.7% (avg 0.667) | +0.0 pts | 1 | 1 | 1 |" in md
+    assert ("| exact_match | 66.7% (avg 0.667) | 66.7% (avg 0.667) | +0.0 pts "
+            "| -100.0 … +100.0 | 1 | 1 | 1 |") in md
     assert f'| {items[1]["id"]} | exact_match 1 → 0 | "Berlin" | "Bonn" |' in md
     # No Markdown without --summary: the terminal report is the same as ever.
     assert "✅" not in out
+    # --significant: one item worse and one better of three is no drop beyond chance.
+    code, out, err = await _check(migrated, second, "--baseline", run_id, "--significant")
+    assert code == 0, out + err
+    assert "ok    exact_match pass rate change, upper end of its 95% interval: 1 >= 0" in out
+    code, out, err = await _check(migrated, second, "--significant")
+    assert code == 2 and "only with --baseline" in err
 
     # An unknown run: asked again for the length of the wait (at most 30 s), then believed.
     code, out, err = await _check(migrated, f"{prefix}-no-such-run", "--wait", "2")

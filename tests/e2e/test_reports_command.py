@@ -47,9 +47,10 @@ async def test_compare_a_run_with_a_baseline_in_the_terminal(api, migrated):
     assert next(x for x in lines if x.startswith("items failed")).split() == [
         "items", "failed", "0", "1"]
     # exact_match: 4 of 5 pass, then 3 of 4; one item better, one worse, two the same.
+    # The change's 95% interval over the four items both scored (0, -1, +1, 0): all of ±100.
     assert next(x for x in lines if x.startswith("exact_match")).split() == [
         "exact_match", "80.0%", "(avg", "0.800)", "75.0%", "(avg", "0.750)", "-5.0", "pts",
-        "1", "1", "2"]
+        "-100.0", "…", "+100.0", "1", "1", "2"]
     at = lines.index("regressions: 1")
     assert lines[at + 1].split() == [f"{prefix}-1", "exact_match", "1", "→", "0", '"a1"', "→",
                                      '"nope"']
@@ -89,7 +90,8 @@ async def test_compare_a_run_with_a_baseline_in_the_terminal(api, migrated):
         "compare", run, baseline, "--markdown")).splitlines()
     assert md[0] == "### Run v2 against baseline v1"
     assert "| pass rate | 80.0% | 75.0% | -5.0 pts |" in md
-    assert "| exact_match | 80.0% (avg 0.800) | 75.0% (avg 0.750) | -5.0 pts | 1 | 1 | 2 |" in md
+    assert ("| exact_match | 80.0% (avg 0.800) | 75.0% (avg 0.750) | -5.0 pts "
+            "| -100.0 … +100.0 | 1 | 1 | 2 |") in md
     at = md.index("**regressions: 1**")
     assert md[at + 2:at + 5] == ["| item | change | baseline | run |", "|---|---|---|---|",
                                  f'| {prefix}-1 | exact_match 1 → 0 | "a1" | "nope" |']

@@ -359,3 +359,31 @@ async def test_migrate_gives_the_reader_its_password_when_one_is_set(dashboard):
     finally:
         await conn.execute(f'DROP OWNED BY "{role}"')
         await conn.execute(f'DROP ROLE "{role}"')
+
+
+async def test_the_comparison_gives_each_change_over_paired_items_with_its_confidence(dashboard):
+    """Per run and score: over the items both runs scored, the mean change of the value and of
+    passing, with Student's-t 95% intervals, as the scenario computes them on its own."""
+    pool = await create_pool(dashboard["dsn"], dashboard["read_model"])
+    try:
+        api = await comparison.compare_runs(
+            pool, [dashboard["runs"][k] for k in "ABC"], dashboard["runs"]["A"],
+            sections=["scores"])
+    finally:
+        await pool.close()
+    expected = sc.score_figures(list("ABC"), "A")
+    for score in api["scores"]:
+        for key, entry in zip("ABC", score["runs"], strict=True):
+            want = expected[score["name"]][key]["paired"]
+            assert entry["paired"] == sc.close(want), (key, score["name"])
+            if key != "A":
+                assert want["items"] >= 3 and want["delta_average_ci95"] is not None
+
+
+def test_a_paired_interval_needs_two_pairs_and_takes_the_normal_past_thirty():
+    assert comparison.interval95(0.5, 0.1, 1) is None
+    assert comparison.interval95(None, None, 0) is None
+    low, high = comparison.interval95(0.2, 0.5, 100)
+    assert (low, high) == (pytest.approx(0.2 - 1.96 * 0.05), pytest.approx(0.2 + 1.96 * 0.05))
+    low, high = comparison.interval95(0.0, 1.0, 31)  # 30 degrees of freedom
+    assert high == pytest.approx(2.042 / 31 ** 0.5)

@@ -81,6 +81,30 @@ def test_regressions_against_the_baseline_are_counted_per_score():
     assert checks[1].describe() == "exact_match items regressed: 3 > 2"
 
 
+def test_with_significant_a_score_fails_only_on_a_drop_beyond_chance():
+    def paired(low, high):
+        return {"delta_pass_rate_ci95": None if low is None else [low, high]}
+
+    comparison = {"scores": [
+        {"name": "contains", "runs": [{"run_id": "r1", "paired": None},
+                                      {"run_id": "r2", "regressions": 5,
+                                       "paired": paired(-0.3, 0.1)}]},  # could be chance
+        {"name": "exact_match", "runs": [{"run_id": "r1", "paired": None},
+                                         {"run_id": "r2", "regressions": 6,
+                                          "paired": paired(-0.4, -0.05)}]},  # a real drop
+        {"name": "judge", "runs": [{"run_id": "r1", "paired": None},
+                                   {"run_id": "r2", "regressions": 1,
+                                    "paired": paired(None, None)}]},  # one item paired: none
+        {"name": "tone", "runs": [{"run_id": "r1"}, {"run_id": "r2", "regressions": 0}]}]}
+    checks = evaluate(_summary(), min_pass_rate=None, minimums={}, comparison=comparison,
+                      significant=True)
+    assert [(c.what, c.value, c.passed) for c in checks] == [
+        ("contains pass rate change, upper end of its 95% interval", 0.1, True),
+        ("exact_match pass rate change, upper end of its 95% interval", -0.05, False)]
+    assert checks[1].describe() == \
+        "exact_match pass rate change, upper end of its 95% interval: -0.05 < 0"
+
+
 def test_evaluator_failures_are_bounded_when_asked():
     assert evaluate(_summary(), min_pass_rate=None, minimums={}) == []
     [failures] = evaluate(_summary(), min_pass_rate=None, minimums={}, max_failures=1)
