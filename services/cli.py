@@ -280,12 +280,19 @@ def check(
             max_regressions=max_regressions, max_failures=max_failures, by=by, items=items,
             significant=significant, wait=wait, on_wait=waiting)
         if summary_file is not None:
-            from services.reports import fetch_comparison, markdown_check
+            from services.reports import (
+                fetch_comparison,
+                fetch_run,
+                markdown_check,
+                markdown_comparison,
+                markdown_run,
+            )
 
-            compared = fetch_comparison(api, run_id, report.baseline, 10) \
-                if report.baseline else None
+            detail = markdown_comparison(fetch_comparison(api, run_id, report.baseline, 10),
+                                         run_id) if report.baseline \
+                else markdown_run(fetch_run(api, run_id, 10))
             with summary_file.open("a") as out:
-                out.write(markdown_check(report, api.summary(run_id), compared))
+                out.write(markdown_check(report, detail))
     if as_json:
         typer.echo(json.dumps(report.as_dict()))
     else:
@@ -758,6 +765,7 @@ def show(
     query_url: QueryUrl = None,
     api_key: ClientKey = None,
     as_json: bool = typer.Option(False, "--json", help="Print it as JSON."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print it as GitHub Markdown."),
 ) -> None:
     """A run's summary — items, pass rate, each score's pass rate and average, cost, tokens,
     latency —, with --by the pass rates per value of a metadata key, and the items to look at:
@@ -767,7 +775,7 @@ def show(
 
     from services.projections.breakdown import parse_group_by
     from services.projections.views import InvalidQuery
-    from services.reports import fetch_run, render_run
+    from services.reports import fetch_run, markdown_run, render_run
 
     try:
         by = str(parse_group_by(by)) if by is not None else None
@@ -775,7 +783,8 @@ def show(
         raise typer.BadParameter(e.message, param_hint="--by") from None
     with _query_api(query_url, api_key, "show") as api:
         shown = fetch_run(api, run_id, items, by)
-    typer.echo(json.dumps(shown) if as_json else render_run(shown))
+    typer.echo(json.dumps(shown) if as_json else markdown_run(shown) if markdown
+               else render_run(shown))
 
 
 @app.command("datasets", rich_help_panel="Evaluate")

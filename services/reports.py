@@ -165,9 +165,10 @@ def markdown_comparison(c: dict, run_id: str, heading: str = "###") -> str:
     return "\n".join(lines)
 
 
-def markdown_check(report: CheckReport, summary: dict, comparison: dict | None) -> str:
-    """`evalstream check --summary`: the verdict, each check, and the run's scores — against its
-    baseline when it has one — as GitHub Markdown (a CI job's summary page)."""
+def markdown_check(report: CheckReport, detail: str) -> str:
+    """`evalstream check --summary`: the verdict and each check, then `detail` — the run against
+    its baseline (markdown_comparison), or the run alone (markdown_run) — as GitHub Markdown (a
+    CI job's summary page)."""
     failed = sum(not c.passed for c in report.checks)
     verdict = (f"❌ failed {failed} of {len(report.checks)} check(s)" if failed
                else f"✅ passed ({len(report.checks)} check(s))")
@@ -176,14 +177,7 @@ def markdown_check(report: CheckReport, summary: dict, comparison: dict | None) 
              + (f", against baseline `{report.baseline}`." if report.baseline else "."), ""]
     lines += _md_table([["", "check"], *(["✅" if c.passed else "❌", c.describe()]
                                          for c in report.checks)])
-    if comparison is not None:
-        lines += ["", markdown_comparison(comparison, report.run_id)]
-    else:
-        lines += ["", *_md_table([["score", "pass rate", "average", "count"], *(
-            [name, _percent(x.get("pass_rate")),
-             "—" if x.get("average") is None else f"{x['average']:.3f}", str(x["count"])]
-            for name, x in sorted(summary["scores"].items()))])]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", detail]) + "\n"
 
 
 def fetch_run(api: QueryApi, run_id: str, items: int, by: str | None = None) -> dict:
@@ -199,55 +193,86 @@ def fetch_run(api: QueryApi, run_id: str, items: int, by: str | None = None) -> 
     return out
 
 
-def render_run(r: dict) -> str:
-    """`evalstream show`: the run's summary, then the items to look at."""
+def _run_parts(r: dict) -> tuple[str, list[list[str]], list[list[str]], list[list[str]] | None,
+                                  list[tuple[str, list[tuple[str, str, str]]]]]:
+    """`evalstream show`'s parts: the heading, the summary's rows, the scores' table (with its
+    heading row), the breakdown's table if asked for, and each list of items to look at (its
+    title, and per item its id, the scores that failed and its output or error)."""
     s = r["summary"]
 
     def ms(v: float | None) -> str:
         return "—" if v is None else f"{v:,.0f} ms"
-    lines = [f"run {s['name']} ({s['id']}) of dataset {s['dataset_name']} ({s['dataset_id']}), "
-             f"started {s['started_at'][:19].replace('T', ' ')}", ""]
-    lines += _columns([
+    heading = (f"run {s['name']} ({s['id']}) of dataset {s['dataset_name']} ({s['dataset_id']}),"
+               f" started {s['started_at'][:19].replace('T', ' ')}")
+    summary = [
         ["items", f"{s['completed_items']} completed, {s['failed_items']} failed, "
                   f"{s['missing_items']} missing, of {s['total_items']}"],
         ["pass rate", _percent(s["pass_rate"])],
         ["scored items", f"{s['items_with_scores']} ({s['evaluation_failures']} evaluator "
                          "failure(s))"],
         ["cost, tokens", f"{s['total_cost'] or 0:g}, {s['total_tokens'] or 0:,}"],
-        ["latency", f"p50 {ms(s['latency_p50_ms'])}, p95 {ms(s['latency_p95_ms'])}"]]) + [""]
-    table = [["score", "pass rate", "average", "count"]]
+        ["latency", f"p50 {ms(s['latency_p50_ms'])}, p95 {ms(s['latency_p95_ms'])}"]]
+    scores = [["score", "pass rate", "average", "count"]]
     for name, x in sorted(s["scores"].items()):
         labels = x.get("labels")
-        table.append([name, _percent(x.get("pass_rate")),
-                      "—" if x.get("average") is None else f"{x['average']:.3f}",
-                      str(x["count"]) + (f" ({', '.join(f'{k} {v}' for k, v in labels.items())})"
-                                         if labels else "")])
-    lines += _columns(table)
+        scores.append([name, _percent(x.get("pass_rate")),
+                       "—" if x.get("average") is None else f"{x['average']:.3f}",
+                       str(x["count"]) + (f" ({', '.join(f'{k} {v}' for k, v in labels.items())})"
+                                          if labels else "")])
+    breakdown = None
     if "breakdown" in r:
         groups = r["breakdown"]["groups"]
         names = sorted({n for g in groups for n in g["scores"]})
-        table = [[r["breakdown"]["by"], "items", "failed", "pass rate", *names]]
+        breakdown = [[r["breakdown"]["by"], "items", "failed", "pass rate", *names]]
         for g in groups:
             value = "(none)" if g["value"] is None else g["value"] if isinstance(
                 g["value"], str) else json.dumps(g["value"])
-            table.append([value, str(g["items"]), str(g["failed_items"]),
-                          _percent(g["pass_rate"]),
-                          *(_percent(g["scores"].get(n, {}).get("pass_rate")) for n in names)])
-        lines += ["", *_columns(table)]
+            breakdown.append([value, str(g["items"]), str(g["failed_items"]),
+                              _percent(g["pass_rate"]),
+                              *(_percent(g["scores"].get(n, {}).get("pass_rate")) for n in names)])
+    lists = []
     for which, title in (("failed_scores", "items a score failed on"),
                          ("failed_traces", "items whose trace failed")):
         page = r[which]
         shown = len(page["items"])
-        lines += ["", f"{title}: {page['total']}" + (
-            f" (the first {shown})" if 0 < shown < page["total"] else "")]
+        entries = []
         for item in page["items"]:
             failed = [f"{x['name']} {x.get('display_value') or x['value']}"
                       + (f" ({x['comment']})" if x.get("comment") else "")
                       for x in item["scores"] if x.get("passed") is False]
             what = (f"output {_short(item['output'])}, expected {_short(item['expected_output'])}"
                     if item["status"] == "succeeded" else f"error {_short(item['error'])}")
-            lines.append(f"  {item['dataset_item_id'] or item['trace_id']}  "
-                         f"{'; '.join(failed) + '   ' if failed else ''}{what}")
+            entries.append((item["dataset_item_id"] or item["trace_id"], "; ".join(failed), what))
+        lists.append((f"{title}: {page['total']}" + (
+            f" (the first {shown})" if 0 < shown < page["total"] else ""), entries))
+    return heading, summary, scores, breakdown, lists
+
+
+def render_run(r: dict) -> str:
+    """`evalstream show`: the run's summary, then the items to look at."""
+    heading, summary, scores, breakdown, lists = _run_parts(r)
+    lines = [heading, "", *_columns(summary), "", *_columns(scores)]
+    if breakdown is not None:
+        lines += ["", *_columns(breakdown)]
+    for title, entries in lists:
+        lines += ["", title]
+        lines += [f"  {item}  {failed + '   ' if failed else ''}{what}"
+                  for item, failed, what in entries]
+    return "\n".join(lines)
+
+
+def markdown_run(r: dict, heading: str = "###") -> str:
+    """`evalstream show --markdown`: the same as GitHub Markdown."""
+    title, summary, scores, breakdown, lists = _run_parts(r)
+    lines = [f"{heading} {title[0].upper()}{title[1:]}", "", *_md_table([["", ""], *summary]),
+             "", *_md_table(scores)]
+    if breakdown is not None:
+        lines += ["", *_md_table(breakdown)]
+    for list_title, entries in lists:
+        lines += ["", f"**{list_title}**"]
+        if entries:
+            lines += ["", *_md_table([["item", "failed", "output"],
+                                      *(list(entry) for entry in entries)])]
     return "\n".join(lines)
 
 

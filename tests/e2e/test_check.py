@@ -59,6 +59,18 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
     assert "ok    pass rate: 0.666667 >= 0.6" in out
     assert "ok    evaluator failures: 0 <= 0" in out
     assert out.rstrip().endswith("passed (3 check(s))")
+    # Without a baseline, --summary holds the run itself.
+    summary = ROOT / f".pytest-summary-{prefix}.md"
+    try:
+        code, out, err = await _check(migrated, run_id, "--min-pass-rate", "0.6",
+                                      "--summary", str(summary))
+        md = summary.read_text().splitlines()
+    finally:
+        summary.unlink(missing_ok=True)
+    assert code == 0, out + err
+    assert md[0] == "## evalstream check ✅ passed (1 check(s)): run v1"
+    assert md[8].startswith(f"### Run v1 ({run_id}) of dataset dataset")
+    assert "| exact_match | 66.7% | 0.667 | 3 |" in md
     # Per region: the north passes, the south (its one item wrong) does not.
     code, out, err = await _check(migrated, run_id, "--min-pass-rate", "0.6",
                                   "--by", "item.region")

@@ -75,6 +75,19 @@ async def test_compare_a_run_with_a_baseline_in_the_terminal(api, migrated):
     at = lines.index("items whose trace failed: 1")
     assert lines[at + 1] == f'  {prefix}-4  error "TimeoutError: no answer"'
 
+    # ... the same as Markdown (a pull request's comment, a job's summary)
+    md = (await evalstream_command(settings_env(migrated) | {
+        "EVALSTREAM_QUERY_URL": f"http://127.0.0.1:{migrated.query_port}"},
+        "show", run, "--markdown")).splitlines()
+    assert md[0].startswith(f"### Run v2 ({run}) of dataset dataset ({dataset_id})")
+    assert "| items | 4 completed, 1 failed, 0 missing, of 5 |" in md
+    assert "| exact_match | 75.0% | 0.750 | 4 |" in md
+    at = md.index("**items a score failed on: 1**")
+    assert md[at + 2:at + 5] == ["| item | failed | output |", "|---|---|---|",
+                                 f'| {prefix}-1 | exact_match Fail | output "nope", expected '
+                                 '"a1" |']
+    assert f'| {prefix}-4 |  | error "TimeoutError: no answer" |' in md
+
     # ... and per value of a metadata key.
     lines = (await evalstream_command(settings_env(migrated) | {
         "EVALSTREAM_QUERY_URL": f"http://127.0.0.1:{migrated.query_port}"},
