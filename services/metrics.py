@@ -35,6 +35,12 @@ PUBLISHED = Counter("evalstream_published_records", "Records published, by servi
                     "(dead letters included).", ["service", "topic"])
 DEAD_LETTERS = Counter("evalstream_dead_letters", "Records sent to the dead-letter topic, by "
                        "service and the topic they were read from.", ["service", "topic"])
+JUDGE_CALLS = Counter("evalstream_judge_calls", "Calls to the LLM judge's endpoint, by the "
+                      "model asked and outcome (answered, or failed after its retries).",
+                      ["model", "outcome"])
+JUDGE_TOKENS = Counter("evalstream_judge_tokens", "Tokens the LLM judge's endpoint reported "
+                       "using (its reply's usage), by the model asked and kind (input, "
+                       "output): what judging costs.", ["model", "kind"])
 RETRIES = Counter("evalstream_step_retries", "Failed attempts of a batch step that is retried "
                   "with backoff (Postgres or the broker unreachable), by step.", ["step"])
 

@@ -36,6 +36,7 @@ from tenacity import (
 
 from schemas.common import EvaluatorSpec
 from schemas.traces import ScoringCase
+from services import metrics
 from services.evaluator.deadline import within_deadline
 from services.evaluator.evaluators import PROMPT_FIELDS, LLMJudgeOptions, Score, parse_options
 from services.settings import LLMJudgeSettings, Settings
@@ -212,6 +213,20 @@ def _completion_text(response: httpx.Response) -> tuple[str, str | None]:
     return content, model.strip()[:200] if isinstance(model, str) and model.strip() else None
 
 
+def _count_usage(model: str, response: httpx.Response) -> None:
+    """One answered call of `model`, and the tokens its reply says it used (OpenAI's `usage`:
+    prompt_tokens, completion_tokens), in the judge's Prometheus counters."""
+    metrics.JUDGE_CALLS.labels(model, "answered").inc()
+    try:
+        usage = response.json().get("usage") or {}
+    except (ValueError, AttributeError):
+        return
+    for kind, key in (("input", "prompt_tokens"), ("output", "completion_tokens")):
+        tokens = usage.get(key) if isinstance(usage, dict) else None
+        if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
+            metrics.JUDGE_TOKENS.labels(model, kind).inc(tokens)
+
+
 CONNECTIONS_PER_CLIENT = 8
 
 
@@ -325,8 +340,11 @@ class LLMJudge:
                             f"judge endpoint answered {response.status_code} "
                             f"{response.reason_phrase}: {_snippet(response.text)}",
                             response.status_code, _retry_after(response))
-                    return _completion_text(response)
+                    answer = _completion_text(response)
+                    _count_usage(model, response)
+                    return answer
         except (JudgeHTTPError, httpx.TransportError) as e:
+            metrics.JUDGE_CALLS.labels(model, "failed").inc()
             attempts = retrying.statistics.get("attempt_number", 1)
             detail = str(e) or type(e).__name__
             if isinstance(e, httpx.TransportError):

@@ -249,3 +249,25 @@ async def test_identical_requests_are_judged_once(fake: FakeJudge, base_url: str
     # paris/boolean, munich/boolean, paris/numeric: the same messages to the same model once
     assert len(fake.requests) == 3
     assert all(n == 1 for n in fake.seen.values())
+
+
+async def test_calls_and_the_tokens_the_endpoint_reports_are_counted_per_model(fake, base_url):
+    """Prometheus counters (services/metrics.py): each answered call of a model and the tokens
+    its reply says it used (the fake's `usage`: 50 prompt, 12 completion), each failed call."""
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    model = f"counted-{time.monotonic_ns()}"
+    failed_before = sample("evalstream_judge_calls_total", model="broken", outcome="failed")
+    async with make_judge(base_url, model=model) as judge:
+        verdicts = await judge.judge_many([(case("Paris", "Paris"), spec()),
+                                           (case("Lyon", "Paris"), spec()),
+                                           (case("Rome", "Paris"), spec(model="broken"))])
+    assert [type(v).__name__ for v in verdicts] == ["Score", "Score", "JudgeHTTPError"]
+    assert sample("evalstream_judge_calls_total", model=model, outcome="answered") == 2
+    assert sample("evalstream_judge_tokens_total", model=model, kind="input") == 100
+    assert sample("evalstream_judge_tokens_total", model=model, kind="output") == 24
+    assert sample("evalstream_judge_calls_total", model="broken",
+                  outcome="failed") == failed_before + 1
