@@ -89,6 +89,11 @@ class CaseScore(BaseModel):
     pass_threshold: float | None = Field(
         None, ge=0, le=1, description="The spec's `pass_threshold`: a value at or above it "
                                       "passes; absent: 0.5.")
+    input_tokens: int | None = Field(
+        None, ge=0, description="Input tokens the evaluator's model used for this score (the "
+                                "LLM judge's, as its endpoint reported them), if any.")
+    output_tokens: int | None = Field(
+        None, ge=0, description="Output tokens the evaluator's model used for this score.")
 
 
 class CaseFailure(BaseModel):

@@ -211,6 +211,8 @@ def _run_parts(r: dict) -> tuple[str, list[list[str]], list[list[str]], list[lis
         ["scored items", f"{s['items_with_scores']} ({s['evaluation_failures']} evaluator "
                          "failure(s))"],
         ["cost, tokens", f"{s['total_cost'] or 0:g}, {s['total_tokens'] or 0:,}"],
+        ["judge tokens", f"{s.get('evaluation_input_tokens') or 0:,} in, "
+                         f"{s.get('evaluation_output_tokens') or 0:,} out"],
         ["latency", f"p50 {ms(s['latency_p50_ms'])}, p95 {ms(s['latency_p95_ms'])}"]]
     scores = [["score", "pass rate", "average", "count"]]
     for name, x in sorted(s["scores"].items()):

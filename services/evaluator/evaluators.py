@@ -43,6 +43,9 @@ class Score:
     # The model that gave the score (the LLM judge's, as the endpoint named it): the score's
     # evaluator version is then "<evaluator version>+<model>", so scores of two models differ.
     model: str | None = None
+    # Tokens the model used for this score, as its endpoint reported them: what judging costs.
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 # None means "no score for this case" (e.g. nothing to compare against), not a zero.

@@ -213,18 +213,24 @@ def _completion_text(response: httpx.Response) -> tuple[str, str | None]:
     return content, model.strip()[:200] if isinstance(model, str) and model.strip() else None
 
 
-def _count_usage(model: str, response: httpx.Response) -> None:
-    """One answered call of `model`, and the tokens its reply says it used (OpenAI's `usage`:
-    prompt_tokens, completion_tokens), in the judge's Prometheus counters."""
+def _count_usage(model: str, response: httpx.Response) -> tuple[int | None, int | None]:
+    """The tokens a reply says it used (OpenAI's `usage`: prompt_tokens, completion_tokens; None
+    where it says nothing), counted with the answered call of `model` in the judge's Prometheus
+    counters."""
     metrics.JUDGE_CALLS.labels(model, "answered").inc()
     try:
         usage = response.json().get("usage") or {}
     except (ValueError, AttributeError):
-        return
+        usage = {}
+    counts: list[int | None] = []
     for kind, key in (("input", "prompt_tokens"), ("output", "completion_tokens")):
         tokens = usage.get(key) if isinstance(usage, dict) else None
         if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
             metrics.JUDGE_TOKENS.labels(model, kind).inc(tokens)
+            counts.append(tokens)
+        else:
+            counts.append(None)
+    return counts[0], counts[1]
 
 
 CONNECTIONS_PER_CLIENT = 8
@@ -302,8 +308,10 @@ class LLMJudge:
         keys = list(calls)
         answers = await self._within_deadline([self._judge(*calls[key]) for key in keys])
         for key, answer in zip(keys, answers, strict=True):
-            for i in waiting[key]:
-                results[i] = answer
+            for n, i in enumerate(waiting[key]):
+                # One call's tokens are counted once: on the first case that shares its answer.
+                results[i] = answer if n == 0 or not isinstance(answer, Score) else replace(
+                    answer, input_tokens=None, output_tokens=None)
         return results  # type: ignore[return-value]  # every slot is filled by now
 
     async def _within_deadline(self, calls: list) -> list[Score | BaseException]:
@@ -315,14 +323,15 @@ class LLMJudge:
             "(EVALSTREAM_LLM_JUDGE__BATCH_DEADLINE_S); rescore to ask again"))
 
     async def _judge(self, model: str, messages: list[dict[str, str]], scale: Scale) -> Score:
-        text, answered_by = await self._complete(model, messages)
-        return replace(parse_verdict(text, scale), model=answered_by or model)
+        text, answered_by, usage = await self._complete(model, messages)
+        return replace(parse_verdict(text, scale), model=answered_by or model,
+                       input_tokens=usage[0], output_tokens=usage[1])
 
-    async def _complete(self, model: str,
-                        messages: list[dict[str, str]]) -> tuple[str, str | None]:
-        """The completion's text and the model that answered, retrying 429, 5xx and network
-        errors with exponential backoff (a 429's Retry-After is honoured up to
-        backoff_max_s)."""
+    async def _complete(self, model: str, messages: list[dict[str, str]]
+                        ) -> tuple[str, str | None, tuple[int | None, int | None]]:
+        """The completion's text, the model that answered and the tokens it used (input,
+        output), retrying 429, 5xx and network errors with exponential backoff (a 429's
+        Retry-After is honoured up to backoff_max_s)."""
         assert self._clients
         body = {"model": model, "messages": messages, "temperature": 0,
                 "response_format": {"type": "json_object"}}
@@ -340,9 +349,8 @@ class LLMJudge:
                             f"judge endpoint answered {response.status_code} "
                             f"{response.reason_phrase}: {_snippet(response.text)}",
                             response.status_code, _retry_after(response))
-                    answer = _completion_text(response)
-                    _count_usage(model, response)
-                    return answer
+                    text, answered_by = _completion_text(response)
+                    return text, answered_by, _count_usage(model, response)
         except (JudgeHTTPError, httpx.TransportError) as e:
             metrics.JUDGE_CALLS.labels(model, "failed").inc()
             attempts = retrying.statistics.get("attempt_number", 1)

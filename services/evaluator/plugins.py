@@ -83,6 +83,10 @@ def as_score(result: Any) -> Score | None:
             raise ValueError(f"the score's value must be a finite number, not {score.value!r}")
         if score.data_type == "categorical" and not (score.string_value or "").strip():
             raise ValueError("a categorical score needs a label (string_value)")
+        for tokens in (score.input_tokens, score.output_tokens):
+            if tokens is not None and (not isinstance(tokens, int) or isinstance(tokens, bool)
+                                       or tokens < 0):
+                raise ValueError(f"a score's tokens are a count (0 or more), not {tokens!r}")
     return score
 
 

@@ -85,7 +85,8 @@ def score_case(env: Envelope, judged: Judged | None = None) -> Envelope:
                     evaluator_version=evaluator.version if score.model is None
                     else f"{evaluator.version}+{score.model}", spec_hash=_spec_hash(spec),
                     # Validated with the spec's other options by the evaluator just now.
-                    pass_threshold=(spec.model_extra or {}).get("pass_threshold")))
+                    pass_threshold=(spec.model_extra or {}).get("pass_threshold"),
+                    input_tokens=score.input_tokens, output_tokens=score.output_tokens))
         except Exception as e:  # one evaluator's failure must not stop the others
             failures.append(CaseFailure(
                 failure_id=deterministic_id("failure", run_item_id, name), name=name,

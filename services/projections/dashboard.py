@@ -118,6 +118,9 @@ VIEWS: dict[str, tuple[str, str, dict[str, str]]] = {
         "pass_rate": "Share of the run's boolean and numeric scores that pass (value >= "
                      "their spec's pass_threshold, default 0.5).",
         "evaluation_failures": "Evaluators that failed on an item of the run.",
+        "evaluation_input_tokens": "Input tokens the evaluators' models (the LLM judge) used "
+                                   "for the run's current scores, as their endpoints reported.",
+        "evaluation_output_tokens": "Output tokens the evaluators' models used for them.",
     }),
     "score_summary": (SCORE_SUMMARY_TEMPLATE, (
         "One row per run and score name: average, pass rate (value >= the spec's "

@@ -258,7 +258,8 @@ async def apply_traces(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> N
 _SCORE_RECORD = """score_id text, run_item_id text, run_id text, dataset_item_id text,
     trace_id text, name text, source text, value double precision, data_type text,
     string_value text, comment text, created_by text, evaluator text, evaluator_version text,
-    spec_hash text, request_id text, pass_threshold double precision"""
+    spec_hash text, request_id text, pass_threshold double precision, input_tokens integer,
+    output_tokens integer"""
 # What _on_bodies passes: event ids, event times, bodies.
 _BODIES = """unnest($1::text[], $2::timestamptz[], $3::text[]::json[])
     AS u(event_id, observed_at, doc)"""
@@ -273,11 +274,13 @@ _CASE = """run_item_id text, run_id text, dataset_item_id text, trace_id text, r
 _CASE_SCORES = f"""SELECT s.score_id, c.run_item_id, c.run_id, c.dataset_item_id, c.trace_id,
         s.name, s.source, s.value, s.data_type, s.string_value, s.comment, NULL::text AS created_by,
         s.evaluator, s.evaluator_version, s.spec_hash, c.request_id, s.pass_threshold,
+        s.input_tokens, s.output_tokens,
         u.observed_at, u.event_id || '/' || s.score_id AS event_id
     FROM {_BODIES} CROSS JOIN LATERAL json_to_record(u.doc) AS c({_CASE})
     CROSS JOIN LATERAL json_to_recordset(c.scores) AS s(score_id text, name text, source text,
         value double precision, data_type text, string_value text, comment text, evaluator text,
-        evaluator_version text, spec_hash text, pass_threshold double precision)"""
+        evaluator_version text, spec_hash text, pass_threshold double precision,
+        input_tokens integer, output_tokens integer)"""
 # The same two ways for failures.
 _RECORDED_FAILURES = f"""SELECT e.*, u.observed_at, u.event_id FROM {_BODIES}
     CROSS JOIN LATERAL json_to_record(u.doc) AS e(failure_id text, run_item_id text, run_id text,
@@ -322,16 +325,19 @@ def _upsert_scores(rows: str) -> str:
         upserted AS (
             INSERT INTO scores AS s (score_id, run_item_id, run_id, dataset_item_id, trace_id,
                 name, source, value, data_type, string_value, comment, created_by, evaluator,
-                evaluator_version, spec_hash, request_id, pass_threshold, observed_at, event_id)
+                evaluator_version, spec_hash, request_id, pass_threshold, input_tokens,
+                output_tokens, observed_at, event_id)
             SELECT score_id, run_item_id, run_id, dataset_item_id, trace_id, name, source, value,
                 data_type, string_value, comment, created_by, evaluator, evaluator_version,
-                spec_hash, request_id, pass_threshold, observed_at, event_id FROM latest
+                spec_hash, request_id, pass_threshold, input_tokens, output_tokens, observed_at,
+                event_id FROM latest
             ON CONFLICT (run_item_id, name, source) DO UPDATE SET value = excluded.value,
                 data_type = excluded.data_type, string_value = excluded.string_value,
                 comment = excluded.comment, created_by = excluded.created_by,
                 evaluator = excluded.evaluator, evaluator_version = excluded.evaluator_version,
                 spec_hash = excluded.spec_hash, request_id = excluded.request_id,
-                pass_threshold = excluded.pass_threshold,
+                pass_threshold = excluded.pass_threshold, input_tokens = excluded.input_tokens,
+                output_tokens = excluded.output_tokens,
                 observed_at = excluded.observed_at, event_id = excluded.event_id,
                 trace_id = excluded.trace_id
             WHERE (s.observed_at, s.event_id) < (excluded.observed_at, excluded.event_id)

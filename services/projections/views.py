@@ -36,7 +36,7 @@ SELECT r.id AS run_id, r.dataset_id, d.name AS dataset_name, r.name AS run_name,
        i.total_cost, i.total_tokens, i.latency_p50_ms, i.latency_p95_ms,
        s.items_with_scores,
        greatest(r.total_items - s.items_with_scores, 0) AS items_without_scores,
-       s.pass_rate, f.evaluation_failures
+       s.pass_rate, f.evaluation_failures, s.evaluation_input_tokens, s.evaluation_output_tokens
 FROM {rm}runs r
 LEFT JOIN {rm}datasets d ON d.id = r.dataset_id
 CROSS JOIN LATERAL (
@@ -50,10 +50,13 @@ CROSS JOIN LATERAL (
     FROM {rm}run_items WHERE run_id = r.id
 ) i
 CROSS JOIN LATERAL (
-    SELECT count(*) AS items_with_scores, sum(passed)::float8 / nullif(sum(n), 0) AS pass_rate
+    SELECT count(*) AS items_with_scores, sum(passed)::float8 / nullif(sum(n), 0) AS pass_rate,
+           coalesce(sum(input_tokens), 0)::bigint AS evaluation_input_tokens,
+           coalesce(sum(output_tokens), 0)::bigint AS evaluation_output_tokens
     FROM (SELECT count(*) FILTER (WHERE data_type <> 'categorical') AS n,
                  count(*) FILTER (WHERE value >= coalesce(pass_threshold, {pass})
-                                  AND data_type <> 'categorical') AS passed
+                                  AND data_type <> 'categorical') AS passed,
+                 sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens
           FROM {rm}scores WHERE run_id = r.id GROUP BY run_item_id) per_item
 ) s
 CROSS JOIN LATERAL (

@@ -360,6 +360,10 @@ async def test_an_llm_judge_scores_beside_the_programmatic_evaluators(api, fake_
     assert summary["scores"]["judged_correct"]["average"] == pytest.approx(3 / 4)
     assert summary["scores"]["exact_match"]["average"] == pytest.approx(2 / 4)
     assert "judged_broken" not in summary["scores"]
+    # What judging cost: the tokens of the four answered calls (the judge reports 50 in, 12 out
+    # a call; the failed ones report none).
+    assert (summary["evaluation_input_tokens"], summary["evaluation_output_tokens"]) == (
+        4 * 50, 4 * 12)
 
     results = (await api.query.get(f"/v1/runs/{run_id}/results")).json()["items"]
     first = next(r for r in results if r["dataset_item_id"] == items[0]["id"])

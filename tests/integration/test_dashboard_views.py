@@ -314,6 +314,7 @@ async def test_the_grafana_dashboards_queries_give_the_scenarios_figures_as_the_
         expected["completed_items"], expected["failed_items"], expected["missing_items"])
     assert stat["pass rate"] == pytest.approx(expected["pass_rate"])
     assert stat["cost (USD)"] == pytest.approx(expected["total_cost"])
+    assert stat["judge tokens"] == 0  # the scenario's evaluators call no model
     assert {r["score"]: (r["average"], r["pass rate"], r["items"])
             for r in got["Scores of ${run:text}"]} == {
         name: (pytest.approx(f["average"]), pytest.approx(f["pass_rate"]), f["count"])

@@ -5,6 +5,7 @@ the request it is sent. The fake's behaviour is picked by the requested model na
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -57,6 +58,14 @@ def case(output: Any, expected: Any = None, trace_id: str = "t") -> ScoringCase:
 DEFAULT = FakeJudge.answering("judge-default")
 
 
+def judged(*args: Any, **kw: Any) -> Score:
+    """A score as the fake judge gives it, with the tokens its replies report (50 in, 12 out);
+    or a given score with them."""
+    if args and isinstance(args[0], Score):
+        return dataclasses.replace(args[0], input_tokens=50, output_tokens=12)
+    return Score(*args, input_tokens=50, output_tokens=12, **kw)
+
+
 def spec(**options: Any) -> EvaluatorSpec:
     return EvaluatorSpec(type="llm_judge", **{"criteria": "Is the answer correct?", **options})
 
@@ -71,10 +80,10 @@ async def test_judges_over_http_with_scores_and_reasons(fake: FakeJudge, base_ur
     # Each score names the model that gave it, as the endpoint named it in its reply.
     default, numeric = DEFAULT, "m-num-2026-11-01"
     assert results == [
-        Score(1.0, "boolean", comment="The output contains 'paris'.", model=default),
-        Score(0.0, "boolean", comment="The output lacks 'berlin'.", model=default),
-        Score(0.5, "numeric", comment="0.50 of the expected words.", model=numeric),
-        Score(0.0, "boolean", comment="No expected output to compare with.", model=default),
+        judged(1.0, "boolean", comment="The output contains 'paris'.", model=default),
+        judged(0.0, "boolean", comment="The output lacks 'berlin'.", model=default),
+        judged(0.5, "numeric", comment="0.50 of the expected words.", model=numeric),
+        judged(0.0, "boolean", comment="No expected output to compare with.", model=default),
     ]
     # What went over the wire: the OpenAI request shape, the key, the models.
     assert len(fake.requests) == 4
@@ -90,14 +99,14 @@ async def test_judges_over_http_with_scores_and_reasons(fake: FakeJudge, base_ur
 async def test_fenced_replies_are_read(fake: FakeJudge, base_url: str) -> None:
     async with make_judge(base_url) as judge:
         [result] = await judge.judge_many([(case("Paris", "Paris"), spec(model="fenced"))])
-    assert result == Score(1.0, "boolean", comment="The output contains 'paris'.",
+    assert result == judged(1.0, "boolean", comment="The output contains 'paris'.",
                            model=FakeJudge.answering("fenced"))
 
 
 async def test_500_twice_then_200_is_retried_and_succeeds(fake: FakeJudge, base_url: str) -> None:
     async with make_judge(base_url) as judge:
         [result] = await judge.judge_many([(case("Paris", "Paris"), spec(model="flaky"))])
-    assert result == Score(1.0, "boolean", comment="The output contains 'paris'.",
+    assert result == judged(1.0, "boolean", comment="The output contains 'paris'.",
                            model=FakeJudge.answering("flaky"))
     assert fake.count("flaky") == 3
 
@@ -106,7 +115,7 @@ async def test_429_is_retried(fake: FakeJudge, base_url: str) -> None:
     async with make_judge(base_url, backoff_s=5.0, backoff_max_s=5.0) as judge:
         started = time.monotonic()
         [result] = await judge.judge_many([(case("Lyon", "Paris"), spec(model="limited"))])
-    assert result == Score(0.0, "boolean", comment="The output lacks 'paris'.",
+    assert result == judged(0.0, "boolean", comment="The output lacks 'paris'.",
                            model=FakeJudge.answering("limited"))
     assert fake.count("limited") == 2
     assert time.monotonic() - started < 2  # Retry-After: 0 wins over the 5 s backoff
@@ -119,9 +128,9 @@ async def test_a_server_always_answering_500_fails_only_its_pair(fake: FakeJudge
              (case("Rome", "Paris"), spec())]
     async with make_judge(base_url) as judge:
         results = await judge.judge_many(pairs)
-    assert results[0] == Score(1.0, "boolean", comment="The output contains 'paris'.",
+    assert results[0] == judged(1.0, "boolean", comment="The output contains 'paris'.",
                                model=DEFAULT)
-    assert results[2] == Score(0.0, "boolean", comment="The output lacks 'paris'.",
+    assert results[2] == judged(0.0, "boolean", comment="The output lacks 'paris'.",
                                model=DEFAULT)
     error = results[1]
     assert isinstance(error, JudgeHTTPError)
@@ -170,7 +179,7 @@ async def test_calls_past_the_batch_deadline_fail_and_the_others_stand(fake: Fak
                                           (case("Paris", "Paris"), spec())])
         took = time.monotonic() - started
     assert isinstance(results[0], TimeoutError) and "batch deadline of 0.3 s" in str(results[0])
-    assert results[1] == Score(1.0, "boolean", comment="The output contains 'paris'.",
+    assert results[1] == judged(1.0, "boolean", comment="The output contains 'paris'.",
                                model=DEFAULT)
     assert took < 0.9  # not the hanging call's full second
 
@@ -193,7 +202,7 @@ async def test_concurrency_is_bounded(fake: FakeJudge, base_url: str, own_transp
              for i in range(12)]
     async with make_judge(base_url, concurrency=3, transport=transport) as judge:
         results = await judge.judge_many(pairs)
-    assert results == [Score(1.0, "boolean", comment=f"The output contains 'answer {i}'.",
+    assert results == [judged(1.0, "boolean", comment=f"The output contains 'answer {i}'.",
                              model=FakeJudge.answering("slow")) for i in range(12)]
     assert fake.count("slow") == 12
     assert fake.max_in_flight == 3
@@ -220,7 +229,7 @@ async def test_waiting_for_a_turn_does_not_count_against_the_timeout(fake: FakeJ
     pairs = [(case(f"answer {i}", "answer"), spec(model="slow")) for i in range(10)]
     async with make_judge(base_url, concurrency=1, timeout_s=0.25, max_attempts=1) as judge:
         results = await judge.judge_many(pairs)
-    assert results == [Score(1.0, "boolean", comment="The output contains 'answer'.",
+    assert results == [judged(1.0, "boolean", comment="The output contains 'answer'.",
                              model=FakeJudge.answering("slow"))] * 10
     assert fake.max_in_flight == 1
 
@@ -244,8 +253,9 @@ async def test_identical_requests_are_judged_once(fake: FakeJudge, base_url: str
         results = await judge.judge_many(pairs)
     yes = Score(1.0, "boolean", comment="The output contains 'paris'.", model=DEFAULT)
     no = Score(0.0, "boolean", comment="The output lacks 'berlin'.", model=DEFAULT)
-    assert results == [yes, no, yes, yes, no, Score(
-        1.0, "numeric", comment="1.00 of the expected words.", model=DEFAULT)]
+    # A call's tokens count once: on the first case that shares its answer.
+    assert results == [judged(yes), judged(no), yes, yes, no, judged(Score(
+        1.0, "numeric", comment="1.00 of the expected words.", model=DEFAULT))]
     # paris/boolean, munich/boolean, paris/numeric: the same messages to the same model once
     assert len(fake.requests) == 3
     assert all(n == 1 for n in fake.seen.values())

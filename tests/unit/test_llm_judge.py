@@ -269,10 +269,11 @@ async def test_judge_many_of_nothing_is_nothing() -> None:
 async def test_a_wrong_spec_fails_only_its_own_pair(monkeypatch) -> None:
     asked: list[str] = []
 
-    async def complete(self, model: str,
-                       messages: list[dict[str, str]]) -> tuple[str, str | None]:
+    async def complete(self, model: str, messages: list[dict[str, str]]
+                       ) -> tuple[str, str | None, tuple[int | None, int | None]]:
         asked.append(model)
-        return '{"score": true, "reason": "fine"}', None  # a reply naming no model
+        # a reply naming no model, and saying nothing of its tokens
+        return '{"score": true, "reason": "fine"}', None, (None, None)
 
     monkeypatch.setattr(judge_module.LLMJudge, "_complete", complete)
     async with LLMJudge(LLMJudgeSettings(base_url="http://127.0.0.1:9/v1", model="m0")) as judge:
