@@ -26,7 +26,6 @@ import importlib.util
 import inspect
 import json
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from tenacity import (
 
 from schemas.common import deterministic_id
 from services.client import first_error, refusal
+from services.threads import in_daemon_thread
 
 CHUNK = 1000  # traces a call, the API's limit
 # Bytes of traces a call, well within the API's body limit (16 MB by default); a trace larger
@@ -181,24 +181,6 @@ def _retryable(e: BaseException) -> bool:
     return isinstance(e, httpx.HTTPStatusError) and e.response.status_code in (502, 503, 504)
 
 
-def _in_thread(loop: asyncio.AbstractEventLoop, fn: Callable[[dict], Any],
-               item: dict) -> asyncio.Future:
-    """fn(item) (which does not raise) in a daemon thread of its own, its result on the loop: a
-    call past its timeout, which Python cannot stop, runs on ignored and does not hold up the
-    process's exit (a pool's threads would be waited for). The workers bound the threads."""
-    future = loop.create_future()
-
-    def target() -> None:
-        result = fn(item)
-        try:
-            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(result))
-        except RuntimeError:  # the loop is closed: nobody waits for this call any more
-            pass
-
-    threading.Thread(target=target, name="evalstream-task", daemon=True).start()
-    return future
-
-
 class Runner:
     """One run of a task over a dataset, through the ingest and query APIs."""
 
@@ -279,7 +261,7 @@ class Runner:
         traces; returns once every trace is posted. `on_start` is told how many items there
         are to do, `on_item` each one done. An item whose call takes longer than `item_timeout`
         seconds fails with a TimeoutError (an async call is cancelled; a plain function's thread
-        cannot be stopped and runs on, its result ignored: see _in_thread)."""
+        cannot be stopped and runs on, its result ignored: services/threads.py)."""
         started = time.monotonic()
         if run_id is None:
             run = await self.start(dataset_id, name, metadata)
@@ -345,14 +327,14 @@ class Runner:
                 await items.put(None)
 
         async def work() -> None:
-            loop = asyncio.get_running_loop()
             while (item := await items.get()) is not None:
                 if is_async:
                     result, error, ms = await timed_async(item)
                 else:
                     try:
                         result, error, ms = await asyncio.wait_for(
-                            _in_thread(loop, timed, item), item_timeout)
+                            in_daemon_thread(timed, item, name="evalstream-task"),
+                            item_timeout)
                     except TimeoutError:
                         result, error, ms = None, overran(), item_timeout * 1000  # type: ignore
                 trace = trace_of(report.run_id, item["id"], result, error, ms)

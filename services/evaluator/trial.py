@@ -17,16 +17,28 @@ from schemas.traces import TraceCompleted
 from services.evaluator.llm_judge import LLMJudge
 from services.evaluator.scoring import score_cases
 from services.settings import Settings
+from services.threads import in_daemon_thread
+
+
+class TrialTimeout(TimeoutError):
+    """The evaluators did not finish within the trial's limit; the message says which."""
 
 
 async def try_specs(specs: Sequence[EvaluatorSpec], cases: Sequence[dict[str, Any]],
-                    settings: Settings) -> list[dict[str, Any]]:
+                    settings: Settings, limit: float | None = None) -> list[dict[str, Any]]:
     """Each case (`input`, `output`, `expected_output`, `metadata`) scored with every spec: its
     scores (value, label, comment, passed) and its evaluators' failures, in the cases' order.
 
-    In a thread and an event loop of their own: a plugin's plain function that takes its time
-    holds up this call, not the API's other requests."""
-    return await asyncio.to_thread(asyncio.run, _score(specs, cases, settings))
+    In a daemon thread and an event loop of their own: a plugin's plain function that takes its
+    time holds up this call, not the API's other requests; one that never returns is given up
+    after `limit` seconds (default: the async evaluators' deadline and 10 s more): TrialTimeout."""
+    limit = settings.async_evaluators.deadline_s + 10 if limit is None else limit
+    try:
+        return await asyncio.wait_for(in_daemon_thread(
+            asyncio.run, _score(specs, cases, settings), name="evalstream-try"), limit)
+    except TimeoutError:
+        raise TrialTimeout(f"the evaluators did not finish within {limit:g} s (a plugin's "
+                           "plain function that does not return?)") from None
 
 
 async def _score(specs: Sequence[EvaluatorSpec], cases: Sequence[dict[str, Any]],

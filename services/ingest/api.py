@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request, Response, status
+from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response, status
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
@@ -58,8 +58,11 @@ async def try_evaluators(cmd: TryEvaluators, request: Request) -> dict:
     plugins, and the LLM judge if this ingest has EVALSTREAM_LLM_JUDGE__BASE_URL — and answer
     with each case's scores (value, label, passed, comment) and failures. Nothing is published
     or stored: for writing a spec against examples before a dataset uses it."""
-    results = await trial.try_specs(cmd.evaluators, [c.model_dump() for c in cmd.cases],
-                                    request.app.state.settings)
+    try:
+        results = await trial.try_specs(cmd.evaluators, [c.model_dump() for c in cmd.cases],
+                                        request.app.state.settings)
+    except trial.TrialTimeout as e:
+        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, str(e)) from None
     return {"results": results}
 
 

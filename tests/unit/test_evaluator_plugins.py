@@ -301,3 +301,27 @@ def test_specs_are_tried_locally_with_a_plugin_just_written(tmp_path):
         in said(done)
     done = cli('{"type": "word_limit"}', "--output", "a")  # the plugin not named: unknown
     assert done.returncode == 2 and "unknown evaluator type 'word_limit'" in said(done)
+
+
+async def test_a_trial_whose_plain_plugin_never_returns_is_given_up(tmp_path):
+    import time
+
+    from services.evaluator import trial
+
+    plugins.load([_plugin(tmp_path, """
+        import time
+        from services.evaluator.plugins import evaluator
+
+        @evaluator("stuck", version="1")
+        def stuck(case):
+            time.sleep(30)
+    """, name="stuck.py")])
+    started = time.monotonic()
+    with pytest.raises(trial.TrialTimeout, match="did not finish within 0.5 s"):
+        await trial.try_specs((EvaluatorSpec(type="stuck"),), [{"output": "x"}], Settings(),
+                              limit=0.5)
+    assert time.monotonic() - started < 5
+    # Another trial meanwhile is answered: the stuck call holds up its own thread only.
+    (answer,) = await trial.try_specs((EvaluatorSpec(type="exact_match"),),
+                                      [{"output": "a", "expected_output": "a"}], Settings())
+    assert [(s["name"], s["passed"]) for s in answer["scores"]] == [("exact_match", True)]
