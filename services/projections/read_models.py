@@ -488,7 +488,7 @@ async def apply_score_requests_issued(conn: asyncpg.Connection,
         SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(request_id text, origin text,
             run_id text, requested integer, runs jsonb, evaluators jsonb, filters jsonb,
             interrupted boolean, requested_at timestamptz, event_id text)
-        WHERE NOT EXISTS (SELECT 1 FROM deleted_runs d WHERE d.run_id = e.run_id)
+        -- Of a deleted run too, whatever the order: its progress shows the cases withdrawn.
         ON CONFLICT (request_id) DO UPDATE SET origin = excluded.origin, run_id = excluded.run_id,
             requested = excluded.requested, runs = excluded.runs,
             evaluators = excluded.evaluators, filters = excluded.filters,
@@ -524,7 +524,8 @@ async def _tombstones(conn: asyncpg.Connection, table: str, key: str,
 async def apply_runs_deleted(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
     """Remember the deleted runs, then remove their rows from every read model: the run, its
     items, scores with their history, failures, the reports without a score, retracted verdicts
-    and the progress of score requests about it."""
+    and the cases counted for score requests about it (the requests themselves stay, their
+    cases of the run withdrawn)."""
     run_ids = await _tombstones(conn, "deleted_runs", "run_id", batch)
     await conn.execute("""
         DELETE FROM score_history h USING scores s
@@ -535,7 +536,9 @@ async def apply_runs_deleted(conn: asyncpg.Connection, batch: Sequence[Envelope]
         DELETE FROM score_history h USING retracted_scores t
         WHERE t.run_id = ANY($1::text[]) AND h.score_id = t.score_id;
         """, run_ids)
-    for table in ("scores", "evaluation_failures", "score_request_cases", "score_requests",
+    # A score request's own row (what was asked, of which runs) stays: its progress then counts
+    # the deleted run's cases as withdrawn and is done, rather than unknown (docs/adr/0009).
+    for table in ("scores", "evaluation_failures", "score_request_cases",
                   "scoreless_cases", "retracted_scores", "run_items"):
         await conn.execute(f"DELETE FROM {table} WHERE run_id = ANY($1::text[])", run_ids)
     await conn.execute("DELETE FROM runs WHERE id = ANY($1::text[])", run_ids)

@@ -38,15 +38,17 @@ async def test_a_deleted_run_leaves_the_read_side_and_is_refused_after(api, migr
     assert deleted.status_code == 202, deleted.text
     assert deleted.json()["run_id"] == gone and deleted.json()["dataset_id"] == dataset_id
 
-    # Gone from the read side: its summary, results, request progress, the dataset's runs.
+    # Gone from the read side: its summary, results, the dataset's runs; the request's
+    # progress stays, done, its cases withdrawn.
     for _ in range(200):
         if (await api.query.get(f"/v1/runs/{gone}")).status_code == 404:
             break
         await asyncio.sleep(0.05)
     assert (await api.query.get(f"/v1/runs/{gone}")).status_code == 404
     assert (await api.query.get(f"/v1/runs/{gone}/results")).status_code == 404
-    assert (await api.query.get(
-        f"/v1/score-requests/{request['request_id']}")).status_code == 404
+    progress = (await api.query.get(f"/v1/score-requests/{request['request_id']}")).json()
+    assert (progress["requested"], progress["completed"], progress["withdrawn"],
+            progress["done"]) == (2, 0, 2, True)
     listed = (await api.query.get(f"/v1/datasets/{dataset_id}/runs")).json()
     assert [r["id"] for r in listed["runs"]] == [kept]
     r = await api.query.get("/v1/compare", params={"runs": f"{kept},{gone}"})

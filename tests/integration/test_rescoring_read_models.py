@@ -101,6 +101,32 @@ async def test_a_request_over_several_runs_is_done_without_a_run_deleted_meanwhi
                                                                                   False)
 
 
+async def test_an_evaluate_of_a_run_deleted_meanwhile_is_done_with_its_cases_withdrawn(
+        migrated):
+    """An evaluate (one run) whose run is deleted while its cases are being scored: its progress
+    stays known and is done, every case withdrawn, whatever the order (before, its row went with
+    the run and its progress was unknown for good)."""
+    header = wrap(ScoreRequestsIssued(request_id="q3", origin="evaluate", run_id="r1",
+                                      requested=3, runs={"r1": 3},
+                                      requested_at=AT + timedelta(hours=1)),
+                  source="t", key="r1", id="h3")
+    cases = [score_case(score_request(
+        wrap(_trace(n, dataset_item_id=f"i-{n}", expected_output="Paris"), source="t",
+             key="r1", id=f"e{n}"), "q3", AT + timedelta(hours=1), None)) for n in range(3)]
+    deleted = wrap(RunDeleted(run_id="r1", dataset_id="d1", deleted_at=AT + timedelta(hours=2)),
+                   source="t", key="d1", id="x3")
+
+    async def progress(conn):
+        p = await rescoring_views.score_request_progress(conn, "q3")
+        return p and (p["requested"], p["completed"], p["withdrawn"], p["done"])
+
+    for log in ([header, cases[0], deleted, *cases[1:]], [deleted, *cases, header],
+                [header, *cases, deleted], [deleted, header]):
+        assert await _apply(migrated.dsn, [log], progress) == (3, 0, 3, True), log
+    # Not deleted: its cases count, and it is done once all three are in.
+    assert await _apply(migrated.dsn, [[header, *cases]], progress) == (3, 3, 0, True)
+
+
 async def test_a_verdict_leaves_the_evaluators_failure_and_score_alone(migrated):
     failure = EvaluationFailed(failure_id="f1", run_item_id="ri1", run_id="r1", name="tone",
                                evaluator="llm", reason="boom", observed_at=AT)
