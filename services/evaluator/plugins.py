@@ -234,6 +234,12 @@ def describe() -> list[dict[str, Any]]:
 
 
 def _options_schema(model: type[BaseModel]) -> dict[str, Any]:
-    schema = model.model_json_schema()
+    """The options as JSON Schema; a plugin's options of a type JSON Schema cannot express are
+    described by their names alone."""
+    try:
+        schema = model.model_json_schema()
+    except Exception:  # noqa: BLE001 - pydantic raises several kinds for a type it cannot render
+        return {"type": "object", "properties": {name: {} for name in model.model_fields},
+                "description": "options not expressible as JSON Schema"}
     schema.pop("title", None)
     return schema

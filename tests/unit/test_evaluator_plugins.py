@@ -325,3 +325,22 @@ async def test_a_trial_whose_plain_plugin_never_returns_is_given_up(tmp_path):
     (answer,) = await trial.try_specs((EvaluatorSpec(type="exact_match"),),
                                       [{"output": "a", "expected_output": "a"}], Settings())
     assert [(s["name"], s["passed"]) for s in answer["scores"]] == [("exact_match", True)]
+
+
+def test_options_json_schema_cannot_express_are_listed_by_name(tmp_path):
+    plugins.load([_plugin(tmp_path, """
+        from typing import Callable
+        from pydantic import ConfigDict
+        from services.evaluator.plugins import Options, evaluator
+
+        class Odd(Options):
+            model_config = ConfigDict(arbitrary_types_allowed=True)
+            check: Callable = len
+
+        @evaluator("odd", version="1", options=Odd)
+        def odd(case, options):
+            return 1
+    """, name="odd.py")])
+    described = {d["type"]: d for d in plugins.describe()}
+    assert set(described["odd"]["options"]["properties"]) == {"pass_threshold", "check"}
+    assert described["odd"]["options"]["description"] == "options not expressible as JSON Schema"
