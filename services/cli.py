@@ -593,6 +593,9 @@ def run_command(
     run_id: str | None = typer.Option(None, "--run", help="Continue this run instead of "
                                                           "starting one: items that have a "
                                                           "trace are skipped."),
+    evaluators: Path | None = typer.Option(
+        None, exists=True, dir_okay=False,
+        help="Evaluator specs (JSON or YAML list) of this run, instead of the dataset's."),
     ingest_url: IngestUrl = None,
     query_url: QueryUrl = None,
     api_key: ClientKey = None,
@@ -619,6 +622,19 @@ def run_command(
         fn = load_task(task)
     except RunnerError as e:
         raise typer.BadParameter(str(e), param_hint="--task") from None
+    specs = None
+    if evaluators is not None:
+        from services.replay import SpecFileError, load_specs
+
+        if run_id is not None:
+            raise typer.BadParameter("only for a new run (a run keeps the specs it started "
+                                     "with; `evalstream rescore` scores it with others)",
+                                     param_hint="--evaluators")
+        try:  # types and options are checked by ingest, which knows its plugins
+            specs = [s.model_dump(exclude_none=True)
+                     for s in load_specs(evaluators, check=False)]
+        except SpecFileError as e:
+            raise typer.BadParameter(str(e), param_hint="--evaluators") from None
     if dataset is not None:
         from services.reports import dataset_id
 
@@ -638,7 +654,8 @@ def run_command(
         report = run_dataset(
             dataset, fn, name=name or f"{task} {time.strftime('%Y-%m-%d %H:%M:%S')}",
             ingest_url=ingest_url, query_url=query_url, api_key=api_key,
-            metadata=pairs or None, run_id=run_id, concurrency=concurrency, limit=limit,
+            metadata=pairs or None, run_id=run_id, evaluators=specs,
+            concurrency=concurrency, limit=limit,
             item_timeout=timeout, on_start=started, on_item=lambda: bar.update() if bar else None)
     except RunnerError as e:
         typer.echo(f"run stopped: {e}", err=True)

@@ -219,10 +219,13 @@ class Runner:
             raise RunnerError(f"{method} {path}: {refusal(r)}")
         return r.json()
 
-    async def start(self, dataset_id: str, name: str, metadata: dict | None) -> dict:
+    async def start(self, dataset_id: str, name: str, metadata: dict | None,
+                    evaluators: list[dict] | None = None) -> dict:
         body: dict[str, Any] = {"dataset_id": dataset_id, "name": name}
         if metadata:
             body["metadata"] = metadata
+        if evaluators:
+            body["evaluators"] = evaluators
         return await self._call(self.ingest, "POST", "/v1/runs", 201, json=body)
 
     async def _pages(self, path: str, key: str, **params) -> AsyncIterator[list[dict]]:
@@ -253,18 +256,20 @@ class Runner:
 
     async def run(self, dataset_id: str, task: Callable[[Any], Any], *, name: str,
                   metadata: dict | None = None, run_id: str | None = None,
+                  evaluators: list[dict] | None = None,
                   concurrency: int = 8, limit: int | None = None,
                   item_timeout: float | None = None,
                   on_item: Callable[[], object] = lambda: None,
                   on_start: Callable[[RunReport, int], object] = lambda r, n: None) -> RunReport:
-        """Start a run (or continue `run_id`), send every item's input through `task`, post the
-        traces; returns once every trace is posted. `on_start` is told how many items there
+        """Start a run (with `evaluators`, its own specs instead of the dataset's; or continue
+        `run_id`), send every item's input through `task`, post the traces; returns once every
+        trace is posted. `on_start` is told how many items there
         are to do, `on_item` each one done. An item whose call takes longer than `item_timeout`
         seconds fails with a TimeoutError (an async call is cancelled; a plain function's thread
         cannot be stopped and runs on, its result ignored: services/threads.py)."""
         started = time.monotonic()
         if run_id is None:
-            run = await self.start(dataset_id, name, metadata)
+            run = await self.start(dataset_id, name, metadata, evaluators)
             report = RunReport(run_id=run["id"], dataset_id=dataset_id, name=run["name"])
             await self._await_items(dataset_id, run["total_items"])
             done: set[str] = set()

@@ -79,6 +79,39 @@ async def test_run_an_agent_over_a_dataset_then_continue_and_check_it(api, migra
     assert "passed" in report
 
 
+async def test_a_run_with_specs_of_its_own(api, migrated, tmp_path):
+    """--evaluators: this run's specs instead of the dataset's (a plugin's type among them, which
+    ingest checks: the client has not the plugin)."""
+    dataset_id = await _dataset(api)
+    await api.eventually(f"/v1/datasets/{dataset_id}", lambda d: d["item_count"] == N)
+    specs = tmp_path / "specs.yaml"
+    specs.write_text("- type: word_limit\n  max_words: 1\n- type: regex\n  pattern: '^1'\n")
+    env = {k: v for k, v in _env(migrated).items() if k != "EVALSTREAM_EVALUATOR_PLUGINS"}
+    out = await evalstream_command(env, "run", dataset_id, "--task",
+                                   "tests.e2e.agent_task:answer", "--limit", "5",
+                                   "--evaluators", str(specs))
+    run_id = out.strip().splitlines()[-1]
+    summary = await api.eventually(
+        f"/v1/runs/{run_id}", lambda s: s["scores"].get("regex", {}).get("count") == 5)
+    assert summary["evaluators"] == [{"type": "word_limit", "max_words": 1},
+                                     {"type": "regex", "pattern": "^1"}]
+    assert set(summary["scores"]) == {"word_limit", "regex"}  # not the dataset's exact_match
+    # A wrong one is named by ingest before anything runs; continuing a run takes none.
+    specs.write_text("- type: word_limit\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "run", dataset_id, "--task",
+        "tests.e2e.agent_task:answer", "--evaluators", str(specs), env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1 and "max_words" in err.decode(), err.decode()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "run", "--run", run_id, "--task",
+        "tests.e2e.agent_task:answer", "--evaluators", str(specs), env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2 and "only for a new run" in " ".join(err.decode().split())
+
+
 async def test_run_an_async_agent_through_the_python_api(api, migrated):
     dataset_id = await _dataset(api)
     # run_dataset runs its own event loop, as in a script: here in a thread of its own.
