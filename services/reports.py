@@ -145,7 +145,8 @@ def render_comparison(c: dict, run_id: str) -> str:
 def _md_table(rows: list[list[str]]) -> list[str]:
     """Rows (the first a heading) as a GitHub Markdown table."""
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        # A cell is one line: a comment's line breaks would end the table's row.
+        return "| " + " | ".join(" ".join(c.split()).replace("|", "\\|") for c in cells) + " |"
     return [line(rows[0]), "|" + "---|" * len(rows[0]), *(line(r) for r in rows[1:])]
 
 
