@@ -209,6 +209,18 @@ def _query_api(url: str | None, api_key: str | None, stopped: str, code: int = 2
         api.close()
 
 
+def _spec_file(path: Path, option: str) -> list[dict]:
+    """The evaluator specs of a JSON or YAML file, as an API takes them, for a client command:
+    only their form is checked here; their types and options are checked by ingest, which knows
+    its plugins (a client need not have them). A wrong file is a usage error naming `option`."""
+    from services.replay import SpecFileError, load_specs
+
+    try:
+        return [s.model_dump(exclude_none=True) for s in load_specs(path, check=False)]
+    except SpecFileError as e:
+        raise typer.BadParameter(str(e), param_hint=option) from None
+
+
 @app.command(rich_help_panel="Evaluate")
 def check(
     run_id: str = typer.Argument(..., metavar="RUN", help="The run to check."),
@@ -533,17 +545,12 @@ def upload(
     stops it before anything is sent. Items with the ids of existing ones replace them."""
     import httpx
 
-    from services.replay import SpecFileError, load_specs
     from services.upload import UploadError, read_items
     from services.upload import upload as send
 
     if (dataset is None) == (name is None):
         raise typer.BadParameter("give --dataset ID or --name NAME", param_hint="--dataset")
-    try:  # types and options are checked by ingest, which knows its plugins
-        specs = [s.model_dump(exclude_none=True)
-                 for s in load_specs(evaluators, check=False)] if evaluators else None
-    except SpecFileError as e:
-        raise typer.BadParameter(str(e), param_hint="--evaluators") from None
+    specs = _spec_file(evaluators, "--evaluators") if evaluators else None
     settings = Settings()
     try:
         items = read_items(file)
@@ -622,19 +629,11 @@ def run_command(
         fn = load_task(task)
     except RunnerError as e:
         raise typer.BadParameter(str(e), param_hint="--task") from None
-    specs = None
-    if evaluators is not None:
-        from services.replay import SpecFileError, load_specs
-
-        if run_id is not None:
-            raise typer.BadParameter("only for a new run (a run keeps the specs it started "
-                                     "with; `evalstream rescore` scores it with others)",
-                                     param_hint="--evaluators")
-        try:  # types and options are checked by ingest, which knows its plugins
-            specs = [s.model_dump(exclude_none=True)
-                     for s in load_specs(evaluators, check=False)]
-        except SpecFileError as e:
-            raise typer.BadParameter(str(e), param_hint="--evaluators") from None
+    if evaluators is not None and run_id is not None:
+        raise typer.BadParameter("only for a new run (a run keeps the specs it started with; "
+                                 "`evalstream rescore` scores it with others)",
+                                 param_hint="--evaluators")
+    specs = _spec_file(evaluators, "--evaluators") if evaluators else None
     if dataset is not None:
         from services.reports import dataset_id
 
@@ -733,14 +732,10 @@ def rescore(
     import httpx
 
     from services import rescore as rescoring
-    from services.replay import SpecFileError, load_specs
 
     if score is not None and only is None:
         raise typer.BadParameter("only with --only", param_hint="--score")
-    try:  # types and options are checked by ingest, which knows its plugins
-        specs = load_specs(evaluators, check=False) if evaluators else None
-    except SpecFileError as e:
-        raise typer.BadParameter(str(e), param_hint="--evaluators") from None
+    specs = _spec_file(evaluators, "--evaluators") if evaluators else None
     settings = Settings()
     with httpx.Client(base_url=client.ingest_url(settings, ingest_url),
                       headers=client.auth(client.client_key(settings, api_key)),
@@ -901,13 +896,7 @@ def try_evaluators(
             raise typer.BadParameter(f"spec {n + 1} is not JSON: {e}", param_hint="SPEC") \
                 from None
     if specs_file is not None:
-        from services.replay import SpecFileError, load_specs
-
-        try:
-            given += [s.model_dump(exclude_none=True)
-                      for s in load_specs(specs_file, check=False)]  # checked where scored
-        except SpecFileError as e:
-            raise typer.BadParameter(str(e), param_hint="--specs") from None
+        given += _spec_file(specs_file, "--specs")
     if not given:
         raise typer.BadParameter("give a spec, as JSON or in a --specs file", param_hint="SPEC")
     cases: list = []

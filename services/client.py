@@ -5,6 +5,7 @@ an API's refusal reads, and the query API's client."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -119,16 +120,18 @@ class QueryApi:
     def summary(self, run_id: str) -> dict:
         return self.get(f"/v1/runs/{run_id}")
 
-    def breakdown(self, run_id: str, by: str) -> list[dict]:
-        """Every group of the run's breakdown, page after page."""
-        groups: list[dict] = []
+    def pages(self, path: str, **params: str) -> Iterator[dict]:
+        """Every page of a paged answer, 1,000 rows a page, following its `next_offset`."""
         offset: int | None = 0
         while offset is not None:
-            page = self.get(f"/v1/runs/{run_id}/breakdown", by=by, limit="1000",
-                            offset=str(offset))
-            groups += page["groups"]
+            page = self.get(path, **params, limit="1000", offset=str(offset))
+            yield page
             offset = page["next_offset"]
-        return groups
+
+    def breakdown(self, run_id: str, by: str) -> list[dict]:
+        """Every group of the run's breakdown, page after page."""
+        return [group for page in self.pages(f"/v1/runs/{run_id}/breakdown", by=by)
+                for group in page["groups"]]
 
     def comparison(self, baseline: str | None, run_id: str) -> dict:
         """The run against `baseline`, or (None) against its dataset's baseline run."""

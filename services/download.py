@@ -17,14 +17,11 @@ def download(api: QueryApi, dataset_id: str, out: TextIO,
              on_progress: Callable[[int, int], object] = lambda done, total: None) -> int:
     """Write every item of the dataset to `out`, one JSON object a line in id order; returns
     how many. `on_progress(items written, total)` after each page."""
-    written, offset = 0, 0
-    while True:
-        page = api.get(f"/v1/datasets/{dataset_id}/items", limit="1000", offset=str(offset))
+    written = 0
+    for page in api.pages(f"/v1/datasets/{dataset_id}/items"):
         for item in page["items"]:
             out.write(json.dumps({k: item[k] for k in FIELDS if item.get(k) is not None},
                                  ensure_ascii=False) + "\n")
         written += len(page["items"])
         on_progress(written, page["total"])
-        if page["next_offset"] is None:
-            return written
-        offset = page["next_offset"]
+    return written

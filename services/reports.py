@@ -122,10 +122,10 @@ def _interval(paired: dict | None) -> str:
     return f"{100 * low:+.1f} … {100 * high:+.1f}{' *' if paired['significant'] else ''}"
 
 
-def _list_heading(c: dict, which: str) -> str:
-    page = c[which]
+def _list_heading(title: str, page: dict) -> str:
+    """`<title>: <total>`, and how many are listed when not all are."""
     shown = len(page["items"])
-    return f"{which.replace('_', ' ')}: {page['total']}" + (
+    return f"{title}: {page['total']}" + (
         f" (the first {shown})" if 0 < shown < page["total"] else "")
 
 
@@ -136,7 +136,7 @@ def render_comparison(c: dict, run_id: str) -> str:
              f"against baseline {b['name']} ({c['baseline']})", ""]
     lines += _columns(figures) + [""] + _columns(scores) + [INTERVAL_NOTE]
     for which in LISTS:
-        lines += ["", _list_heading(c, which)]
+        lines += ["", _list_heading(which.replace('_', ' '), c[which])]
         lines += ["  {}  {}   {} → {}".format(*_changed(item, c["baseline"], run_id, which))
                   for item in c[which]["items"]]
     return "\n".join(lines)
@@ -158,7 +158,7 @@ def markdown_comparison(c: dict, run_id: str, heading: str = "###") -> str:
              f"`{c['baseline']}`.", "", *_md_table(figures), "", *_md_table(scores), "",
              INTERVAL_NOTE]
     for which in LISTS:
-        lines += ["", f"**{_list_heading(c, which)}**"]
+        lines += ["", f"**{_list_heading(which.replace('_', ' '), c[which])}**"]
         if c[which]["items"]:
             lines += ["", *_md_table([["item", "change", "baseline", "run"], *(
                 list(_changed(item, c["baseline"], run_id, which))
@@ -237,7 +237,6 @@ def _run_parts(r: dict) -> tuple[str, list[list[str]], list[list[str]], list[lis
     for which, title in (("failed_scores", "items a score failed on"),
                          ("failed_traces", "items whose trace failed")):
         page = r[which]
-        shown = len(page["items"])
         entries = []
         for item in page["items"]:
             failed = [f"{x['name']} {x.get('display_value') or x['value']}"
@@ -246,8 +245,7 @@ def _run_parts(r: dict) -> tuple[str, list[list[str]], list[list[str]], list[lis
             what = (f"output {_short(item['output'])}, expected {_short(item['expected_output'])}"
                     if item["status"] == "succeeded" else f"error {_short(item['error'])}")
             entries.append((item["dataset_item_id"] or item["trace_id"], "; ".join(failed), what))
-        lists.append((f"{title}: {page['total']}" + (
-            f" (the first {shown})" if 0 < shown < page["total"] else ""), entries))
+        lists.append((_list_heading(title, page), entries))
     return heading, summary, scores, breakdown, lists
 
 

@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 import httpx
 
-from schemas.common import EvaluatorSpec
 from services.client import ApiError, QueryApi, refusal
 
 # `--only`: which items to score again, as the results' `filter` names them.
@@ -27,27 +26,22 @@ def select(api: QueryApi, run_id: str, only: str, score: str | None = None) -> \
     dataset, trace ids."""
     items: list[str] = []
     traces: list[str] = []
-    offset = 0
-    while True:
-        page = api.get(f"/v1/runs/{run_id}/results", filter=ONLY[only], status="succeeded",
-                       limit="1000", offset=str(offset),
-                       **({"score": score} if score else {}))
+    for page in api.pages(f"/v1/runs/{run_id}/results", filter=ONLY[only], status="succeeded",
+                          **({"score": score} if score else {})):
         for item in page["items"]:
             if item["dataset_item_id"] is not None:
                 items.append(item["dataset_item_id"])
             else:
                 traces.append(item["trace_id"])
-        offset += len(page["items"])
-        if not page["items"] or offset >= page["total"]:
-            return items, traces
+    return items, traces
 
 
-def request(ingest: httpx.Client, run_id: str, specs: tuple[EvaluatorSpec, ...] | None,
+def request(ingest: httpx.Client, run_id: str, specs: list[dict] | None,
             chosen: tuple[list[str], list[str]] | None = None) -> dict:
-    """Ask for the rescoring (of the `chosen` dataset item and trace ids alone, if given); the
-    answer has `request_id` and `requested` (cases)."""
-    body: dict | None = {"evaluators": [s.model_dump(exclude_none=True) for s in specs]} \
-        if specs else None
+    """Ask for the rescoring with `specs` (as the API takes them; None: the run's own), of the
+    `chosen` dataset item and trace ids alone if given; the answer has `request_id` and
+    `requested` (cases)."""
+    body: dict | None = {"evaluators": specs} if specs else None
     if chosen is not None:
         body = (body or {}) | {"dataset_item_ids": chosen[0], "trace_ids": chosen[1]}
     try:

@@ -194,9 +194,13 @@ def _retryable(e: BaseException) -> bool:
     return isinstance(e, httpx.TransportError)  # connect/read errors and timeouts
 
 
-def _completion_text(response: httpx.Response) -> tuple[str, str | None]:
-    """The reply's text, and the model the endpoint says answered (it may name a dated snapshot
-    of the model asked for)."""
+Tokens = tuple[int | None, int | None]  # input, output: None where the reply says nothing
+
+
+def _completion(response: httpx.Response) -> tuple[str, str | None, Tokens]:
+    """The reply's text, the model the endpoint says answered (it may name a dated snapshot of
+    the model asked for) and the tokens it says it used (OpenAI's `usage`: prompt_tokens,
+    completion_tokens), from one parse of the body."""
     try:
         data = response.json()
         message = data["choices"][0]["message"]
@@ -210,27 +214,23 @@ def _completion_text(response: httpx.Response) -> tuple[str, str | None]:
         raise ValueError("judge reply has no content"
                          + (f" (refusal: {_snippet(str(refusal))})" if refusal else ""))
     model = data.get("model") if isinstance(data, dict) else None
-    return content, model.strip()[:200] if isinstance(model, str) and model.strip() else None
+    usage = data.get("usage") if isinstance(data, dict) else None
+    usage = usage if isinstance(usage, dict) else {}
+
+    def count(key: str) -> int | None:
+        tokens = usage.get(key)
+        return tokens if isinstance(tokens, int) and not isinstance(tokens, bool) \
+            and tokens >= 0 else None
+    return (content, model.strip()[:200] if isinstance(model, str) and model.strip() else None,
+            (count("prompt_tokens"), count("completion_tokens")))
 
 
-def _count_usage(model: str, response: httpx.Response) -> tuple[int | None, int | None]:
-    """The tokens a reply says it used (OpenAI's `usage`: prompt_tokens, completion_tokens; None
-    where it says nothing), counted with the answered call of `model` in the judge's Prometheus
-    counters."""
+def _count_answered(model: str, tokens: Tokens) -> None:
+    """An answered call of `model` and its tokens, in the judge's Prometheus counters."""
     metrics.JUDGE_CALLS.labels(model, "answered").inc()
-    try:
-        usage = response.json().get("usage") or {}
-    except (ValueError, AttributeError):
-        usage = {}
-    counts: list[int | None] = []
-    for kind, key in (("input", "prompt_tokens"), ("output", "completion_tokens")):
-        tokens = usage.get(key) if isinstance(usage, dict) else None
-        if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
-            metrics.JUDGE_TOKENS.labels(model, kind).inc(tokens)
-            counts.append(tokens)
-        else:
-            counts.append(None)
-    return counts[0], counts[1]
+    for kind, n in zip(("input", "output"), tokens, strict=True):
+        if n is not None:
+            metrics.JUDGE_TOKENS.labels(model, kind).inc(n)
 
 
 CONNECTIONS_PER_CLIENT = 8
@@ -328,7 +328,7 @@ class LLMJudge:
                        input_tokens=usage[0], output_tokens=usage[1])
 
     async def _complete(self, model: str, messages: list[dict[str, str]]
-                        ) -> tuple[str, str | None, tuple[int | None, int | None]]:
+                        ) -> tuple[str, str | None, Tokens]:
         """The completion's text, the model that answered and the tokens it used (input,
         output), retrying 429, 5xx and network errors with exponential backoff (a 429's
         Retry-After is honoured up to backoff_max_s)."""
@@ -349,8 +349,9 @@ class LLMJudge:
                             f"judge endpoint answered {response.status_code} "
                             f"{response.reason_phrase}: {_snippet(response.text)}",
                             response.status_code, _retry_after(response))
-                    text, answered_by = _completion_text(response)
-                    return text, answered_by, _count_usage(model, response)
+                    text, answered_by, tokens = _completion(response)
+                    _count_answered(model, tokens)
+                    return text, answered_by, tokens
         except (JudgeHTTPError, httpx.TransportError) as e:
             metrics.JUDGE_CALLS.labels(model, "failed").inc()
             attempts = retrying.statistics.get("attempt_number", 1)
