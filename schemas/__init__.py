@@ -10,6 +10,8 @@ from schemas.catalog import (
     EvaluatorsConfigured,
     RunDeleted,
     RunStarted,
+    ScoringRuleDeleted,
+    ScoringRuleSet,
 )
 from schemas.common import DEFAULT_EVALUATORS, EvaluatorSpec, run_item_key, score_id
 from schemas.scores import (
@@ -29,5 +31,6 @@ __all__ = [
     "DatasetItem", "DatasetItemsDeleted", "DatasetItemsUpserted",
     "EvaluationFailed", "EvaluatorSpec", "EvaluatorsConfigured", "RunDeleted", "RunStarted",
     "ScoreRecorded", "ScoreRetracted",
-    "ScoreRequested", "ScoringCase", "TraceCompleted", "Usage", "run_item_key", "score_id",
+    "ScoreRequested", "ScoringCase", "ScoringRuleDeleted", "ScoringRuleSet", "TraceCompleted",
+    "Usage", "run_item_key", "score_id",
 ]

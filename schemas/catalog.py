@@ -92,3 +92,30 @@ class DatasetDeleted(Event):
 
     dataset_id: Id = Field(description="Id of the deleted dataset.")
     deleted_at: datetime = Field(description="When the dataset was deleted (UTC).")
+
+
+class ScoringRuleSet(Event):
+    """A scoring rule was created or changed: traces outside runs (production traffic) whose
+    metadata matches `where` are scored by its evaluators, a sampled share of them. The latest
+    one of a name stands."""
+
+    name: Id = Field(description="Name of the rule, unique.")
+    evaluators: tuple[EvaluatorSpec, ...] = Field(
+        min_length=1, description="Evaluator specs given to the traces the rule selects.")
+    sample_rate: float = Field(gt=0, le=1, description="Share of the matching traces scored, "
+                                                       "chosen by trace id (the same trace is "
+                                                       "always in or out).")
+    where: dict[str, JSONValue] = Field(
+        default_factory=dict, description="Trace metadata the rule selects: key (dots go into "
+                                          "nested objects) → a value, or a list of values any "
+                                          "of which matches; empty: every trace outside runs.")
+    enabled: bool = Field(True, description="A disabled rule selects no trace.")
+    set_at: datetime = Field(description="When the rule was set (UTC).")
+
+
+class ScoringRuleDeleted(Event):
+    """A scoring rule was deleted: traces posted from now on are not scored by it; the scores it
+    gave stay."""
+
+    name: Id = Field(description="Name of the deleted rule.")
+    deleted_at: datetime = Field(description="When it was deleted (UTC).")

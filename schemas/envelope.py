@@ -23,6 +23,8 @@ from schemas.catalog import (
     EvaluatorsConfigured,
     RunDeleted,
     RunStarted,
+    ScoringRuleDeleted,
+    ScoringRuleSet,
 )
 from schemas.common import Event, utcnow
 from schemas.rescoring import ScoreRequestsIssued, ScoringCompleted
@@ -36,7 +38,7 @@ EVENT_MODELS: tuple[type[Event], ...] = (
     TraceCompleted, ScoreRequested, ScoreRecorded, EvaluationFailed,
     DatasetCreated, DatasetItemsUpserted, EvaluatorsConfigured, RunStarted,
     ScoreRequestsIssued, ScoringCompleted, CaseScored, RunDeleted, DatasetDeleted,
-    DatasetItemsDeleted, ScoreRetracted, DatasetBaselineSet,
+    DatasetItemsDeleted, ScoreRetracted, DatasetBaselineSet, ScoringRuleSet, ScoringRuleDeleted,
 )
 TYPE_BY_MODEL: dict[type[Event], str] = {m: f"evalstream.{m.__name__}.v1" for m in EVENT_MODELS}
 MODEL_BY_TYPE: dict[str, type[Event]] = {t: m for m, t in TYPE_BY_MODEL.items()}

@@ -958,6 +958,102 @@ def _cases(path: Path) -> list:
     return data
 
 
+rules_app = typer.Typer(help="Scoring rules: which production traces (posted outside runs) "
+                             "are scored, and by what.", no_args_is_help=False,
+                        rich_markup_mode=HELP_MARKUP)
+app.add_typer(rules_app, name="rules", rich_help_panel="Evaluate")
+
+
+@rules_app.callback(invoke_without_command=True)
+def rules_command(
+    ctx: typer.Context,
+    ingest_url: IngestUrl = None,
+    api_key: ClientKey = None,
+    as_json: bool = typer.Option(False, "--json", help="Print them as JSON."),
+) -> None:
+    """The scoring rules: name, enabled, sample rate, the metadata they select and the scores
+    they give. Traces posted outside runs and datasets are scored by the rules that select
+    them (`evalstream rules set`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import json
+
+    from services.reports import render_rules
+
+    with _query_api(ingest_url, api_key, "evalstream rules", ingest=True) as api:
+        rows = api.get("/v1/scoring-rules")["rules"]
+    typer.echo(json.dumps(rows, default=str) if as_json else render_rules(rows))
+
+
+def _where(pairs: list[str]) -> dict:
+    """--where KEY=VALUE pairs as a rule's `where`: a value is JSON when it parses as a number,
+    true, false or null, else text; a key given again adds a value any of which matches."""
+    import json
+
+    where: dict = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--where")
+        try:
+            value = json.loads(text)
+            if isinstance(value, (dict, list, str)):
+                value = text
+        except ValueError:
+            value = text
+        if key in where:
+            where[key] = [*(where[key] if isinstance(where[key], list) else [where[key]]), value]
+        else:
+            where[key] = value
+    return where
+
+
+@rules_app.command("set")
+def set_rule(
+    name: str = typer.Argument(..., metavar="NAME", help="The rule's name (created, or "
+                                                        "replaced)."),
+    specs_file: Path = typer.Option(
+        ..., "--evaluators", exists=True, dir_okay=False,
+        help="JSON or YAML file of the evaluator specs (a list, or {evaluators: [...]})."),
+    sample_rate: float = typer.Option(
+        1.0, help="Share of the selected traces to score (chosen by trace id), e.g. 0.1."),
+    where: list[str] = typer.Option(
+        [], "--where", help="KEY=VALUE the trace's metadata must hold (repeatable; a key given "
+                            "twice: either value; dots go into nested objects), e.g. --where "
+                            "env=production."),
+    disabled: bool = typer.Option(False, "--disabled", help="Keep the rule but select nothing."),
+    ingest_url: IngestUrl = None,
+    api_key: ClientKey = None,
+) -> None:
+    """Create or replace a scoring rule: traces posted from now on outside runs and datasets
+    whose metadata holds every --where are scored by the file's evaluators, a --sample-rate share
+    of them. Ingest checks the specs (a plugin's types included)."""
+    from urllib.parse import quote
+
+    from services.reports import render_rules
+
+    body = {"evaluators": _spec_file(specs_file, "--evaluators"), "sample_rate": sample_rate,
+            "where": _where(where), "enabled": not disabled}
+    with _query_api(ingest_url, api_key, "evalstream rules set", ingest=True) as api:
+        rule = api.send("PUT", f"/v1/scoring-rules/{quote(name, safe='')}", body)
+    typer.echo(render_rules([rule]))
+
+
+@rules_app.command("delete")
+def delete_rule(
+    name: str = typer.Argument(..., metavar="NAME", help="The rule to delete."),
+    ingest_url: IngestUrl = None,
+    api_key: ClientKey = None,
+) -> None:
+    """Delete a scoring rule: traces posted from now on are not scored by it (the scores it gave
+    stay). `evalstream rules set NAME ... --disabled` keeps it for later instead."""
+    from urllib.parse import quote
+
+    with _query_api(ingest_url, api_key, "evalstream rules delete", ingest=True) as api:
+        api.send("DELETE", f"/v1/scoring-rules/{quote(name, safe='')}", expect=202)
+    typer.echo(f"deleted scoring rule {name}")
+
+
 def _listing(fetch, render, query_url: str | None, api_key: str | None, as_json: bool) -> None:
     import json
 

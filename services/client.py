@@ -103,15 +103,19 @@ class QueryApi:
 
     def post(self, path: str, body: object, expect: int = 200) -> dict:
         """POST `body` as JSON; ApiError unless the answer is `expect` (a 422 names the field)."""
+        return self.send("POST", path, body, expect)
+
+    def send(self, method: str, path: str, body: object = None, expect: int = 200) -> dict:
+        """`method` with `body` as JSON (if any); ApiError unless the answer is `expect`."""
         try:
-            response = self._client.post(path, json=body)
+            response = self._client.request(method, path, json=body)
         except httpx.HTTPError as e:
             raise ApiError(f"{self._name} at {self._client.base_url} unreachable: {e}",
                              "unavailable") from None
         if response.status_code != expect:
-            raise ApiError(f"POST {path}: {refusal(response)}",
+            raise ApiError(f"{method} {path}: {refusal(response)}",
                              "unavailable" if response.status_code in (502, 503, 504)
-                             else "refused")
+                             else "not_found" if response.status_code == 404 else "refused")
         return response.json()
 
     def scoring(self, run_id: str) -> dict:

@@ -353,6 +353,25 @@ def render_evaluators(rows: list[dict]) -> str:
                                         "pass_threshold)"])
 
 
+def _rule_where(where: dict) -> str:
+    """`key="a" | "b", other=1`: a rule's `where` as it reads."""
+    parts = [f"{k}=" + " | ".join(json.dumps(v) for v in (vs if isinstance(vs, list) else [vs]))
+             for k, vs in where.items()]
+    return ", ".join(parts) or "every trace outside runs"
+
+
+def render_rules(rules: list[dict]) -> str:
+    """Scoring rules: name, enabled, sample rate, what they select, the scores they give."""
+    if not rules:
+        return "no scoring rules: traces outside runs are not scored (evalstream rules set)"
+    table = [["rule", "enabled", "sample", "where", "scores"]]
+    for r in rules:
+        names = ", ".join(f"{s.get('name') or s['type']} ({s['type']})" for s in r["evaluators"])
+        table.append([r["name"], "yes" if r["enabled"] else "no", f"{r['sample_rate']:.4g}",
+                      _rule_where(r["where"]), names])
+    return "\n".join(_columns(table))
+
+
 def render_trial(cases: list[dict], results: list[dict]) -> str:
     """Each case tried, with its output (and expected output), then each score — value or label,
     passed or failed, comment — and each evaluator that failed with its reason."""

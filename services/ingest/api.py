@@ -6,14 +6,14 @@ import math
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Request, Response, status
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from schemas.catalog import DatasetItemsDeleted
 from schemas.scores import ScoreRecorded, ScoreRetracted
 from services.evaluator import plugins, trial
-from services.ingest import rescoring
+from services.ingest import rescoring, scoring_rules
 from services.ingest.catalog import Catalog
 from services.ingest.commands import (
     CreateDataset,
@@ -24,6 +24,7 @@ from services.ingest.commands import (
     RecordScores,
     RetractScore,
     SetBaseline,
+    SetScoringRule,
     Specs,
     StartRun,
     TryEvaluators,
@@ -79,6 +80,40 @@ async def configure_evaluators(dataset_id: str, specs: Annotated[Specs, Body()],
     event = await catalog.configure_evaluators(dataset_id, specs)
     return {"dataset_id": dataset_id,
             "evaluators": [s.model_dump(exclude_none=True) for s in event.evaluators]}
+
+
+@router.get("/scoring-rules")
+async def list_scoring_rules(catalog: CatalogDep) -> dict:
+    """Every scoring rule, enabled or not, by name."""
+    async with catalog.pool.acquire() as conn:
+        return {"rules": await scoring_rules.list_rules(conn)}
+
+
+@router.get("/scoring-rules/{name}")
+async def get_scoring_rule(name: str, catalog: CatalogDep) -> dict:
+    async with catalog.pool.acquire() as conn:
+        return await scoring_rules.get_rule(conn, name)
+
+
+@router.put("/scoring-rules/{name}")
+async def set_scoring_rule(name: Annotated[str, Path(min_length=1, max_length=200)],
+                           cmd: SetScoringRule, catalog: CatalogDep) -> dict:
+    """Create or replace a scoring rule: traces posted from now on outside runs and datasets
+    whose metadata matches `where` are scored by its evaluators, a `sample_rate` share of them
+    (chosen by trace id). An enabled rule may not give a score name another enabled rule gives
+    (a 422 naming the evaluator)."""
+    event, created_at = await catalog.set_scoring_rule(name, cmd)
+    return scoring_rules.describe({
+        "name": name, "evaluators": [s.model_dump(exclude_none=True) for s in event.evaluators],
+        "sample_rate": event.sample_rate, "where_metadata": event.where,
+        "enabled": event.enabled, "created_at": created_at, "updated_at": event.set_at})
+
+
+@router.delete("/scoring-rules/{name}", status_code=status.HTTP_202_ACCEPTED)
+async def delete_scoring_rule(name: str, catalog: CatalogDep) -> dict:
+    """Traces posted from now on are not scored by the rule; the scores it gave stay."""
+    event = await catalog.delete_scoring_rule(name)
+    return {"name": name, "deleted_at": event.deleted_at}
 
 
 @router.put("/datasets/{dataset_id}/baseline")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 
@@ -19,6 +20,8 @@ from schemas.catalog import (
     EvaluatorsConfigured,
     RunDeleted,
     RunStarted,
+    ScoringRuleDeleted,
+    ScoringRuleSet,
 )
 from schemas.common import (
     DEFAULT_EVALUATORS,
@@ -31,8 +34,10 @@ from schemas.common import (
 from schemas.envelope import Envelope, wrap
 from schemas.traces import TraceCompleted
 from services.http import FieldError
+from services.ingest import scoring_rules
 from services.ingest.commands import (
     CreateDataset,
+    SetScoringRule,
     StartRun,
     TraceIn,
     UpsertItems,
@@ -68,6 +73,11 @@ def _specs(specs: Sequence[EvaluatorSpec] | None) -> tuple[EvaluatorSpec, ...]:
 
 def _specs_json(specs: Sequence[EvaluatorSpec]) -> list[dict]:
     return [s.model_dump(mode="json", exclude_none=True) for s in specs]
+
+
+def _rule_key(name: str) -> str:
+    """A scoring rule's events are keyed by its name, apart from datasets' ids."""
+    return f"scoring-rule:{name}"
 
 
 class RunGone(LookupError):
@@ -263,6 +273,21 @@ class Catalog:
             self._runs.pop(run_id, None)
         return event, every_run
 
+    async def set_scoring_rule(self, name: str,
+                               cmd: SetScoringRule) -> tuple[ScoringRuleSet, datetime]:
+        """Create or replace a scoring rule; returns its ScoringRuleSet and when it was
+        created."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            event, created_at = await scoring_rules.set_rule(conn, name, cmd)
+            await self._append_outbox(conn, [self._envelope(event, _rule_key(name))])
+        return event, created_at
+
+    async def delete_scoring_rule(self, name: str) -> ScoringRuleDeleted:
+        async with self.pool.acquire() as conn, conn.transaction():
+            event = await scoring_rules.delete_rule(conn, name)
+            await self._append_outbox(conn, [self._envelope(event, _rule_key(name))])
+        return event
+
     async def _runs_by_id(self, conn: asyncpg.Connection,
                           run_ids: set[str]) -> dict[str, tuple[str, tuple[EvaluatorSpec, ...]]]:
         """The runs' datasets and specs (cached: they never change); a deleted run is refused.
@@ -289,6 +314,7 @@ class Catalog:
         item_ids = list({t.dataset_item_id for t in traces if t.dataset_item_id})
         # Item ids are unique within a dataset, not across datasets: key by (dataset, item).
         items: dict[str, dict[str, asyncpg.Record]] = {}
+        rules: scoring_rules.Selector | None = None
         async with self.pool.acquire() as conn:
             try:
                 runs = await self._runs_by_id(conn, run_ids)
@@ -303,6 +329,10 @@ class Catalog:
                 for row in await conn.fetch(
                         _ITEMS_WITH_SPECS if with_specs else _ITEMS, item_ids):
                     items.setdefault(row["id"], {})[row["dataset_id"]] = row
+            if any(not t.run_id and not t.dataset_item_id for t in traces):
+                # Traces outside runs and datasets (production traffic) take the specs of the
+                # scoring rules that select them.
+                rules = scoring_rules.Selector(await scoring_rules.enabled_rules(conn))
         now = utcnow()
         envelopes = []
         # The evaluators of a dataset, decoded once per dataset rather than once per trace.
@@ -312,7 +342,9 @@ class Catalog:
         specs_json: dict[int, tuple[tuple[EvaluatorSpec, ...], str]] = {}
         for n, t in enumerate(traces):
             dataset_id, specs, expected, given_input = None, DEFAULT_EVALUATORS, None, t.input
-            if t.run_id:
+            if rules is not None and not t.run_id and not t.dataset_item_id:
+                specs = rules.specs(t.trace_id, t.metadata)
+            elif t.run_id:
                 if t.run_id not in runs:
                     raise FieldError(("traces", n, "run_id"), f"unknown run {t.run_id!r}")
                 dataset_id, specs = runs[t.run_id]

@@ -111,6 +111,40 @@ class SetBaseline(Command):
     run_id: Id | None = Field(description="A run of the dataset; null: no baseline.")
 
 
+def _scalar(value: Any) -> bool:
+    return value is None or type(value) in (str, int, float, bool)
+
+
+def _where(where: dict[str, Any]) -> dict[str, Any]:
+    for key, value in where.items():
+        if not key or len(key) > 200 or "" in key.split("."):
+            raise ValueError(f"{key!r} is not a metadata key: 1-200 characters, dots between "
+                             "the names of nested keys")
+        if not (_scalar(value) or (isinstance(value, list) and value
+                                   and all(_scalar(v) for v in value))):
+            raise ValueError(f"{key!r}: give a string, number, boolean or null, or a non-empty "
+                             "list of them (any of which matches)")
+    return where
+
+
+class SetScoringRule(Command):
+    """Which traces outside runs (production traffic) are scored, and by what."""
+
+    evaluators: Specs = Field(min_length=1, description="What the rule's traces are scored by.",
+                              examples=[[{"type": "llm_judge", "name": "helpful",
+                                          "criteria": "answers the user's question"}]])
+    sample_rate: float = Field(1.0, gt=0, le=1, description="Share of the matching traces "
+                                                            "scored (0 < rate ≤ 1), chosen by "
+                                                            "trace id.")
+    where: Annotated[dict[str, Any], AfterValidator(_where)] = Field(
+        default_factory=dict, max_length=20,
+        description="Trace metadata to match: key (dots go into nested objects) → a value, or "
+                    "a list of values any of which matches; an array in the metadata matches "
+                    "by any element. Empty: every trace outside runs.",
+        examples=[{"env": "production", "model": ["gpt-4o", "gpt-4o-mini"]}])
+    enabled: bool = Field(True, description="A disabled rule selects no trace.")
+
+
 class StartRun(Command):
     dataset_id: Id
     name: str = Field(min_length=1, max_length=200, examples=["gpt-4o, prompt v3"])

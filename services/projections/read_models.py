@@ -29,6 +29,8 @@ from schemas.catalog import (
     EvaluatorsConfigured,
     RunDeleted,
     RunStarted,
+    ScoringRuleDeleted,
+    ScoringRuleSet,
 )
 from schemas.common import Event
 from schemas.envelope import Envelope
@@ -592,7 +594,8 @@ async def apply_retractions(conn: asyncpg.Connection, batch: Sequence[Envelope])
 
 async def _ignore(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
     """Score requests change no read model here; their progress is counted from the
-    ScoreRequestsIssued and ScoringCompleted events."""
+    ScoreRequestsIssued and ScoringCompleted events. Scoring rules neither: they decide which
+    specs a production trace carries as it is posted (ingest), and the scores say the rest."""
 
 
 # Event types whose handlers need no applied_events row (docs/adr/0001, amendments): scores and
@@ -617,6 +620,8 @@ HANDLERS: dict[type[Event], Callable[[asyncpg.Connection, Sequence[Envelope]], A
     CaseScored: apply_case_scored,
     ScoreRetracted: apply_retractions,
     ScoreRequested: _ignore,
+    ScoringRuleSet: _ignore,
+    ScoringRuleDeleted: _ignore,
     ScoreRequestsIssued: apply_score_requests_issued,
     ScoringCompleted: apply_scoring_completed,
     # Last: a batch's other events about a deleted run or dataset are applied, then removed.
