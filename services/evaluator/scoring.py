@@ -27,9 +27,12 @@ SOURCE = "evalstream/evaluator"
 
 
 def is_scorable(event: object) -> bool:
-    """Succeeded traces and every score request are scored; failed traces are not."""
+    """Succeeded traces and every score request are scored; failed traces are not, nor traces
+    outside runs that carry no spec (production traffic no scoring rule selected: nothing to
+    report, and no run waits for the report)."""
     return isinstance(event, ScoreRequested) or (
-        isinstance(event, TraceCompleted) and event.status == "succeeded")
+        isinstance(event, TraceCompleted) and event.status == "succeeded"
+        and (bool(event.evaluators) or event.run_id is not None))
 
 
 _spec_hashes: dict[bytes, str] = {}

@@ -120,3 +120,15 @@ def test_a_spec_pass_threshold_rides_on_its_scores():
         source="t", key="r1", id="e2")).event
     assert [s.name for s in bad.scores] == ["exact_match"]
     assert "pass_threshold" in bad.failures[0].reason
+
+
+def test_a_trace_outside_runs_with_no_spec_is_not_reported_on():
+    """Production traffic no scoring rule selected: no CaseScored (nobody waits for it); a run's
+    trace is always reported on, and a failed trace never."""
+    envs = [wrap(_trace(trace_id=t, run_id=run, dataset_item_id=None, evaluators=specs,
+                        status=status), source="t", key=t, id=f"e-{t}")
+            for t, run, specs, status in [("prod-none", None, (), "succeeded"),
+                                          ("prod-ruled", None, SPECS, "succeeded"),
+                                          ("run-none", "r1", (), "succeeded"),
+                                          ("prod-failed", None, SPECS, "failed")]]
+    assert [e.event.trace_id for e in score_batch(envs)] == ["prod-ruled", "run-none"]
