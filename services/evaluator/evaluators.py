@@ -64,6 +64,10 @@ class Evaluator:
     # services/evaluator/plugins.py, call_many); `fn` then only refuses.
     batched: bool = False
     call: Callable[[ScoringCase, EvaluatorSpec], Awaitable[Score | None]] | None = None
+    # True: a plugin's plain function, which may be slow or never return: score_cases calls a
+    # batch's calls of it in a thread of its own, off the event loop, up to a deadline
+    # (services/evaluator/plugins.py, call_in_thread); `fn` is the call.
+    threaded: bool = False
 
 
 class SpecError(ValueError):

@@ -37,6 +37,7 @@ import logging
 import math
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from schemas.traces import ScoringCase
 from services.evaluator.deadline import within_deadline
 from services.evaluator.evaluators import REGISTRY, Evaluator, Options, Score, parse_options
 from services.settings import AsyncEvaluatorSettings, ConfigurationError
+from services.threads import in_daemon_thread
 
 __all__ = ["Options", "PluginError", "Score", "ScoringCase", "evaluator", "load"]
 
@@ -140,7 +142,7 @@ def evaluator(kind: str, /, *, version: str,
                 parsed = parse_options(options, spec)
                 return as_score(fn(case, parsed) if takes_options else fn(case))
 
-            REGISTRY[kind] = Evaluator(kind, version, scored, options)
+            REGISTRY[kind] = Evaluator(kind, version, scored, options, threaded=True)
         _by_plugin[kind] = origin
         return fn
 
@@ -222,6 +224,38 @@ async def call_many(pairs: Sequence[tuple[ScoringCase, EvaluatorSpec]],
                                      f"no answer within the batch deadline of {deadline:g} s "
                                      "(EVALSTREAM_ASYNC_EVALUATORS__DEADLINE_S); rescore to try "
                                      "again"))
+
+
+async def call_in_thread(pairs: Sequence[tuple[ScoringCase, EvaluatorSpec]],
+                         settings: AsyncEvaluatorSettings) -> list[Score | None | BaseException]:
+    """Each (case, spec) of plain plugin functions scored, in order, one after the other in a
+    thread of its own, so that a slow function does not hold up the event loop (the consumer's
+    heartbeats, the judge's calls). Those not done `settings.deadline_s` after the start are
+    answered with a TimeoutError saying so; the thread stops after the call it is in, which
+    Python cannot interrupt (a function that never returns keeps only its own thread)."""
+    results: list[Score | None | BaseException] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        for case, spec in pairs:
+            if stop.is_set():
+                return
+            try:
+                results.append(REGISTRY[spec.type].fn(case, spec))
+            except Exception as e:  # that case's failure; the others carry on
+                results.append(e)
+
+    deadline = settings.deadline_s
+    try:
+        await asyncio.wait_for(in_daemon_thread(run, name="evalstream-plugins"), deadline)
+    except TimeoutError:
+        stop.set()
+        log.warning("plain plugin evaluators were still running at the batch deadline of %s s",
+                    deadline)
+    done = results[:len(pairs)]
+    late = TimeoutError(f"no answer within the batch deadline of {deadline:g} s "
+                        "(EVALSTREAM_ASYNC_EVALUATORS__DEADLINE_S); rescore to try again")
+    return done + [late] * (len(pairs) - len(done))
 
 
 def describe() -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from schemas.envelope import Envelope, wrap
 from schemas.scores import CaseFailure, CaseScore, CaseScored
 from schemas.traces import ScoreRequested, ScoringCase, TraceCompleted
 from services.evaluator.evaluators import REGISTRY
-from services.evaluator.plugins import call_many
+from services.evaluator.plugins import call_in_thread, call_many
 from services.settings import AsyncEvaluatorSettings
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def score_case(env: Envelope, judged: Judged | None = None) -> Envelope:
             if evaluator is None:
                 raise LookupError(f"unknown evaluator type {spec.type!r} (neither built in nor "
                                   "registered by this evaluator's EVALSTREAM_EVALUATOR_PLUGINS)")
-            if evaluator.batched and judged is not None:
+            if judged is not None and (evaluator.batched or evaluator.threaded):
                 score = judged[(env.id, n)]
                 if isinstance(score, BaseException):
                     raise score
@@ -115,29 +115,38 @@ async def score_cases(envelopes: Iterable[Envelope], judge: LLMJudge,
                       async_settings: AsyncEvaluatorSettings | None = None) -> list[Envelope]:
     """score_batch, with the batched evaluators' cases of the whole batch scored at once before
     any case is assembled: the LLM judge's sent to `judge` (concurrently, up to its bound), and
-    async plugins' called concurrently (services/evaluator/plugins.py: call_many), the two side
-    by side. A batch with no such spec costs one registry lookup per spec more than score_batch.
+    async plugins' called concurrently (services/evaluator/plugins.py: call_many), and plain
+    plugin functions called in a thread off the event loop (call_in_thread), the three side by
+    side. A batch with no such spec costs one registry lookup per spec more than score_batch.
 
     The judge is a model, not a pure function: a redelivered case keeps the verdict first applied
     (its CaseScored has the same id), and a replay asks the model again."""
     cases = [env for env in envelopes if is_scorable(env.event)]
+    # (case, spec) pairs and their (case event id, spec index) slots: the judge's, async
+    # plugins' and plain plugin functions'.
     judged_pairs, judged_slots, called_pairs, called_slots = [], [], [], []
+    threaded_pairs, threaded_slots = [], []
     for env in cases:
         for n, spec in enumerate(env.event.evaluators):  # type: ignore[attr-defined]
             evaluator = REGISTRY.get(spec.type)
-            if evaluator is not None and evaluator.batched:
-                pairs, slots = ((called_pairs, called_slots) if evaluator.call is not None
-                                else (judged_pairs, judged_slots))
-                pairs.append((env.event, spec))
-                slots.append((env.id, n))
-    if not (judged_pairs or called_pairs):
+            if evaluator is None or not (evaluator.batched or evaluator.threaded):
+                continue
+            pairs, slots = ((threaded_pairs, threaded_slots) if evaluator.threaded
+                            else (called_pairs, called_slots) if evaluator.call is not None
+                            else (judged_pairs, judged_slots))
+            pairs.append((env.event, spec))
+            slots.append((env.id, n))
+    if not (judged_pairs or called_pairs or threaded_pairs):
         return [score_case(env) for env in cases]
-    judged_results, called_results = await asyncio.gather(
+    settings = async_settings or AsyncEvaluatorSettings()
+    results = await asyncio.gather(
         judge.judge_many(judged_pairs) if judged_pairs else _nothing(),
-        call_many(called_pairs, async_settings or AsyncEvaluatorSettings()) if called_pairs
-        else _nothing())
-    judged = dict(zip(judged_slots, judged_results, strict=True))
-    judged.update(zip(called_slots, called_results, strict=True))
+        call_many(called_pairs, settings) if called_pairs else _nothing(),
+        call_in_thread(threaded_pairs, settings) if threaded_pairs else _nothing())
+    judged: dict = {}
+    for slots, verdicts in zip((judged_slots, called_slots, threaded_slots), results,
+                               strict=True):
+        judged.update(zip(slots, verdicts, strict=True))
     return [score_case(env, judged) for env in cases]
 
 

@@ -323,6 +323,18 @@ async def test_rebuild_answers_exactly_as_the_live_read_models(api, own_settings
                                 "status": "succeeded"}])
         await api.eventually(f"/v1/runs/{other}", lambda s: s["items_with_scores"] == 1)
         assert (await api.ingest.delete(f"/v1/runs/{other}")).status_code == 202
+        # ... and production traces a scoring rule scored (its events in the catalog's log).
+        tag = uuid.uuid4().hex[:6]
+        r = await api.ingest.put(f"/v1/scoring-rules/prod-{tag}", json={
+            "evaluators": [{"type": "regex", "pattern": "^L", "name": f"starts_l_{tag}"}],
+            "where": {"suite": tag}})
+        assert r.status_code == 200, r.text
+        await api.post_traces([{"trace_id": f"prod-{tag}-{n}", "output": out,
+                                "status": "succeeded", "metadata": {"suite": tag}}
+                               for n, out in enumerate(["Lyon", "Nice"])])
+        for n in range(2):
+            await api.eventually(f"/v1/traces/prod-{tag}-{n}", lambda t: len(t["scores"]) == 1)
+        assert (await api.ingest.delete(f"/v1/scoring-rules/prod-{tag}")).status_code == 202
         await _quiet(settings)
 
         pool = await create_pool(settings.dsn, live, max_size=1)
@@ -338,6 +350,7 @@ async def test_rebuild_answers_exactly_as_the_live_read_models(api, own_settings
         assert any(run_id in row for row in tables_before["datasets"])  # its baseline run
         items_left = " ".join(tables_before["dataset_items"])
         assert extra[1]["id"] in items_left and extra[0]["id"] not in items_left
+        assert sum(f"prod-{tag}-" in row for row in tables_before["scores"]) == 2
 
         # The rebuild runs while the query API keeps answering.
         rebuild = asyncio.create_task(

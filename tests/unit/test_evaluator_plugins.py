@@ -273,6 +273,58 @@ async def test_an_async_plugins_calls_still_running_at_the_deadline_are_failures
                          "(EVALSTREAM_ASYNC_EVALUATORS__DEADLINE_S); rescore to try again")]
 
 
+SLOW_PLUGIN = """
+    import time
+    from services.evaluator.plugins import Options, evaluator
+
+    class Nap(Options):
+        seconds: float = 0.05
+
+    @evaluator("slow_check", version="1", options=Nap)
+    def slow_check(case, options):
+        if case.output == "raise":
+            raise ValueError("no good")
+        time.sleep(options.seconds)
+        return len(str(case.output)) / 10
+"""
+
+
+async def test_a_plain_plugin_runs_off_the_event_loop_up_to_the_deadline(tmp_path):
+    """A plain function sleeping (or computing) does not hold up the loop — the consumer's
+    heartbeats, the judge's calls —, and the calls not done at the deadline are failures."""
+    import asyncio
+
+    plugins.load([_plugin(tmp_path, SLOW_PLUGIN, name="slow.py")])
+    assert not plugins.any_async()  # the evaluator's batches stay as large as without it
+    specs = (EvaluatorSpec(type="slow_check", seconds=0.1), EvaluatorSpec(type="exact_match"))
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    beating = asyncio.create_task(ticker())
+    scored = await score_cases(_envelopes(["abc", "raise", "a", "b", "c"], specs),
+                               LLMJudge(LLMJudgeSettings()),
+                               AsyncEvaluatorSettings(deadline_s=0.25))
+    beating.cancel()
+    assert ticks >= 15  # the loop ran on through the plugin's ~0.25 s
+    cases = [env.event for env in scored]
+    assert [(s.name, s.value) for s in cases[0].scores] == [("slow_check", 0.3)]
+    assert [f.reason for f in cases[1].failures] == ["ValueError: no good"]
+    assert [(s.name, s.value) for s in cases[2].scores] == [("slow_check", 0.1)]
+    # 0.1 s each: "c" (and perhaps "b") were not reached by 0.25 s; exact_match carries on.
+    late = ("TimeoutError: no answer within the batch deadline of 0.25 s "
+            "(EVALSTREAM_ASYNC_EVALUATORS__DEADLINE_S); rescore to try again")
+    assert [f.reason for f in cases[4].failures] == [late]
+    assert cases[4].scores == ()  # no expected output: no exact_match score either
+    # Without a judge at hand (score_case alone), the function is called in place as before.
+    assert [(s.name, s.value) for s in _scored(specs[:1], output="ab").scores] == [
+        ("slow_check", 0.2)]
+
+
 def test_specs_are_tried_locally_with_a_plugin_just_written(tmp_path):
     """`evalstream evaluators try --local`: no server; the plugin as it is on disk now."""
     import json
