@@ -83,6 +83,11 @@ def run_traces(prefix: str) -> list[dict]:
              "failures": ["judge"]} for n in range(8)]
 
 
+def production_log(prefix: str) -> list[Envelope]:
+    """The production traces' events alone (no run, no dataset)."""
+    return [env for t in traces(prefix) for env in _case(t)]
+
+
 def log(prefix: str) -> tuple[list[Envelope], dict]:
     """The events, and the ids: dataset, run, the run's item ids, and `shared`: a trace id both
     posted in the run (earlier) and outside (later), and `run_latest`: one posted outside
@@ -101,8 +106,7 @@ def log(prefix: str) -> tuple[list[Envelope], dict]:
               wrap(RunStarted(run_id=run_id, dataset_id=dataset_id, name="run", evaluators=spec,
                               total_items=len(items), started_at=START - timedelta(hours=1)),
                    source="test", key=dataset_id)]
-    for t in traces(prefix):
-        events += _case(t)
+    events += production_log(prefix)
     for item, t in zip(items, in_run, strict=True):
         events += _case(t, run_id, item.id)
     # One trace id in the run and outside it: outside is the later; another the other way.
