@@ -828,6 +828,93 @@ def runs_command(
     _listing(lambda api: runs(api, dataset, limit), render_runs, query_url, api_key, as_json)
 
 
+class MonitorInterval(StrEnum):
+    minute = "minute"
+    hour = "hour"
+    day = "day"
+
+
+@app.command(rich_help_panel="Monitor")
+def monitor(
+    since: str = typer.Option("24h", help="Start of the window: an ISO 8601 time (UTC without a "
+                                          "zone) or a duration before --until (90s, 30m, 24h, "
+                                          "7d, 2w)."),
+    until: str | None = typer.Option(None, help="End of the window: an ISO 8601 time or a "
+                                                "duration ago (default: now)."),
+    interval: MonitorInterval = typer.Option(MonitorInterval.hour, help="Bucket size (at most "
+                                                                        "1,000 buckets)."),
+    score: str | None = typer.Option(None, help="Count only the scores (and evaluator failures) "
+                                                "of this name."),
+    by: str | None = typer.Option(None, help="With --group: only the traces of one value of a "
+                                             "trace metadata key, trace.<key> (e.g. "
+                                             "trace.model)."),
+    group: str | None = typer.Option(None, help="With --by: the value, as text."),
+    query_url: QueryUrl = None,
+    api_key: ClientKey = None,
+    as_json: bool = typer.Option(False, "--json", help="Print it as JSON."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print it as GitHub Markdown."),
+) -> None:
+    """The traces posted outside any run (production traffic) over time: per minute, hour or
+    day, the traces, failed ones, scored ones, evaluator failures, the pass rate and each
+    score's pass rate (or average, or labels), then the totals of the window."""
+    import json
+    from datetime import UTC, datetime
+
+    from services.projections.breakdown import parse_group_by
+    from services.projections.views import InvalidQuery
+    from services.reports import (
+        fetch_monitoring,
+        markdown_monitoring,
+        parse_time,
+        render_monitoring,
+    )
+
+    now = datetime.now(UTC)
+    try:
+        end = parse_time(until, now) if until is not None else now
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--until") from None
+    try:
+        start = parse_time(since, end)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--since") from None
+    if (by is None) != (group is None):
+        raise typer.BadParameter("give both --by (trace.<key>) and --group (its value)",
+                                 param_hint="--by" if by is None else "--group")
+    if by is not None:
+        try:
+            key = parse_group_by(by)
+        except InvalidQuery as e:
+            raise typer.BadParameter(e.message, param_hint="--by") from None
+        if key.source != "trace":
+            raise typer.BadParameter("traces outside runs have no dataset item: give "
+                                     "trace.<key>", param_hint="--by")
+    with _query_api(query_url, api_key, "monitor") as api:
+        shown = fetch_monitoring(api, start, end, interval.value, score, by, group)
+    typer.echo(json.dumps(shown) if as_json else markdown_monitoring(shown) if markdown
+               else render_monitoring(shown))
+
+
+@app.command(rich_help_panel="Monitor")
+def trace(
+    trace_id: str = typer.Argument(..., metavar="TRACE_ID", help="The trace to show."),
+    query_url: QueryUrl = None,
+    api_key: ClientKey = None,
+    as_json: bool = typer.Option(False, "--json", help="Print it as JSON."),
+) -> None:
+    """One trace, in a run or outside any: its run (if any), status, latency, tokens, cost,
+    metadata, input, output and expected output, its scores — value or label, passed or
+    failed, threshold, comment — and the evaluators that failed on it."""
+    import json
+    from urllib.parse import quote
+
+    from services.reports import render_trace
+
+    with _query_api(query_url, api_key, "trace") as api:
+        shown = api.get(f"/v1/traces/{quote(trace_id, safe='')}")
+    typer.echo(json.dumps(shown) if as_json else render_trace(shown))
+
+
 evaluators_app = typer.Typer(help="The evaluator types specs can name, and trying specs on "
                                    "outputs.", no_args_is_help=False,
                              rich_markup_mode=HELP_MARKUP)

@@ -2,7 +2,8 @@
 [BASELINE]` (a run against a baseline run of its dataset, the dataset's pinned one by default),
 `evalstream show RUN` (a run's summary and the items to look at), `evalstream datasets` and
 `evalstream runs DATASET` (what there is, to find the ids the other commands take; `run` and
-`runs` also take a dataset by its name).
+`runs` also take a dataset by its name), `evalstream monitor` (the traces posted outside any run
+over time) and `evalstream trace TRACE` (one trace, its scores and failures).
 
 compare: the summaries side by side, each score's pass rate and average with the change, how many
 items got better or worse, and the items that regressed, improved or changed status (failed or
@@ -11,6 +12,8 @@ missing in one run only), with their outputs."""
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.check import CheckReport
@@ -394,3 +397,125 @@ def render_trial(cases: list[dict], results: list[dict]) -> str:
 def _more(shown: int, total: int, what: str) -> list[str]:
     return [f"({shown} of {total} {what}, newest first; --limit for more)"] \
         if shown < total else []
+
+
+# `evalstream monitor` and `evalstream trace`: the traces posted outside any run (production
+# traffic), from GET /v1/monitoring and GET /v1/traces/{id}.
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str, relative_to: datetime) -> datetime:
+    """An ISO 8601 time (without a zone: UTC), or a duration before `relative_to`: `90s`,
+    `30m`, `24h`, `7d`, `2w`; ValueError saying what it takes."""
+    if match := _DURATION.fullmatch(text.strip()):
+        return relative_to - timedelta(seconds=float(match[1]) * _SECONDS[match[2]])
+    try:
+        at = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is neither an ISO 8601 time (2026-03-01T12:00:00Z) nor a "
+                         "duration before it (90s, 30m, 24h, 7d, 2w)") from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
+
+
+def fetch_monitoring(api: QueryApi, since: datetime, until: datetime, interval: str,
+                     score: str | None = None, by: str | None = None,
+                     group: str | None = None) -> dict:
+    params = {"since": since.isoformat(), "until": until.isoformat(), "interval": interval}
+    params |= {k: v for k, v in (("score", score), ("by", by), ("group", group))
+               if v is not None}
+    return api.get("/v1/monitoring", **params)
+
+
+def _score_cell(figures: dict | None) -> str:
+    """A score in a bucket: its pass rate, else its average, else its labels' counts."""
+    if not figures:
+        return "—"
+    if figures.get("pass_rate") is not None:
+        return _percent(figures["pass_rate"])
+    if figures.get("average") is not None:
+        return f"avg {figures['average']:.3f}"
+    labels = figures.get("labels") or {}
+    return ", ".join(f"{k} {v}" for k, v in sorted(labels.items())) or str(figures["count"])
+
+
+def _monitoring_parts(m: dict) -> tuple[str, list[list[str]]]:
+    """`evalstream monitor`'s heading and table: a row per bucket (its start, traces, failed,
+    scored, evaluator failures, pass rate, each score's pass rate — or average, or labels),
+    then the totals."""
+    since, until = _when(m["since"]), _when(m["until"])
+    heading = (f"traces outside runs, {since} to {until} UTC, per {m['interval']}"
+               + (f", score {m['score']}" if m.get("score") else ""))
+    names = sorted({n for b in [*m["buckets"], m["totals"]] for n in b["scores"]})
+    table = [[m["interval"], "traces", "failed", "scored", "eval. failures", "pass rate",
+              *names]]
+
+    def row(label: str, b: dict) -> list[str]:
+        return [label, str(b["traces"]), str(b["failed"]), str(b["scored_traces"]),
+                str(b["evaluation_failures"]), _percent(b["pass_rate"]),
+                *(_score_cell(b["scores"].get(n)) for n in names)]
+    table += [row(_when(b["start"]), b) for b in m["buckets"]]
+    table.append(row("total", m["totals"]))
+    return heading, table
+
+
+def render_monitoring(m: dict) -> str:
+    heading, table = _monitoring_parts(m)
+    lines = [heading, "", *_columns(table)]
+    if not m["buckets"]:
+        lines.append("(no trace outside runs in this window)")
+    return "\n".join(lines)
+
+
+def markdown_monitoring(m: dict, heading: str = "###") -> str:
+    title, table = _monitoring_parts(m)
+    return "\n".join([f"{heading} {title[0].upper()}{title[1:]}", "", *_md_table(table)])
+
+
+TRACE_CHARS = 2000  # of an input, output or expected output, in `evalstream trace`
+
+
+def _text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text[:TRACE_CHARS] + ("…" if len(text) > TRACE_CHARS else "")
+
+
+def render_trace(t: dict) -> str:
+    """`evalstream trace`: where the trace belongs, its status and figures, its input, output
+    and expected output, its scores (value or label, passed, threshold, comment), the
+    evaluators that failed on it, and its link."""
+    where = (f"run {t['run_id']} (dataset {t['dataset_id']}, item {t['dataset_item_id']})"
+             if t.get("run_id") else "outside any run")
+    usage = ("—" if t["input_tokens"] is None
+             else f"{t['input_tokens']:,} in, {t['output_tokens']:,} out")
+    facts = [["status", t["status"] + (f": {t['error']}" if t.get("error") else "")],
+             ["completed", f"{_when(t['completed_at'])} UTC"],
+             ["latency", "—" if t["latency_ms"] is None else f"{t['latency_ms']:,.0f} ms"],
+             ["tokens", usage], ["cost", "—" if t["cost"] is None else f"{t['cost']:g}"]]
+    if t.get("metadata"):
+        facts.append(["metadata", json.dumps(t["metadata"], ensure_ascii=False)])
+    if t.get("item_metadata"):
+        facts.append(["item metadata", json.dumps(t["item_metadata"], ensure_ascii=False)])
+    lines = [f"trace {t['trace_id']}, {where}", "", *_columns(facts), ""]
+    for label, key in (("input", "input"), ("output", "output"),
+                       ("expected", "expected_output")):
+        if t.get(key) is not None:
+            lines.append(f"{label}: {_text(t[key])}")
+    lines.append("")
+    if t["scores"]:
+        table = [["score", "value", "", "threshold", "source", "comment"]]
+        for s in t["scores"]:
+            value = s["string_value"] if s["data_type"] == "categorical" and \
+                s.get("string_value") else f"{s['value']:g}"
+            table.append([s["name"], value, {True: "passed", False: "failed", None: "—"}[
+                s["passed"]], "" if s.get("pass_threshold") is None else f"{s['pass_threshold']:g}",
+                s["source"], " ".join((s.get("comment") or "").split())])
+        lines += _columns(table)
+    else:
+        lines.append("no score")
+    lines += [f"evaluator failed: {f['name']} ({f['evaluator']}): {f['reason']}"
+              for f in t["evaluation_failures"]]
+    if t.get("trace_url"):
+        lines += ["", t["trace_url"]]
+    return "\n".join(lines)

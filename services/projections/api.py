@@ -14,7 +14,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
-from services.projections import breakdown, comparison, views
+from services.projections import breakdown, comparison, monitoring, views
 from services.projections.views import InvalidQuery
 
 router = APIRouter(prefix="/v1")
@@ -156,6 +156,102 @@ async def get_run_results(
     for item in page["items"]:
         item["trace_url"] = trace_url(item["trace_id"])
     return {"run_id": run_id, **_paged(page, limit, offset)}
+
+
+Outcome = Annotated[views.Outcome | None, Query(
+    description="passed: scored and every score passes; failed: a score does not; unscored: no "
+                "score; evaluator_failed: an evaluator failed on the trace. Only scores (and "
+                "evaluators) named `score` count when it is given.")]
+Since = Annotated[datetime | None, Query(
+    description="Traces completed at or after this time (ISO 8601; without a zone: UTC).",
+    examples=["2026-11-22T00:00:00Z"])]
+Until = Annotated[datetime | None, Query(
+    description="Traces completed before this time (ISO 8601; without a zone: UTC).")]
+TraceGroupOf = Annotated[str | None, Query(
+    description="With `group`: only the traces of one value of a trace metadata key "
+                "(trace.<key>; dots go into nested objects).", examples=["trace.model"])]
+
+
+def _trace_group(by: str | None, group: str | None) -> views.Group | None:
+    """`by` and `group` for traces outside runs, which have no dataset item: trace.<key> only."""
+    in_group = _group(by, group)
+    if in_group is not None and in_group[0] != "trace":
+        raise _error("query", "by", "traces outside runs have no dataset item: give "
+                                    "trace.<metadata key>", 422)
+    return in_group
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    return None if at is None else monitoring.utc(at)
+
+
+@router.get("/traces/{trace_id:path}")
+async def get_trace(trace_id: str, request: Request) -> dict:
+    """One trace, in a run or posted outside any (the latest completed run item carrying its
+    id): as a run's results give an item — input, expected output, output, status, error,
+    latency, tokens, cost, metadata, scores with `passed`, evaluator failures, a link — with its
+    run_id, dataset_id, dataset_item_id and run_item_id (null outside a run)."""
+    async with request.app.state.pool.acquire() as conn:
+        item = await views.trace_result(conn, trace_id)
+    if item is None:
+        raise _error("path", "trace_id", f"trace {trace_id} not found", 404)
+    item["trace_url"] = _trace_url(request)(trace_id)
+    return item
+
+
+@router.get("/traces")
+async def list_traces(
+    request: Request, since: Since = None, until: Until = None,
+    status: Annotated[Literal["succeeded", "failed"] | None,
+                      Query(description="Trace status.")] = None,
+    filter: Outcome = None,
+    score: Annotated[str | None, Query(description="Score name `filter` looks at.")] = None,
+    by: TraceGroupOf = None, group: GroupValue = None,
+    limit: Limit = 100, offset: Offset = 0,
+) -> dict:
+    """A page of the traces posted outside any run (production traffic), newest first, as a
+    run's results give its items: scores embedded with `passed`, evaluator failures, metadata,
+    a link to each trace."""
+    in_group = _trace_group(by, group)
+    since, until = _utc(since), _utc(until)
+    if since is not None and until is not None and since >= until:
+        raise _error("query", "since", "since must be before until", 422)
+    async with request.app.state.pool.acquire() as conn:
+        page = await views.production_results_page(
+            conn, since=since, until=until, limit=limit, offset=offset, outcome=filter,
+            score=score, status=status, group=in_group)
+    trace_url = _trace_url(request)
+    for item in page["items"]:
+        item["trace_url"] = trace_url(item["trace_id"])
+    return _paged(page, limit, offset)
+
+
+@router.get("/monitoring")
+async def get_monitoring(
+    request: Request,
+    since: Annotated[datetime | None, Query(
+        description="Start of the window (ISO 8601; default: until - 24 h).")] = None,
+    until: Annotated[datetime | None, Query(
+        description="End of the window, excluded (ISO 8601; default: now).")] = None,
+    interval: Annotated[monitoring.Interval, Query(
+        description=f"Bucket size; at most {monitoring.MAX_BUCKETS:,} buckets a "
+                    "window.")] = "hour",
+    score: Annotated[str | None, Query(
+        description="Count only the scores (and evaluator failures) of this name.")] = None,
+    by: TraceGroupOf = None, group: GroupValue = None,
+) -> dict:
+    """The traces posted outside any run, per bucket of `interval` (its `start`, aligned in
+    UTC; buckets without a trace are left out) and over the whole window (`totals`): traces,
+    succeeded, failed, scored_traces, evaluation_failures, pass_rate (boolean and numeric
+    scores) and per score name average, pass_rate, count and the labels of categorical
+    ones. A score counts in the bucket of its trace's completion."""
+    in_group = _trace_group(by, group)
+    async with request.app.state.pool.acquire() as conn:
+        try:
+            return await monitoring.monitoring(conn, since=since, until=until,
+                                               interval=interval, score=score, group=in_group)
+        except InvalidQuery as e:
+            raise _invalid(e) from None
 
 
 # The fixed columns of a results export, then one per score name, then the failures.

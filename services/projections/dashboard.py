@@ -18,6 +18,7 @@ from services.projections.views import (
     ITEM_SCORE_JSON,
     RUN_SUMMARY_TEMPLATE,
     SCORE_SUMMARY_TEMPLATE,
+    TRACE_SCORES_TEMPLATE,
     sql_template,
 )
 
@@ -166,6 +167,21 @@ VIEWS: dict[str, tuple[str, str, dict[str, str]]] = {
         "change": "improved, regressed, unchanged, only_in_run or only_in_baseline.",
         "baseline_status": "Status of the item in the baseline run (missing: no trace).",
         "status": "Status of the item in the compared run (missing: no trace).",
+    }),
+    "trace_scores": (TRACE_SCORES_TEMPLATE, (
+        "One row per current score of a trace posted outside any run (production traffic), "
+        "with the trace's completion time, status and metadata: production scores over time, "
+        "the figures of GET /v1/monitoring; filter on completed_at."), {
+        "run_item_id": "The trace's run item (derived from its trace id).",
+        "completed_at": "When the trace completed (UTC): the time its scores count at.",
+        "status": "The trace's status: succeeded or failed.",
+        "trace_metadata": "The metadata the trace was posted with, to group or filter by.",
+        "score_name": "Score name, e.g. exact_match.",
+        "value": "The score's value (boolean 1/0, numeric, or 0 for a categorical score).",
+        "label": "The label of a categorical score (NULL otherwise).",
+        "passed": "value >= pass_threshold (default 0.5); NULL for a categorical score.",
+        "pass_threshold": "The spec's pass_threshold, NULL when it gives none (0.5 applies).",
+        "observed_at": "Time of the fact scored (the trace's completion, or a rescoring).",
     }),
 }
 

@@ -6,6 +6,8 @@ The run and score summaries are SQL templates shared with the dashboard views
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 import asyncpg
@@ -65,29 +67,58 @@ CROSS JOIN LATERAL (
 CROSS JOIN LATERAL (SELECT count(*) AS missing_items """ + _MISSING_ITEMS + """) m
 """
 
-# Per name, from one pass over the run's scores grouped by (name, label of a categorical score):
-# average and pass rate of the boolean and numeric ones, count of all, and {label: count} of the
-# categorical ones (NULL when there are none).
-SCORE_SUMMARY_TEMPLATE = """
-SELECT r.id AS run_id, r.dataset_id, r.name AS run_name, s.score_name, s.average, s.pass_rate,
-       s.count, s.labels
-FROM {rm}runs r
-CROSS JOIN LATERAL (
-    SELECT name AS score_name,
+# Per name, from rows grouped by (name, label of a categorical score) — `score_name`,
+# `categorical`, `label`, `n` (scores), `total` (their sum) and `passed` —: average and pass rate
+# of the boolean and numeric ones, count of all, and {label: count} of the categorical ones (NULL
+# when there are none). The run summary's and the monitoring's per-score figures.
+SCORE_FIGURES = """
            sum(total) FILTER (WHERE NOT categorical)
                / nullif(sum(n) FILTER (WHERE NOT categorical), 0) AS average,
            sum(passed) FILTER (WHERE NOT categorical)::float8
                / nullif(sum(n) FILTER (WHERE NOT categorical), 0) AS pass_rate,
            sum(n)::bigint AS count,
-           jsonb_object_agg(label, n) FILTER (WHERE categorical AND label IS NOT NULL) AS labels
-    FROM (SELECT name, data_type = 'categorical' AS categorical,
+           jsonb_object_agg(label, n) FILTER (WHERE categorical AND label IS NOT NULL) AS labels"""
+
+# Per name, from one pass over the run's scores grouped by (name, label of a categorical score).
+SCORE_SUMMARY_TEMPLATE = """
+SELECT r.id AS run_id, r.dataset_id, r.name AS run_name, s.score_name, s.average, s.pass_rate,
+       s.count, s.labels
+FROM {rm}runs r
+CROSS JOIN LATERAL (
+    SELECT score_name, """ + SCORE_FIGURES + """
+    FROM (SELECT name AS score_name, data_type = 'categorical' AS categorical,
                  CASE WHEN data_type = 'categorical' THEN string_value END AS label,
                  count(*) AS n, sum(value) AS total,
                  count(*) FILTER (WHERE value >= coalesce(pass_threshold, {pass})) AS passed
           FROM {rm}scores WHERE run_id = r.id
           GROUP BY 1, 2, 3) g
-    GROUP BY name
+    GROUP BY score_name
 ) s
+"""
+
+# Rows of SCORE_FIGURES (aliased `f`) as one JSON object {name: {average, pass_rate, count,
+# labels?}}, as summaries give them.
+SCORES_JSON = """jsonb_object_agg(f.score_name, jsonb_build_object(
+                    'average', f.average, 'pass_rate', f.pass_rate, 'count', f.count)
+                    || CASE WHEN f.labels IS NULL THEN '{{}}'::jsonb
+                            ELSE jsonb_build_object('labels', f.labels) END)"""
+
+# One row per current score of a trace posted outside any run (production traffic): the trace's
+# completion time, status and metadata beside the score, and whether it passes (NULL for a
+# categorical score, which neither passes nor fails). The monitoring's figures and the dashboard
+# view `trace_scores`. Such a trace's run item id derives from its trace id alone, so its scores'
+# run_id is NULL too; saying so lets the planner read them by the index on scores (run_id, …).
+TRACE_SCORES_TEMPLATE = """
+SELECT t.run_item_id, t.trace_id, t.completed_at, t.status, t.metadata AS trace_metadata,
+       s.name AS score_name, s.source, s.data_type, s.value,
+       CASE WHEN s.data_type = 'categorical' THEN s.string_value END AS label,
+       s.pass_threshold,
+       CASE WHEN s.data_type <> 'categorical'
+            THEN s.value >= coalesce(s.pass_threshold, {pass}) END AS passed,
+       s.comment, s.evaluator, s.evaluator_version, s.observed_at
+FROM {rm}run_items t
+JOIN {rm}scores s ON s.run_item_id = t.run_item_id AND s.run_id IS NULL
+WHERE t.run_id IS NULL
 """
 
 
@@ -97,11 +128,8 @@ def sql_template(template: str, read_model_prefix: str = "") -> str:
 
 _RUN_SUMMARIES_SQL = f"""
 SELECT s.*, r.metadata, r.evaluators,
-       coalesce((SELECT jsonb_object_agg(score_name, jsonb_build_object(
-                    'average', average, 'pass_rate', pass_rate, 'count', count)
-                    || CASE WHEN labels IS NULL THEN '{{}}'::jsonb
-                            ELSE jsonb_build_object('labels', labels) END)
-                 FROM ({sql_template(SCORE_SUMMARY_TEMPLATE)}) n WHERE n.run_id = r.id),
+       coalesce((SELECT {sql_template(SCORES_JSON)}
+                 FROM ({sql_template(SCORE_SUMMARY_TEMPLATE)}) f WHERE f.run_id = r.id),
                 '{{}}'::jsonb) AS scores
 FROM ({sql_template(RUN_SUMMARY_TEMPLATE)}) s
 JOIN runs r ON r.id = s.run_id
@@ -202,29 +230,73 @@ def dataset_item_join(run_item: str, item: str) -> str:
 Group = tuple[str, list[str], str]
 
 
-def _results_sql(sort: str, descending: bool, outcome: Outcome | None, score: str | None,
-                 status: str | None, group: Group | None = None) -> tuple[str, list]:
-    """The results query for one combination of options. $1 is the run, $2 the pass threshold,
-    $3/$4 limit/offset (NULL limit: all); further parameters are returned in order."""
+def group_condition(metadata: str, path: str, wanted: str) -> str:
+    """SQL: the value at key path `path` (a text[] parameter) of the jsonb `metadata`, or an
+    element of an array value, has the text `wanted` (a parameter)."""
+    value = f"({metadata} #> {path}::text[])"
+    return (f"CASE WHEN jsonb_typeof({value}) = 'array' THEN EXISTS ("
+            f"SELECT 1 FROM jsonb_array_elements({value}) e"
+            f" WHERE e #>> '{{}}' = {wanted}) ELSE {value} #>> '{{}}' = {wanted} END")
+
+
+@dataclass(frozen=True)
+class RunScope:
+    """The run items of one run (GET /v1/runs/{id}/results)."""
+    run_id: str
+
+
+@dataclass(frozen=True)
+class TraceScope:
+    """The run items of one trace id, in a run or not (GET /v1/traces/{id})."""
+    trace_id: str
+
+
+@dataclass(frozen=True)
+class ProductionScope:
+    """The traces posted outside any run (`run_id IS NULL`: production traffic) completed in
+    [since, until), either bound open when None (GET /v1/traces)."""
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+Scope = RunScope | TraceScope | ProductionScope
+
+
+def _results_sql(scope: Scope, sort: str, descending: bool, outcome: Outcome | None,
+                 score: str | None, status: str | None,
+                 group: Group | None = None) -> tuple[str, list]:
+    """The results query for one scope and combination of options. $1 is the pass threshold,
+    $2/$3 limit/offset (NULL limit: all); further parameters, the scope's first, are returned
+    in order."""
     params: list = []
 
     def param(value: object) -> str:
         params.append(value)
-        return f"${len(params) + 4}"
+        return f"${len(params) + 3}"
 
-    where = ["r.run_id = $1"]
+    # `where` picks the scope's run items; `scores_of` its scores, for a sort by score.
+    if isinstance(scope, RunScope):
+        run = param(scope.run_id)
+        where, scores_of = [f"r.run_id = {run}"], f"run_id = {run}"
+    elif isinstance(scope, TraceScope):
+        trace = param(scope.trace_id)
+        where = [f"r.trace_id = {trace}"]
+        scores_of = f"run_item_id IN (SELECT run_item_id FROM run_items WHERE trace_id = {trace})"
+    else:
+        # The partial index run_items_outside_runs (completed_at) WHERE run_id IS NULL serves
+        # these, never reading a run's items.
+        where, scores_of = ["r.run_id IS NULL"], "run_id IS NULL"
+        if scope.since is not None:
+            where.append(f"r.completed_at >= {param(scope.since)}")
+        if scope.until is not None:
+            where.append(f"r.completed_at < {param(scope.until)}")
     group_join = ""
     if group is not None:
-        # In the group: the value, or an element of an array value, has that text.
         source, path, text = group
         if source == "item":
             group_join = dataset_item_join("r", "gi")
-        value = (f"({'r.metadata' if source == 'trace' else 'gi.metadata'}"
-                 f" #> {param(path)}::text[])")
-        wanted = param(text)
-        where.append(f"CASE WHEN jsonb_typeof({value}) = 'array' THEN EXISTS ("
-                     f"SELECT 1 FROM jsonb_array_elements({value}) e"
-                     f" WHERE e #>> '{{}}' = {wanted}) ELSE {value} #>> '{{}}' = {wanted} END")
+        where.append(group_condition("r.metadata" if source == "trace" else "gi.metadata",
+                                     param(path), param(text)))
     if status is not None:
         where.append(f"r.status = {param(status)}")
     if outcome is not None:
@@ -233,7 +305,7 @@ def _results_sql(sort: str, descending: bool, outcome: Outcome | None, score: st
         # Categorical scores neither pass nor fail. unscored: no score (of that name) at all,
         # e.g. the items still awaiting a person's verdict.
         failing = (f"EXISTS (SELECT 1 FROM scores x WHERE x.run_item_id = r.run_item_id"
-                   f"{of_name} AND x.value < coalesce(x.pass_threshold, $2)"
+                   f"{of_name} AND x.value < coalesce(x.pass_threshold, $1)"
                    " AND x.data_type <> 'categorical')")
         if outcome == "unscored":
             where.append(f"NOT EXISTS (SELECT 1 FROM scores x"
@@ -252,7 +324,7 @@ def _results_sql(sort: str, descending: bool, outcome: Outcome | None, score: st
         sort_join = (f"LEFT JOIN (SELECT run_item_id,"
                      f" avg(value) FILTER (WHERE data_type <> 'categorical') AS value,"
                      f" min(string_value) AS label FROM scores"
-                     f" WHERE run_id = $1 AND name = {param(sort[6:])} GROUP BY run_item_id) k"
+                     f" WHERE {scores_of} AND name = {param(sort[6:])} GROUP BY run_item_id) k"
                      f" ON k.run_item_id = r.run_item_id")
         key = "k.value"
         label_key = "k.label"
@@ -271,11 +343,11 @@ WITH matching AS (
     WHERE {" AND ".join(where)}
 ), ranked AS (
     SELECT run_item_id, row_number() OVER (ORDER BY {order}) AS pos
-    FROM matching ORDER BY pos LIMIT $3 OFFSET $4
+    FROM matching ORDER BY pos LIMIT $2 OFFSET $3
 )
-SELECT t.total, r.run_item_id, r.dataset_item_id, r.trace_id, r.status, r.input,
-       r.expected_output, r.output, r.error, r.latency_ms, r.input_tokens, r.output_tokens,
-       r.cost, r.completed_at, r.metadata, ii.metadata AS item_metadata,
+SELECT t.total, r.run_item_id, r.run_id, ii_run.dataset_id, r.dataset_item_id, r.trace_id,
+       r.status, r.input, r.expected_output, r.output, r.error, r.latency_ms, r.input_tokens,
+       r.output_tokens, r.cost, r.completed_at, r.metadata, ii.metadata AS item_metadata,
        coalesce(s.scores, '[]'::jsonb) AS scores,
        coalesce(f.failures, '[]'::jsonb) AS evaluation_failures
 FROM (SELECT count(*) AS total FROM matching) t
@@ -286,7 +358,7 @@ LEFT JOIN LATERAL (
         'name', name, 'value', value, 'data_type', data_type, 'source', source,
         'string_value', string_value, 'comment', comment, 'created_by', created_by,
         'passed', CASE WHEN data_type <> 'categorical'
-                       THEN value >= coalesce(pass_threshold, $2) END,
+                       THEN value >= coalesce(pass_threshold, $1) END,
         'pass_threshold', pass_threshold,
         'evaluator', evaluator, 'evaluator_version', evaluator_version,
         'spec_hash', spec_hash, 'observed_at', observed_at) ORDER BY name, source) AS scores
@@ -308,19 +380,19 @@ def parse_result_sort(sort: str) -> str:
                                f"{', '.join(RESULT_SORTS)} or score:<score name>")
 
 
-async def run_results_page(conn: asyncpg.Connection, run_id: str, *, limit: int | None = None,
-                           offset: int = 0, sort: str = "dataset_item_id",
-                           descending: bool = False, outcome: Outcome | None = None,
-                           score: str | None = None, status: str | None = None,
-                           group: Group | None = None) -> dict:
-    """One page of a run's items with their scores embedded, and how many items match.
+async def results_page(conn: asyncpg.Connection, scope: Scope, *, limit: int | None = None,
+                       offset: int = 0, sort: str = "dataset_item_id", descending: bool = False,
+                       outcome: Outcome | None = None, score: str | None = None,
+                       status: str | None = None, group: Group | None = None) -> dict:
+    """One page of the scope's run items with their scores embedded (each with its run_id and
+    dataset_id), and how many items match.
 
     `sort` is a column of RESULT_SORTS or `score:<name>` (items without that score come last);
     `outcome` keeps items whose scores (of `score`, if given) all pass, of which one fails, or
     that have none; `group` the items of one group of a breakdown."""
-    sql, params = _results_sql(parse_result_sort(sort), descending, outcome, score, status,
-                               group)
-    rows = await conn.fetch(sql, run_id, PASS_THRESHOLD, limit, offset, *params)
+    sql, params = _results_sql(scope, parse_result_sort(sort), descending, outcome, score,
+                               status, group)
+    rows = await conn.fetch(sql, PASS_THRESHOLD, limit, offset, *params)
     items = []
     for row in rows:
         if row["run_item_id"] is None:  # the count's row when the page is empty
@@ -333,9 +405,38 @@ async def run_results_page(conn: asyncpg.Connection, run_id: str, *, limit: int 
     return {"total": rows[0]["total"], "items": items}
 
 
+def _without_run(page: dict) -> dict:
+    """A page of one run's items, or of traces outside runs: the run is not repeated per item."""
+    for item in page["items"]:
+        del item["run_id"], item["dataset_id"]
+    return page
+
+
+async def run_results_page(conn: asyncpg.Connection, run_id: str, **options) -> dict:
+    """One page of a run's items with their scores embedded, and how many items match (see
+    results_page for the options)."""
+    return _without_run(await results_page(conn, RunScope(run_id), **options))
+
+
 async def run_results(conn: asyncpg.Connection, run_id: str, **options) -> list[dict]:
     """Every item of a run (or one page of them, see run_results_page) with scores embedded."""
     return (await run_results_page(conn, run_id, **options))["items"]
+
+
+async def trace_result(conn: asyncpg.Connection, trace_id: str) -> dict | None:
+    """The run item of a trace, in a run or not (the latest completed, when several carry its
+    id), as a run's results give it, with its run_id and dataset_id; None when unknown."""
+    page = await results_page(conn, TraceScope(trace_id), limit=1, sort="completed_at",
+                              descending=True)
+    return page["items"][0] if page["items"] else None
+
+
+async def production_results_page(conn: asyncpg.Connection, *, since: datetime | None = None,
+                                  until: datetime | None = None, **options) -> dict:
+    """A page of the traces posted outside any run, completed in [since, until), newest first,
+    as a run's results give its items (outcome, score, status and group as there)."""
+    return _without_run(await results_page(
+        conn, ProductionScope(since, until), sort="completed_at", descending=True, **options))
 
 
 def display_value(score: dict) -> str:

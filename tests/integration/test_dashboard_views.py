@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -18,6 +20,7 @@ from services.database import create_pool
 from services.projections import comparison
 from services.projections.dashboard import READER_ROLE, VIEWS, create_dashboard_views
 from tests import comparison_scenario as sc
+from tests import production_scenario as ps
 from tests.conftest import ROOT
 from tests.scratch_read_model import build
 
@@ -31,12 +34,14 @@ async def dashboard(migrated):
     """Two read-model schemas (all three runs; runs A and B only) and views over the first."""
     prefix = uuid.uuid4().hex[:8]
     log, run_ids, item_ids = sc.log(prefix)
-    full = await build(migrated.dsn, log)
+    # with production traffic beside the runs: it shows in trace_scores and nowhere else
+    full = await build(migrated.dsn, log + ps.production_log(prefix))
     partial = await build(migrated.dsn, sc.log(prefix, "AB")[0])
     dash = f"dash_{prefix}"
     conn = await asyncpg.connect(migrated.dsn)
     await create_dashboard_views(conn, full, dash)
     yield {"dsn": migrated.dsn, "conn": conn, "schema": dash, "read_model": full,
+           "prefix": prefix,
            "partial": partial, "runs": run_ids, "item_ids": item_ids,
            "dataset_id": f"{prefix}-dataset"}
     await conn.execute(f"DROP SCHEMA {dash}, {full}, {partial} CASCADE")
@@ -118,6 +123,35 @@ async def test_item_comparison_rows_hold_both_values(dashboard):
                 "baseline_status": sc.status("A", n), "status": sc.status("B", n)}
     assert got == sc.close(expected)
     assert {r["change"] for r in rows} >= {"improved", "regressed", "only_in_baseline"}
+
+
+async def test_trace_scores_hold_the_production_scores_and_no_runs(dashboard):
+    """One row per current score of a trace outside runs, with its trace's time, status and
+    metadata and whether it passes (NULL for a label); the runs' scores are not in it."""
+    rows = await _as_reader(dashboard["dsn"], lambda conn: conn.fetch(
+        f"SELECT trace_id, completed_at, status, trace_metadata, score_name, value, label,"
+        f" pass_threshold, passed FROM {dashboard['schema']}.trace_scores"))
+    got = sorted((r["trace_id"], r["completed_at"], r["status"],
+                  json.loads(r["trace_metadata"]), r["score_name"], r["value"], r["label"],
+                  r["pass_threshold"], r["passed"]) for r in rows)
+    assert got == sorted(
+        (t["trace_id"], t["completed_at"], t["status"], t["metadata"], name, value, label,
+         threshold, None if data_type == "categorical" else value >= (threshold or ps.PASS))
+        for t in ps.traces(dashboard["prefix"]) for name, data_type, value, label, threshold
+        in t["scores"])
+    # docs/dashboards.md's query of it: each score's pass rate per hour
+    query = DOCUMENTED.split("Production traces: each score's pass rate per hour")[1].split(
+        "```sql")[1].split("```")[0].replace("dashboard.", f"{dashboard['schema']}.").replace(
+        "now() - interval '1 day'", f"'{ps.START.isoformat()}'")
+    hourly = await _as_reader(dashboard["dsn"], lambda conn: conn.fetch(query))
+    expected: dict[tuple, list] = {}
+    for t in ps.traces(dashboard["prefix"]):
+        for name, data_type, value, _, threshold in t["scores"]:
+            if data_type != "categorical":
+                key = (t["completed_at"].replace(minute=0, second=0), name)
+                expected.setdefault(key, []).append((value, threshold))
+    assert {(r["hour"], r["score_name"]): (r["pass_rate"], r["scores"]) for r in hourly} == {
+        key: (pytest.approx(ps.passing(v)), len(v)) for key, v in expected.items()}
 
 
 async def test_the_documented_per_category_query_gives_the_breakdowns_averages(dashboard):
@@ -256,6 +290,22 @@ async def test_views_switch_to_another_read_model_and_back(dashboard):
 GRAFANA = ROOT / "grafana"
 
 
+# Grafana's time range and interval for the panels that use its macros: the production
+# scenario's six hours, by the hour.
+TIME_RANGE = (ps.START, ps.START + timedelta(hours=ps.HOURS))
+INTERVAL_S = 3600
+
+
+def _grafana_macros(sql: str) -> str:
+    """$__interval, $__timeGroupAlias(column, interval) and $__timeFilter(column) expanded as
+    Grafana's Postgres data source expands them."""
+    sql = sql.replace("$__interval", f"{INTERVAL_S}s")
+    sql = re.sub(r"\$__timeGroupAlias\((\w+),\s*(\d+)s\)",
+                 r'floor(extract(epoch from \1)/\2)*\2 AS "time"', sql)
+    start, end = (at.strftime("%Y-%m-%dT%H:%M:%SZ") for at in TIME_RANGE)
+    return re.sub(r"\$__timeFilter\((\w+)\)", rf"\1 BETWEEN '{start}' AND '{end}'", sql)
+
+
 def _grafana_queries() -> dict[str, str]:
     """Every SQL the provisioned Grafana dashboard runs: its variables' and its panels'."""
     board = json.loads((GRAFANA / "dashboards" / "evalstream.json").read_text())
@@ -296,6 +346,7 @@ async def test_the_grafana_dashboards_queries_give_the_scenarios_figures_as_the_
     async def run_all(conn):
         answers = {}
         for name, sql in _grafana_queries().items():
+            sql = _grafana_macros(sql)
             for variable, value in filled.items():
                 sql = sql.replace(variable, value)
             answers[name] = [dict(r) for r in await conn.fetch(sql)]
@@ -341,6 +392,18 @@ async def test_the_grafana_dashboards_queries_give_the_scenarios_figures_as_the_
     assert [r["status"] for r in items[:2]] == sorted(
         sc.status("B", n) for n in range(len(sc.QUESTIONS)) if sc.status("B", n) != "succeeded")
     assert len(items) == len(sc.QUESTIONS)
+
+    # production traffic, per hour of the time range, per boolean or numeric score
+    over_hours = got["Production traces: pass rate per score"]
+    expected_hours: dict[tuple, list] = {}
+    for t in ps.traces(dashboard["prefix"]):
+        hour = t["completed_at"].timestamp() // INTERVAL_S * INTERVAL_S
+        for name, data_type, value, _, threshold in t["scores"]:
+            if data_type != "categorical":
+                expected_hours.setdefault((hour, name), []).append((value, threshold))
+    assert {(float(r["time"]), r["metric"]): r["value"] for r in over_hours} == {
+        key: pytest.approx(ps.passing(values)) for key, values in expected_hours.items()}
+    assert len({r["time"] for r in over_hours}) == ps.HOURS
 
 
 async def test_migrate_gives_the_reader_its_password_when_one_is_set(dashboard):

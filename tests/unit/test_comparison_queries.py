@@ -4,6 +4,7 @@ the field, and the dashboard views name the read-model schema for every table th
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import pytest
 
@@ -53,10 +54,24 @@ def test_item_page_parameters_are_numbered_after_the_fixed_ones(item_filter, sco
 
 
 def test_results_parameters_are_numbered_after_the_fixed_ones():
-    sql, extra = views._results_sql("score:explains", True, "failed", "exact_match", "succeeded")
-    assert extra == ["succeeded", "exact_match", "explains"]
+    sql, extra = views._results_sql(views.RunScope("r1"), "score:explains", True, "failed",
+                                    "exact_match", "succeeded")
+    assert extra == ["r1", "succeeded", "exact_match", "explains"]
     assert {int(n) for n in re.findall(r"\$(\d+)", sql)} == set(range(1, 8))
     assert "DESC NULLS LAST" in sql
+
+
+@pytest.mark.parametrize("scope,first", [
+    (views.TraceScope("t1"), ["t1"]), (views.ProductionScope(), []),
+    (views.ProductionScope(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)),
+     [datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)])])
+def test_every_scope_numbers_its_parameters_after_the_fixed_ones(scope, first):
+    sql, extra = views._results_sql(scope, "score:explains", False, "passed", "exact_match",
+                                    None, ("trace", ["model"], "gpt"))
+    assert extra == [*first, ["model"], "gpt", "exact_match", "explains"]
+    assert {int(n) for n in re.findall(r"\$(\d+)", sql)} == set(range(1, 4 + len(extra)))
+    # outside runs: never a run's items (the partial index's predicate)
+    assert ("r.run_id IS NULL" in sql) == isinstance(scope, views.ProductionScope)
 
 
 @pytest.mark.parametrize("name", list(VIEWS))
