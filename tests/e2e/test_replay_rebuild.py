@@ -13,6 +13,7 @@ import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -218,7 +219,13 @@ async def _answers(api: Api, conn: asyncpg.Connection) -> dict[str, object]:
         "dataset_id": [r[0] for r in await conn.fetch("SELECT id FROM datasets ORDER BY id")],
         "request_id": [r[0] for r in await conn.fetch(
             "SELECT request_id FROM score_requests ORDER BY 1")],
+        "trace_id": [r[0] for r in await conn.fetch(
+            "SELECT DISTINCT trace_id FROM run_items ORDER BY 1")],
     }
+    # A window that does not move between the two calls (the default ends now).
+    until = await conn.fetchval(
+        "SELECT date_trunc('day', max(completed_at)) + interval '1 day' FROM run_items")
+    window = {"since": (until - timedelta(days=30)).isoformat(), "until": until.isoformat()}
     pairs = [tuple(r) for r in await conn.fetch(
         "SELECT run_id, dataset_item_id FROM run_items WHERE run_id IS NOT NULL"
         " AND dataset_item_id IS NOT NULL ORDER BY 1, 2")]
@@ -248,6 +255,8 @@ async def _answers(api: Api, conn: asyncpg.Connection) -> dict[str, object]:
         else:
             assert not params, f"the rebuild test knows no ids for {path}: teach it"
             urls = [path]
+        if path == "/v1/monitoring":
+            query |= window | {"interval": "day"}
         queries = [query]
         if "by" in required:
             required.remove("by")
