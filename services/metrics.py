@@ -18,6 +18,8 @@ from fastapi import FastAPI
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_fastapi_instrumentator import Instrumentator
 
+from schemas.common import PASS_THRESHOLD
+
 CONSUMED = Counter("evalstream_consumed_records", "Records consumed, by service and topic.",
                    ["service", "topic"])
 BATCHES = Counter("evalstream_batches", "Consumed batches handled, by service and outcome "
@@ -41,6 +43,15 @@ JUDGE_CALLS = Counter("evalstream_judge_calls", "Calls to the LLM judge's endpoi
 JUDGE_TOKENS = Counter("evalstream_judge_tokens", "Tokens the LLM judge's endpoint reported "
                        "using (its reply's usage), by the model asked and kind (input, "
                        "output): what judging costs.", ["model", "kind"])
+PRODUCTION_SCORES = Counter(
+    "evalstream_production_scores", "Scores the evaluator published for traces outside runs "
+    "(production traffic, scoring rules), by score name and outcome (passed or failed against "
+    "the spec's pass_threshold; labelled: a categorical score): production pass rates to alert "
+    "on. A run's scores are its summary's (GET /v1/runs/{id}).", ["name", "outcome"])
+EVALUATOR_FAILURES = Counter("evalstream_evaluator_failures", "Evaluators that failed on a case "
+                             "(it has no score of theirs), by score name and scope (production: "
+                             "a trace outside runs; run: a run's trace or a rescoring).",
+                             ["name", "scope"])
 RETRIES = Counter("evalstream_step_retries", "Failed attempts of a batch step that is retried "
                   "with backoff (Postgres or the broker unreachable), by step.", ["step"])
 
@@ -72,6 +83,30 @@ def consumed_batch(service: str, records: Sequence, consumer: object | None) -> 
         high = highwater(TopicPartition(topic, partition))
         if high is not None:
             LAG.labels(service, topic, str(partition)).set(max(high - end, 0))
+
+
+def scored_cases(cases: Sequence) -> None:
+    """Count a published batch's CaseScored: production traces' scores by name and outcome, and
+    every evaluator failure. A run's case costs one comparison (its scores are not counted)."""
+    scores: dict[tuple[str, str], int] = {}
+    failures: dict[tuple[str, str], int] = {}
+    for env in cases:
+        case = env.event
+        production = case.run_id is None
+        if production:
+            for s in case.scores:
+                threshold = s.pass_threshold
+                key = (s.name, "labelled" if s.data_type == "categorical" else "passed"
+                       if s.value >= (PASS_THRESHOLD if threshold is None else threshold)
+                       else "failed")
+                scores[key] = scores.get(key, 0) + 1
+        for f in case.failures:
+            key = (f.name, "production" if production else "run")
+            failures[key] = failures.get(key, 0) + 1
+    for labels, n in scores.items():
+        PRODUCTION_SCORES.labels(*labels).inc(n)
+    for labels, n in failures.items():
+        EVALUATOR_FAILURES.labels(*labels).inc(n)
 
 
 def instrument(app: FastAPI) -> None:

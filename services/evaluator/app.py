@@ -41,6 +41,7 @@ def register(broker: KafkaBroker, settings: Settings, publisher: EventPublisher,
             # publication retried with backoff (services/messaging.py).
             await until_done(lambda: publisher.publish(settings.topics.scores, scored),
                              "publishing a batch's scores", settings.retry)
+            metrics.scored_cases(scored)
 
     # A judge's (or an async plugin's) calls take the batch's time: with one configured, batches
     # are smaller, so that they end well within the deadline even when every case asks for it.

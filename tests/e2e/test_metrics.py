@@ -22,8 +22,8 @@ async def _scrape(url: str) -> dict[tuple[str, frozenset], float]:
             for family in text_string_to_metric_families(r.text) for s in family.samples}
 
 
-def _value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+def _value(samples: dict, metric: str, **labels: str) -> float:
+    return samples.get((metric, frozenset(labels.items())), 0.0)
 
 
 async def test_metrics_count_what_each_service_did(api, migrated):
@@ -64,3 +64,37 @@ async def test_metrics_count_what_each_service_did(api, migrated):
     # /metrics needs no key and is not part of the API's documented routes
     spec = (await api.query.get("/openapi.json")).json()
     assert "/metrics" not in spec["paths"]
+
+
+async def test_production_scores_are_counted_by_name_and_outcome(api, migrated):
+    """Traces a scoring rule scores: their scores by outcome (passed, failed, labelled) and the
+    evaluators that failed, on the evaluator's metrics port, as an alert on a production pass
+    rate reads them."""
+    url = f"http://127.0.0.1:{migrated.metrics_port}/metrics"
+    tag = uuid.uuid4().hex[:8]
+    caps, tone = f"caps_{tag}", f"tone_{tag}"
+    r = await api.ingest.put(f"/v1/scoring-rules/metrics-{tag}", json={
+        "evaluators": [{"type": "regex", "pattern": "^[A-Z]", "name": caps},
+                       {"type": "tone", "name": tone}],
+        "where": {"suite": tag}})
+    assert r.status_code == 200, r.text
+    before = await _scrape(url)
+    try:
+        outputs = ["Paris", "PARIS", "paris", "boom"]
+        await api.post_traces([{"trace_id": f"{tag}-{n}", "output": out, "status": "succeeded",
+                                "metadata": {"suite": tag}} for n, out in enumerate(outputs)])
+        for n in range(len(outputs)):
+            await api.eventually(f"/v1/traces/{tag}-{n}",
+                                 lambda t: t["scores"] or t["evaluation_failures"])
+    finally:
+        assert (await api.ingest.delete(f"/v1/scoring-rules/metrics-{tag}")).status_code == 202
+    after = await _scrape(url)
+
+    def grew(metric: str, **labels: str) -> float:
+        return _value(after, metric, **labels) - _value(before, metric, **labels)
+
+    scores = "evalstream_production_scores_total"
+    assert grew(scores, name=caps, outcome="passed") == 2  # Paris, PARIS
+    assert grew(scores, name=caps, outcome="failed") == 2  # paris, boom
+    assert grew(scores, name=tone, outcome="labelled") == 3
+    assert grew("evalstream_evaluator_failures_total", name=tone, scope="production") == 1
