@@ -99,11 +99,18 @@ def serve(service: Service) -> None:
 def replay(
     since: str | None = typer.Option(
         None, help="Only traces completed at or after this ISO 8601 time (UTC unless a zone is "
-                   "given), by the events' own time."),
+                   "given) or this long ago (7d, 24h), by the events' own time."),
     run: list[str] = typer.Option([], "--run", help="Only this run (repeat for several)."),
     dataset: list[str] = typer.Option([], "--dataset",
                                       help="Only runs over this dataset (repeatable)."),
     trace: list[str] = typer.Option([], "--trace", help="Only this trace (repeatable)."),
+    outside_runs: bool = typer.Option(
+        False, "--outside-runs", help="Only traces of no run (production traffic)."),
+    rule: str | None = typer.Option(
+        None, "--rule", help="Only the traces this scoring rule selects (outside runs and "
+                             "datasets, its metadata, its sample), scored with its evaluators "
+                             "unless --evaluators: a new rule applied to traces posted before "
+                             "it, with --since."),
     evaluators: Path | None = typer.Option(
         None, "--evaluators", exists=True, dir_okay=False,
         help="JSON or YAML file of evaluator specs to rescore with; default: each trace's own."),
@@ -116,14 +123,21 @@ def replay(
     import json
 
     from services.evaluator import plugins
-    from services.replay import ReplayFilter, SpecFileError, load_specs, parse_since
+    from services.replay import (
+        ReplayFilter,
+        SpecFileError,
+        UnknownRule,
+        load_specs,
+        parse_since,
+    )
     from services.replay import replay as run_replay
 
     settings = Settings()
     try:
         selection = ReplayFilter(since=parse_since(since) if since else None,
                                  run_ids=frozenset(run), dataset_ids=frozenset(dataset),
-                                 trace_ids=frozenset(trace))
+                                 trace_ids=frozenset(trace), outside_runs=outside_runs,
+                                 rule_name=rule)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--since") from None
     try:
@@ -132,7 +146,10 @@ def replay(
     except SpecFileError as e:
         raise typer.BadParameter(str(e), param_hint="--evaluators") from None
     tune_gc()
-    report = asyncio.run(run_replay(settings, selection, specs, progress=progress))
+    try:
+        report = asyncio.run(run_replay(settings, selection, specs, progress=progress))
+    except UnknownRule as e:
+        raise typer.BadParameter(str(e), param_hint="--rule") from None
     if as_json:
         typer.echo(json.dumps(report.as_dict()))
     else:

@@ -11,22 +11,24 @@ second republishes exactly those, in batches.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from tqdm import tqdm
 
-from schemas.catalog import RunDeleted
+from schemas.catalog import RunDeleted, ScoringRuleDeleted, ScoringRuleSet
 from schemas.common import EvaluatorSpec, utcnow
 from schemas.envelope import TYPE_BY_MODEL, Envelope, UndecodableEvent, unwrap, wrap
 from schemas.rescoring import ScoreRequestsIssued, issued_event_id, score_request_event_id
 from schemas.traces import ScoreRequested, TraceCompleted
 from services.evaluator.evaluators import SpecError, validate_spec
+from services.ingest.scoring_rules import Rule
 from services.log_reader import LogReader
 from services.messaging import EventPublisher
 from services.settings import Settings
@@ -34,6 +36,8 @@ from services.settings import Settings
 SOURCE = "evalstream/replay"
 TRACE_TYPE = TYPE_BY_MODEL[TraceCompleted].encode()
 RUN_DELETED_TYPE = TYPE_BY_MODEL[RunDeleted].encode()
+RULE_TYPES = {TYPE_BY_MODEL[ScoringRuleSet].encode(): ScoringRuleSet,
+              TYPE_BY_MODEL[ScoringRuleDeleted].encode(): ScoringRuleDeleted}
 IN_FLIGHT = 3  # batches of score requests awaiting the broker's acks at once
 
 
@@ -76,35 +80,54 @@ def load_specs(path: Path, *, check: bool = True) -> tuple[EvaluatorSpec, ...]:
 
 @dataclass(frozen=True, slots=True)
 class ReplayFilter:
-    """Which traces to rescore: every kind given must match (ids of one kind are alternatives)."""
+    """Which traces to rescore: every kind given must match (ids of one kind are alternatives).
+    `outside_runs`: traces of no run (production traffic); `rule`: the traces a scoring rule
+    selects (outside runs and datasets, its metadata and its sample), resolved from the log by
+    `rule_name` (replay does it)."""
 
     since: datetime | None = None
     run_ids: frozenset[str] = frozenset()
     dataset_ids: frozenset[str] = frozenset()
     trace_ids: frozenset[str] = frozenset()
+    outside_runs: bool = False
+    rule_name: str | None = None
+    rule: Rule | None = None
 
     def matches(self, trace: TraceCompleted | _TraceRef) -> bool:
         return (trace.status == "succeeded"
                 and (self.since is None or trace.completed_at >= self.since)
                 and (not self.run_ids or trace.run_id in self.run_ids)
                 and (not self.dataset_ids or trace.dataset_id in self.dataset_ids)
-                and (not self.trace_ids or trace.trace_id in self.trace_ids))
+                and (not self.trace_ids or trace.trace_id in self.trace_ids)
+                and (not self.outside_runs or trace.run_id is None)
+                and (self.rule is None or (
+                    trace.run_id is None and trace.dataset_item_id is None
+                    and self.rule.selects(trace.trace_id, trace.metadata))))
 
-    def describe(self) -> dict[str, list[str] | str]:
-        out: dict[str, list[str] | str] = {}
+    def describe(self) -> dict[str, list[str] | str | bool]:
+        out: dict[str, list[str] | str | bool] = {}
         if self.since is not None:
             out["since"] = self.since.isoformat()
         for key, ids in (("run_ids", self.run_ids), ("dataset_ids", self.dataset_ids),
                          ("trace_ids", self.trace_ids)):
             if ids:
                 out[key] = sorted(ids)
+        if self.outside_runs:
+            out["outside_runs"] = True
+        if self.rule_name is not None:
+            out["rule"] = self.rule_name
         return out
 
 
+class UnknownRule(LookupError):
+    """`--rule` names no scoring rule the log holds (never set, or deleted)."""
+
+
 def parse_since(text: str) -> datetime:
-    """An ISO 8601 time; without a zone it is UTC."""
-    at = datetime.fromisoformat(text)
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+    """An ISO 8601 time (without a zone: UTC), or a duration before now (`7d`, `24h`)."""
+    from services.reports import parse_time
+
+    return parse_time(text, utcnow())
 
 
 def score_request(env: Envelope, request_id: str, requested_at: datetime,
@@ -159,6 +182,12 @@ class _TraceRef(BaseModel):
     completed_at: datetime
 
 
+class _TraceRefWithMetadata(_TraceRef):
+    """The first pass's read when a scoring rule selects: its metadata too."""
+
+    metadata: dict | None = None
+
+
 def _is_trace(record) -> bool:
     return _is_type(record, TRACE_TYPE)
 
@@ -167,20 +196,33 @@ def _is_type(record, ce_type: bytes) -> bool:
     return any(k == "ce_type" and v == ce_type for k, v in record.headers or ())
 
 
-async def deleted_runs(settings: Settings) -> set[str]:
-    """The runs deleted so far, from their RunDeleted events on the (small) catalog topic: their
-    traces are not rescored, since the read models would skip the results (docs/adr/0009)."""
-    out: set[str] = set()
+async def catalog_facts(settings: Settings) -> tuple[set[str], dict[str, Rule]]:
+    """From the (small) catalog topic: the runs deleted so far, whose traces are not rescored
+    since the read models would skip the results (docs/adr/0009), and the scoring rules as they
+    now stand (the latest event of each name; a deleted one left out)."""
+    deleted: set[str] = set()
+    rules: dict[str, Rule] = {}
     async with LogReader(settings, [settings.topics.catalog],
                          client_id="evalstream-replay-catalog") as reader:
         async for batch in reader.batches(await reader.end_offsets()):
             for record in batch:
-                if _is_type(record, RUN_DELETED_TYPE):
-                    try:
-                        out.add(RunDeleted.model_validate_json(record.value or b"").run_id)
-                    except ValidationError:
-                        continue  # dead-lettered by the consumers
-    return out
+                try:
+                    if _is_type(record, RUN_DELETED_TYPE):
+                        deleted.add(RunDeleted.model_validate_json(record.value or b"").run_id)
+                    elif (model := _rule_model(record)) is not None:
+                        event = model.model_validate_json(record.value or b"")
+                        if isinstance(event, ScoringRuleSet):
+                            rules[event.name] = Rule(event.name, event.evaluators,
+                                                     event.sample_rate, event.where)
+                        else:
+                            rules.pop(event.name, None)
+                except ValidationError:
+                    continue  # dead-lettered by the consumers
+    return deleted, rules
+
+
+def _rule_model(record) -> type[ScoringRuleSet] | type[ScoringRuleDeleted] | None:
+    return next((RULE_TYPES.get(v) for k, v in record.headers if k == "ce_type"), None)
 
 
 def _event_id(record) -> str:
@@ -210,7 +252,15 @@ async def replay(settings: Settings, selection: ReplayFilter,
 
     try:
         try:
-            deleted = await deleted_runs(settings)
+            deleted, rules = await catalog_facts(settings)
+            if selection.rule_name is not None:
+                rule = rules.get(selection.rule_name)
+                if rule is None:
+                    raise UnknownRule(f"no scoring rule {selection.rule_name!r} in the log "
+                                      "(never set, or deleted)")
+                selection = dataclasses.replace(selection, rule=rule)
+                specs = specs if specs is not None else rule.evaluators
+            ref = _TraceRefWithMetadata if selection.rule is not None else _TraceRef
             ends = await reader.end_offsets()
             report.log_records = await reader.remaining(ends)
 
@@ -224,7 +274,7 @@ async def replay(settings: Settings, selection: ReplayFilter,
                         if not _is_trace(record):
                             continue
                         try:
-                            trace = _TraceRef.model_validate_json(record.value or b"")
+                            trace = ref.model_validate_json(record.value or b"")
                         except ValidationError:
                             report.undecodable += 1  # the consumers dead-lettered it already
                             continue

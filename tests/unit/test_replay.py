@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from schemas.common import EvaluatorSpec
+from schemas.common import EvaluatorSpec, utcnow
 from schemas.envelope import wrap
 from schemas.scores import CaseScored
 from schemas.traces import ScoreRequested, TraceCompleted
 from services.evaluator.scoring import score_case
+from services.ingest.scoring_rules import Rule
 from services.replay import ReplayFilter, SpecFileError, load_specs, parse_since, score_request
 
 AT = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -90,6 +91,23 @@ def test_filters_must_all_match_and_ids_of_one_kind_are_alternatives():
     assert not ReplayFilter().matches(_trace_env(status="failed").event)  # never scored
     assert parse_since("2026-11-22T10:00:00") == AT  # no zone: UTC
     assert parse_since("2026-11-22T11:00:00+01:00") == AT
+    assert abs((utcnow() - parse_since("7d")).total_seconds() - 7 * 86400) < 60
+
+
+def test_production_traces_and_a_rules_selection():
+    run_trace = _trace_env().event
+    production = _trace_env(run_id=None, dataset_item_id=None,
+                            metadata={"env": "prod"}).event
+    of_item = _trace_env(run_id=None, metadata={"env": "prod"}).event
+    assert [ReplayFilter(outside_runs=True).matches(t) for t in (run_trace, production, of_item)] \
+        == [False, True, True]
+    everything = Rule("r", (EvaluatorSpec(type="exact_match"),), 1.0, {"env": "prod"})
+    assert [ReplayFilter(rule=everything).matches(t) for t in (run_trace, production, of_item)] \
+        == [False, True, False]  # a rule selects traces outside runs and datasets only
+    assert not ReplayFilter(rule=Rule("r", everything.evaluators, 1.0, {"env": "dev"})).matches(
+        production)
+    assert ReplayFilter(outside_runs=True, rule_name="r").describe() == {
+        "outside_runs": True, "rule": "r"}
 
 
 def test_evaluator_files_in_json_or_yaml(tmp_path):
