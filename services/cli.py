@@ -1065,7 +1065,7 @@ def _cases(path: Path) -> list:
 rules_app = typer.Typer(help="Scoring rules: which production traces (posted outside runs) "
                              "are scored, and by what.", no_args_is_help=False,
                         rich_markup_mode=HELP_MARKUP)
-app.add_typer(rules_app, name="rules", rich_help_panel="Evaluate")
+app.add_typer(rules_app, name="rules", rich_help_panel="Monitor")
 
 
 @rules_app.callback(invoke_without_command=True)
