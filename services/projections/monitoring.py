@@ -6,9 +6,10 @@ and the whole window (`totals`) have the figures of a run summary for the traces
 it: traces, succeeded, failed, scored traces, evaluator failures, the overall pass rate (the
 share of boolean and numeric scores that pass) and per score name average, pass rate, count and
 the labels of categorical ones. A score counts in the bucket of its trace's completion. The
-scores are read through TRACE_SCORES_TEMPLATE, which the dashboard view `trace_scores` is too,
-and the per-name figures are the run summary's SQL (views.SCORE_FIGURES), so the API, the
-dashboards and the run summaries cannot disagree on what passes.
+scores are read with the columns of the dashboard view `trace_scores` (views.TRACE_SCORE_COLUMNS,
+which TRACE_SCORES_TEMPLATE is made of), and the per-name figures are the run summary's SQL
+(views.SCORE_FIGURES), so the API, the dashboards and the run summaries cannot disagree on what
+passes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import asyncpg
 from services.projections.views import (
     SCORE_FIGURES,
     SCORES_JSON,
-    TRACE_SCORES_TEMPLATE,
+    TRACE_SCORE_COLUMNS,
     Group,
     InvalidQuery,
     group_condition,
@@ -73,67 +74,88 @@ def window(since: datetime | None, until: datetime | None, interval: str,
 
 
 def _sql(score: str | None, group: Group | None) -> tuple[str, list]:
-    """$1/$2 the window, $3 the interval; further parameters returned in order. Each trace (and
-    score) is counted twice: in its bucket, and in the totals' (bucket NULL)."""
+    """$1/$2 the window, $3 the interval; further parameters returned in order. One row per
+    bucket, and the totals' (bucket NULL) first.
+
+    The window's traces (the partial index on their completion time finds them) are counted,
+    joined with their evaluator failures, and read with their scores, looked up trace by trace
+    by the scores' primary key: the time taken grows with the window, not with the production
+    scores ever recorded, and the plan is the same whether the planner knows the window or not
+    (a cached generic plan). The scores are grouped per bucket and (name, label) in a hash
+    aggregate, each row once (no copy for the totals); a trace without a score (of that name)
+    is one row of its own there (score_name NULL), which gives scored_traces without counting
+    distinct traces. The totals are summed from those groups, and the per-name figures and the
+    overall pass rate derive from them (an average's float sum may differ from one over the
+    rows in the last bits, as the rows' order makes it anyway)."""
     params: list = []
 
     def param(value: object) -> str:
         params.append(value)
         return f"${len(params) + 3}"
 
-    in_group = in_group_scores = ""
+    in_group = ""
     if group is not None:
         _, path, text = group
         path_param, text_param = param(path), param(text)
         # (braces doubled: the statement goes through sql_template's str.format)
-        in_group, in_group_scores = (
-            " AND " + group_condition(column, path_param, text_param).replace(
-                "{", "{{").replace("}", "}}")
-            for column in ("r.metadata", "s.trace_metadata"))
+        in_group = " AND " + group_condition("r.metadata", path_param, text_param).replace(
+            "{", "{{").replace("}", "}}")
     name = param(score) if score is not None else None
-    score_named = f" AND s.score_name = {name}" if name else ""
+    score_named = f" AND s.name = {name}" if name else ""
     failure_named = f" AND f.name = {name}" if name else ""
     return sql_template("""
-WITH traces AS (
-    SELECT r.run_item_id, r.status, b.bucket
+WITH traces AS NOT MATERIALIZED (
+    -- OFFSET 0 plans this apart: the planner takes the buckets' number for its default (200),
+    -- not for completed_at's distinct values (a sort of every score where a hash aggregate
+    -- does), and still knows the statistics of run_item_id.
+    SELECT r.run_item_id, r.status, date_trunc($3, r.completed_at, 'UTC') AS bucket
     FROM {rm}run_items r
-    CROSS JOIN LATERAL (VALUES (date_trunc($3, r.completed_at, 'UTC')), (NULL)) b(bucket)
     WHERE r.run_id IS NULL AND r.completed_at >= $1 AND r.completed_at < $2""" + in_group + """
-), scored AS (
-    SELECT b.bucket, s.run_item_id, s.score_name, s.data_type = 'categorical' AS categorical,
-           s.label, s.value, s.passed
-    FROM (""" + TRACE_SCORES_TEMPLATE + """) s
-    CROSS JOIN LATERAL (VALUES (date_trunc($3, s.completed_at, 'UTC')), (NULL)) b(bucket)
-    WHERE s.completed_at >= $1 AND s.completed_at < $2""" + in_group_scores + score_named + """
+    OFFSET 0
 ), counted AS (
     SELECT bucket, count(*) AS traces, count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
            count(*) FILTER (WHERE status = 'failed') AS failed
-    FROM traces GROUP BY bucket
-), overall AS (
-    SELECT bucket, count(DISTINCT run_item_id) AS scored_traces,
-           count(*) FILTER (WHERE passed)::float8 / nullif(count(passed), 0) AS pass_rate
-    FROM scored GROUP BY bucket
+    FROM traces GROUP BY GROUPING SETS ((bucket), ())
 ), failures AS (
     SELECT t.bucket, count(*) AS evaluation_failures
     FROM traces t JOIN {rm}evaluation_failures f ON f.run_item_id = t.run_item_id
     WHERE f.run_id IS NULL""" + failure_named + """
-    GROUP BY t.bucket
-), per_name AS (
-    SELECT bucket, """ + SCORES_JSON + """ AS scores
-    FROM (SELECT bucket, score_name, """ + SCORE_FIGURES + """
-          FROM (SELECT bucket, score_name, categorical, label, count(*) AS n,
-                       sum(value) AS total, count(*) FILTER (WHERE passed) AS passed
-                FROM scored GROUP BY 1, 2, 3, 4) g
-          GROUP BY bucket, score_name) f
+    GROUP BY GROUPING SETS ((t.bucket), ())
+), per_bucket AS (
+    SELECT t.bucket, s.score_name, s.categorical, s.label, count(*) AS n,
+           sum(s.value) AS total, count(*) FILTER (WHERE s.passed) AS passed
+    FROM traces t
+    LEFT JOIN LATERAL (
+        -- OFFSET 0: by the primary key, trace by trace, never a scan of every production score
+        SELECT s.data_type = 'categorical' AS categorical, """ + TRACE_SCORE_COLUMNS + """
+        FROM {rm}scores s
+        WHERE s.run_item_id = t.run_item_id AND s.run_id IS NULL""" + score_named + """
+        OFFSET 0) s ON true
+    GROUP BY 1, 2, 3, 4
+), g AS (
+    SELECT bucket, score_name, categorical, label, sum(n)::bigint AS n, sum(total) AS total,
+           sum(passed)::bigint AS passed
+    FROM per_bucket
+    GROUP BY GROUPING SETS ((bucket, score_name, categorical, label),
+                            (score_name, categorical, label))
+), scored AS (
+    SELECT bucket, sum(f.count) FILTER (WHERE score_name IS NULL)::bigint AS unscored,
+           sum(f.judged_passed)::float8 / nullif(sum(f.judged), 0) AS pass_rate,
+           """ + SCORES_JSON + """ FILTER (WHERE f.score_name IS NOT NULL) AS scores
+    FROM (SELECT bucket, score_name, """ + SCORE_FIGURES + """,
+                 sum(passed) FILTER (WHERE NOT categorical) AS judged_passed,
+                 sum(n) FILTER (WHERE NOT categorical) AS judged
+          FROM g GROUP BY bucket, score_name) f
     GROUP BY bucket
 )
-SELECT c.bucket, c.traces, c.succeeded, c.failed, coalesce(o.scored_traces, 0) AS scored_traces,
+-- (-infinity stands for the totals' bucket, NULL, so that the joins hash)
+SELECT c.bucket, c.traces, c.succeeded, c.failed,
+       c.traces - coalesce(o.unscored, 0) AS scored_traces,
        coalesce(x.evaluation_failures, 0) AS evaluation_failures, o.pass_rate,
-       coalesce(n.scores, '{{}}'::jsonb) AS scores
+       coalesce(o.scores, '{{}}'::jsonb) AS scores
 FROM counted c
-LEFT JOIN overall o ON o.bucket IS NOT DISTINCT FROM c.bucket
-LEFT JOIN failures x ON x.bucket IS NOT DISTINCT FROM c.bucket
-LEFT JOIN per_name n ON n.bucket IS NOT DISTINCT FROM c.bucket
+LEFT JOIN scored o ON coalesce(o.bucket, '-infinity') = coalesce(c.bucket, '-infinity')
+LEFT JOIN failures x ON coalesce(x.bucket, '-infinity') = coalesce(c.bucket, '-infinity')
 ORDER BY c.bucket NULLS FIRST
 """), params
 

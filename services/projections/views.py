@@ -103,19 +103,24 @@ SCORES_JSON = """jsonb_object_agg(f.score_name, jsonb_build_object(
                     || CASE WHEN f.labels IS NULL THEN '{{}}'::jsonb
                             ELSE jsonb_build_object('labels', f.labels) END)"""
 
-# One row per current score of a trace posted outside any run (production traffic): the trace's
-# completion time, status and metadata beside the score, and whether it passes (NULL for a
-# categorical score, which neither passes nor fails). The monitoring's figures and the dashboard
-# view `trace_scores`. Such a trace's run item id derives from its trace id alone, so its scores'
-# run_id is NULL too; saying so lets the planner read them by the index on scores (run_id, …).
-TRACE_SCORES_TEMPLATE = """
-SELECT t.run_item_id, t.trace_id, t.completed_at, t.status, t.metadata AS trace_metadata,
-       s.name AS score_name, s.source, s.data_type, s.value,
+# The columns of a score `s` of a trace posted outside any run: its label when categorical, and
+# whether it passes (NULL for a categorical score, which neither passes nor fails). Those of
+# TRACE_SCORES_TEMPLATE, and those the monitoring reads trace by trace (monitoring.py).
+TRACE_SCORE_COLUMNS = """s.name AS score_name, s.source, s.data_type, s.value,
        CASE WHEN s.data_type = 'categorical' THEN s.string_value END AS label,
        s.pass_threshold,
        CASE WHEN s.data_type <> 'categorical'
             THEN s.value >= coalesce(s.pass_threshold, {pass}) END AS passed,
-       s.comment, s.evaluator, s.evaluator_version, s.observed_at
+       s.comment, s.evaluator, s.evaluator_version, s.observed_at"""
+
+# One row per current score of a trace posted outside any run (production traffic): the trace's
+# completion time, status and metadata beside the score's columns (TRACE_SCORE_COLUMNS, which
+# the monitoring's figures read too). The dashboard view `trace_scores`. Such a trace's run
+# item id derives from its trace id alone, so its scores' run_id is NULL too; saying so lets
+# the planner read them by the index on scores (run_id, …).
+TRACE_SCORES_TEMPLATE = """
+SELECT t.run_item_id, t.trace_id, t.completed_at, t.status, t.metadata AS trace_metadata,
+       """ + TRACE_SCORE_COLUMNS + """
 FROM {rm}run_items t
 JOIN {rm}scores s ON s.run_item_id = t.run_item_id AND s.run_id IS NULL
 WHERE t.run_id IS NULL
