@@ -1175,7 +1175,14 @@ class ReviewWhich(StrEnum):
 
 @app.command(rich_help_panel="Evaluate")
 def review(
-    run_id: str = typer.Argument(..., metavar="RUN", help="The run whose items to review."),
+    run_id: str | None = typer.Argument(None, metavar="[RUN]", help="The run whose items to "
+                                                                   "review."),
+    outside_runs: bool = typer.Option(
+        False, "--outside-runs", help="Instead of a run's items, the traces posted outside any "
+                                      "run (production traffic), newest first."),
+    since: str | None = typer.Option(
+        None, help="With --outside-runs: those completed since this ISO 8601 time or this long "
+                   "ago (24h, 7d); default 24h."),
     name: str = typer.Option("manual", help="The verdict's score name."),
     which: ReviewWhich = typer.Option(
         ReviewWhich.awaiting, "--items",
@@ -1192,9 +1199,10 @@ def review(
     query_url: QueryUrl = None,
     api_key: ClientKey = None,
 ) -> None:
-    """Review a run's items in the terminal: each one's input, expected output, output and
-    scores, and your verdict — y correct, n incorrect (with a comment), s skip, b back, q quit.
-    Each verdict is posted at once (a person's score, name `manual` by default)."""
+    """Review a run's items (or, --outside-runs, production traces) in the terminal: each one's
+    input, expected output, output and scores, and your verdict — y correct, n incorrect (with a
+    comment), s skip, b back, q quit. Each verdict is posted at once (a person's score, name
+    `manual` by default)."""
     import httpx
 
     from services.review import ReviewError
@@ -1205,6 +1213,20 @@ def review(
                                or {r.lower() for r in rubric} & {"s", "b", "q"}):
         raise typer.BadParameter("give two or more distinct labels, comma-separated (not s, b "
                                  "or q, which skip, go back and quit)", param_hint="--labels")
+    if (run_id is None) == (not outside_runs):
+        raise typer.BadParameter("give a RUN, or --outside-runs (not both)", param_hint="RUN")
+    if since is not None and not outside_runs:
+        raise typer.BadParameter("only with --outside-runs", param_hint="--since")
+    when = None
+    if outside_runs:
+        from datetime import UTC, datetime
+
+        from services.reports import parse_time
+
+        try:
+            when = parse_time(since or "24h", datetime.now(UTC)).isoformat()
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--since") from None
     settings = Settings()
     headers = client.auth(client.client_key(settings, api_key))
 
@@ -1220,7 +1242,8 @@ def review(
             headers=headers, timeout=30) as ingest:
         try:
             report = go(query, ingest, run_id, ask=ask, show=typer.echo, name=name,
-                        which=which.value, limit=limit, reviewer=reviewer, labels=rubric)
+                        which=which.value, limit=limit, reviewer=reviewer, labels=rubric,
+                        since=when)
         except ReviewError as e:
             typer.echo(f"review stopped: {e}", err=True)
             raise typer.Exit(1) from None

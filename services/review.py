@@ -4,11 +4,12 @@ correct or incorrect (or which label of a rubric), with a comment — the verdic
 
 The items come from the query API's results (by default those still awaiting a verdict of the
 score's name: succeeded, with none yet), at most `limit` of them, read when the review starts.
-Each shows its input, expected output, output, error and scores. The answer is `y` (correct) or
-`n` (incorrect) — with a rubric of labels, a label's number or name (a categorical score) —, `s`
-(skip), `b` (back: the previous item again, to change its verdict) or `q` (quit). A verdict is
-posted as soon as it is given, so quitting loses nothing; posting one again corrects it (the API
-keeps the earlier value in the score's history).
+Without a run (`--outside-runs`), the traces posted outside any run (production traffic), newest
+first, since a given time. Each shows its input, expected output, output, error and scores. The
+answer is `y` (correct) or `n` (incorrect) — with a rubric of labels, a label's number or name (a
+categorical score) —, `s` (skip), `b` (back: the previous item again, to change its verdict) or
+`q` (quit). A verdict is posted as soon as it is given, so quitting loses nothing; posting one
+again corrects it (the API keeps the earlier value in the score's history).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class ReviewError(RuntimeError):
 
 @dataclass
 class ReviewReport:
-    run_id: str
+    run_id: str | None  # None: traces outside runs
     name: str
     items: int = 0  # items offered
     skipped: int = 0
@@ -95,10 +96,13 @@ def _answer(r: httpx.Response) -> dict:
     return r.json()
 
 
-def items_to_review(query: httpx.Client, run_id: str, name: str, which: Filter,
-                    limit: int) -> list[dict]:
-    """The run's items to offer, in item order, at most `limit`."""
+def items_to_review(query: httpx.Client, run_id: str | None, name: str, which: Filter,
+                    limit: int, since: str | None = None) -> list[dict]:
+    """The run's items to offer, in item order, at most `limit`; without a run, the traces
+    outside runs completed since `since` (ISO 8601), newest first."""
     params: dict[str, Any] = {"limit": min(PAGE, limit)}
+    if run_id is None and since is not None:
+        params["since"] = since
     if which == "awaiting":
         params |= {"filter": "unscored", "score": name, "status": "succeeded"}
     elif which in ("passed", "failed"):
@@ -107,7 +111,7 @@ def items_to_review(query: httpx.Client, run_id: str, name: str, which: Filter,
     offset: int | None = 0
     while offset is not None and len(out) < limit:
         try:
-            page = _answer(query.get(f"/v1/runs/{run_id}/results",
+            page = _answer(query.get(f"/v1/runs/{run_id}/results" if run_id else "/v1/traces",
                                      params={**params, "offset": offset}))
         except httpx.HTTPError as e:
             raise ReviewError(f"query API unreachable: {e}") from None
@@ -116,21 +120,24 @@ def items_to_review(query: httpx.Client, run_id: str, name: str, which: Filter,
     return out
 
 
-def review(query: httpx.Client, ingest: httpx.Client, run_id: str, *,
+def review(query: httpx.Client, ingest: httpx.Client, run_id: str | None, *,
            ask: Callable[[str], str], show: Callable[[str], None], name: str = "manual",
            which: Filter = "awaiting", limit: int = 100, reviewer: str | None = None,
-           labels: tuple[str, ...] = ()) -> ReviewReport:
+           labels: tuple[str, ...] = (), since: str | None = None) -> ReviewReport:
     """Offer the items one by one; `ask(prompt)` reads an answer, `show(text)` writes. With
     `labels` (a rubric: "correct", "partial", "wrong"), a verdict is one of them — a categorical
-    score, answered by its number or its name — instead of correct / incorrect."""
-    items = items_to_review(query, run_id, name, which, limit)
+    score, answered by its number or its name — instead of correct / incorrect. Without
+    `run_id`, the traces outside runs completed since `since`."""
+    items = items_to_review(query, run_id, name, which, limit, since)
     report = ReviewReport(run_id=run_id, name=name, items=len(items))
+    what = f"run {run_id}" if run_id else "traces outside runs" + (
+        f" since {since}" if since else "")
     if not items:
-        show(f"run {run_id}: no item to review ({which})")
+        show(f"{what}: no item to review ({which})")
         return report
     verdicts = " · ".join(f"{n} {label}" for n, label in enumerate(labels, 1)) if labels \
         else "y correct · n incorrect"
-    show(f"run {run_id}: {len(items)} item(s) to review ({which}); "
+    show(f"{what}: {len(items)} item(s) to review ({which}); "
          f"{verdicts} · s skip · b back · q quit")
     choices = {str(n): label for n, label in enumerate(labels, 1)} | {
         label.lower(): label for label in labels} if labels else {"y": True, "n": False}
@@ -138,9 +145,10 @@ def review(query: httpx.Client, ingest: httpx.Client, run_id: str, *,
     n, seen = 0, set()
     while n < len(items):
         item = items[n]
-        # A trace of the run outside its dataset's items is named by its trace id.
-        key = ("dataset_item_id", item["dataset_item_id"]) if item["dataset_item_id"] \
-            else ("trace_id", item["trace_id"])
+        # A trace of the run outside its dataset's items, or outside runs, is named by its
+        # trace id.
+        key = ("dataset_item_id", item["dataset_item_id"]) \
+            if run_id and item["dataset_item_id"] else ("trace_id", item["trace_id"])
         seen.add(key[1])
         show(describe(item, f"{n + 1}/{len(items)}"))
         choice = ""
@@ -158,8 +166,9 @@ def review(query: httpx.Client, ingest: httpx.Client, run_id: str, *,
             continue
         comment = ask("comment (Enter for none): ").strip() or None
         verdict = choices[choice]
-        body = {"run_id": run_id, key[0]: key[1], "name": name, "value": verdict,
-                "comment": comment} | ({"data_type": "categorical"} if labels else {})
+        body = {key[0]: key[1], "name": name, "value": verdict, "comment": comment} | (
+            {"run_id": run_id} if run_id else {}) | (
+            {"data_type": "categorical"} if labels else {})
         if reviewer:
             body["created_by"] = reviewer
         try:

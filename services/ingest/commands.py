@@ -199,9 +199,11 @@ class TryEvaluators(Command):
 
 
 class RecordScore(Command):
-    """A person's verdict on one run item; a later verdict of the same name replaces it."""
+    """A person's verdict on one run item, or (no `run_id`) on a trace outside runs; a later
+    verdict of the same name replaces it."""
 
-    run_id: Id
+    run_id: Id | None = Field(None, description="The run; none: a trace outside runs (give "
+                                                "`trace_id`).")
     dataset_item_id: Id | None = Field(None, description="The item scored; or give `trace_id`.")
     trace_id: Id | None = Field(None, description="The trace scored; or give `dataset_item_id`.")
     name: str = Field("manual", min_length=1, max_length=200, description="Score name.")
@@ -263,9 +265,11 @@ class RecordScore(Command):
 
 
 class RetractScore(Command):
-    """A person takes back their verdict on one run item (a verdict given later stands)."""
+    """A person takes back their verdict on one run item, or (no `run_id`) on a trace outside
+    runs (a verdict given later stands)."""
 
-    run_id: Id
+    run_id: Id | None = Field(None, description="The run; none: a trace outside runs (give "
+                                                "`trace_id`).")
     dataset_item_id: Id | None = Field(None, description="The item scored; or give `trace_id`.")
     trace_id: Id | None = Field(None, description="The trace scored; or give `dataset_item_id`.")
     name: str = Field("manual", min_length=1, max_length=200,

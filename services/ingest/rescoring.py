@@ -209,18 +209,20 @@ async def retract_score(pool: asyncpg.Pool, cmd: RetractScore) -> Envelope:
 
 
 async def _run_items_of(pool: asyncpg.Pool, cmds: Sequence[RecordScore | RetractScore],
-                        in_batch: bool) -> list[asyncpg.Record]:
+                        in_batch: bool) -> list[asyncpg.Record | dict]:
     """The run item each verdict (or retraction) names. Three statements whatever their number:
     their runs, the run items named by dataset item, and those named by trace (each trace's
     latest run item of its run). Then each is checked in order, and the first wrong one raises
     FieldError naming the field at fault (under ("scores", its index) `in_batch`)."""
+    in_runs = [c for c in cmds if c.run_id is not None]
     by_item = {n: run_item_key(c.run_id, c.dataset_item_id, None)
-               for n, c in enumerate(cmds) if c.dataset_item_id is not None}
-    by_trace = [n for n, c in enumerate(cmds) if c.dataset_item_id is None and c.trace_id]
+               for n, c in enumerate(cmds) if c.run_id and c.dataset_item_id is not None}
+    by_trace = [n for n, c in enumerate(cmds)
+                if c.run_id and c.dataset_item_id is None and c.trace_id]
     async with pool.acquire() as conn:
         runs = {r["id"]: r["deleted_at"] for r in await conn.fetch(
             "SELECT id, deleted_at FROM runs WHERE id = ANY($1::text[])",
-            list({c.run_id for c in cmds}))}
+            list({c.run_id for c in in_runs}))}
         items = {r["run_item_id"]: r for r in await conn.fetch(
             "SELECT run_item_id, dataset_item_id, trace_id FROM run_items"
             " WHERE run_item_id = ANY($1::text[])", list(set(by_item.values())))}
@@ -234,6 +236,16 @@ async def _run_items_of(pool: asyncpg.Pool, cmds: Sequence[RecordScore | Retract
     found = []
     for n, cmd in enumerate(cmds):
         where: tuple[str | int, ...] = ("scores", n) if in_batch else ()
+        if cmd.run_id is None:
+            # A trace outside runs (production traffic): its run item follows from its id.
+            # Ingest keeps no such traces, so the verdict is taken as given; the read models
+            # show it with the trace, whichever of the two arrives first.
+            if cmd.trace_id is None or cmd.dataset_item_id is not None:
+                raise FieldError((*where, "trace_id"), "a trace outside runs is named by its "
+                                 "`trace_id` alone; a run's item needs its `run_id`")
+            found.append({"run_item_id": run_item_key(None, None, cmd.trace_id),
+                          "dataset_item_id": None, "trace_id": cmd.trace_id})
+            continue
         if cmd.dataset_item_id is None and cmd.trace_id is None:
             raise FieldError((*where, "dataset_item_id"), "give `dataset_item_id` or `trace_id`")
         if cmd.run_id not in runs:
@@ -259,7 +271,7 @@ async def _run_items_of(pool: asyncpg.Pool, cmds: Sequence[RecordScore | Retract
     return found
 
 
-def _verdict(cmd: RecordScore, item: asyncpg.Record) -> Envelope:
+def _verdict(cmd: RecordScore, item: asyncpg.Record | dict) -> Envelope:
     value, label = cmd.scored()
     now = utcnow()
     # Source `manual` is part of the score id: a verdict replaces the previous verdict of the

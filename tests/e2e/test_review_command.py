@@ -73,3 +73,59 @@ async def test_review_a_run_in_the_terminal(api, migrated):
     assert {i["dataset_item_id"][-1]: (s["string_value"], s["comment"]) for i in results
             for s in i["scores"] if s["name"] == "quality"} == {
         "0": ("partial", "close enough"), "1": ("wrong", None), "2": ("correct", None)}
+
+
+async def test_people_give_verdicts_on_production_traces(api, migrated):
+    """Traces outside runs: a verdict by trace id alone (before or after the trace arrives),
+    taken back, and `evalstream review --outside-runs --since` offering the newest first."""
+    from datetime import UTC, datetime
+
+    tag = uuid.uuid4().hex[:8]
+    name = f"ok_{tag}"
+    # A verdict may come before its trace: the read models join them whatever the order.
+    early = await api.create("/v1/scores", {"trace_id": f"{tag}-early", "name": name,
+                                            "value": False, "comment": "rude"}, status=202)
+    assert early["run_id"] is None and early["source"] == "manual"
+    since = datetime.now(UTC).isoformat()
+    await api.post_traces([{"trace_id": f"{tag}-{n}", "output": f"answer {n}",
+                            "status": "succeeded", "metadata": {"suite": tag}}
+                           for n in range(3)] + [
+        {"trace_id": f"{tag}-early", "output": "go away", "status": "succeeded"}])
+    trace = await api.eventually(f"/v1/traces/{tag}-early", lambda t: t["scores"])
+    assert [(s["name"], s["value"], s["comment"]) for s in trace["scores"]] == [
+        (name, 0.0, "rude")]
+    # A dataset item without a run: refused, naming the field.
+    r = await api.ingest.post("/v1/scores", json={"trace_id": "x", "dataset_item_id": "i",
+                                                  "value": True})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "trace_id"]
+
+    # The review offers the traces since then awaiting a verdict of the name, newest first:
+    # the three (posted after "early" in one call, so listed before it or at its time).
+    env = {**settings_env(migrated),
+           "EVALSTREAM_INGEST_URL": f"http://127.0.0.1:{migrated.ingest_port}",
+           "EVALSTREAM_QUERY_URL": f"http://127.0.0.1:{migrated.query_port}"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "review", "--outside-runs", "--since", since,
+        "--name", name, "--by", "bo", env=env, cwd=ROOT, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(b"y\n\nn\nvague\nq\n"), 60)
+    assert proc.returncode == 0, err.decode()
+    out = out.decode()
+    assert f"traces outside runs since {since}: 3 item(s) to review (awaiting)" in out
+    assert "2 verdict(s) posted: 1 correct, 1 incorrect; 1 skipped (quit)" in out
+    listed = await api.eventually(
+        f"/v1/traces?by=trace.suite&group={tag}&score={name}&filter=unscored",
+        lambda p: p["total"] == 1)
+    judged = (await api.query.get(
+        f"/v1/traces?by=trace.suite&group={tag}&limit=10")).json()["items"]
+    verdicts = sorted((s["value"], s["comment"], s["created_by"])
+                      for i in judged for s in i["scores"] if s["name"] == name)
+    assert verdicts == [(0.0, "vague", "bo"), (1.0, None, "bo")]
+    assert listed["items"][0]["trace_id"] not in {i["trace_id"] for i in judged
+                                                    if i["scores"]}
+
+    # Taken back: it leaves the trace's scores.
+    r = await api.ingest.post("/v1/scores/retract", json={"trace_id": f"{tag}-early",
+                                                          "name": name, "retracted_by": "bo"})
+    assert r.status_code == 202, r.text
+    await api.eventually(f"/v1/traces/{tag}-early", lambda t: t["scores"] == [])
