@@ -596,6 +596,71 @@ def upload(
     typer.echo(f"dataset {dataset}: {len(ids):,} item(s) from {file}")
 
 
+class CollectFilter(StrEnum):
+    failed = "failed"
+    passed = "passed"
+    unscored = "unscored"
+    evaluator_failed = "evaluator_failed"
+
+
+@app.command(rich_help_panel="Monitor")
+def collect(
+    dataset: str = typer.Argument(..., metavar="DATASET",
+                                  help="The dataset (id or name) to add the traces to."),
+    trace: list[str] = typer.Option([], "--trace", help="This trace (repeatable); else the "
+                                                        "newest that match the options below."),
+    since: str = typer.Option("24h", help="Traces completed since this ISO 8601 time or this "
+                                          "long ago (24h, 7d)."),
+    which: CollectFilter | None = typer.Option(
+        None, "--filter", help="failed: a score (of --score) failed; passed, unscored, "
+                               "evaluator_failed: as GET /v1/traces takes them."),
+    score: str | None = typer.Option(None, help="The score name --filter looks at."),
+    by: str | None = typer.Option(None, help="With --group: a trace metadata key, "
+                                             "trace.<key>."),
+    group: str | None = typer.Option(None, help="With --by: only the traces with this value."),
+    limit: int = typer.Option(100, min=1, max=100_000, help="Most traces to add."),
+    expected: str = typer.Option(
+        "none", help="none: the items have no expected output (fill it in); output: the "
+                     "trace's output is the expected one (a person confirmed it)."),
+    ingest_url: IngestUrl = None,
+    query_url: QueryUrl = None,
+    api_key: ClientKey = None,
+) -> None:
+    """Add production traces (posted outside any run) to a dataset as items — the failures a
+    scoring rule or a person found, kept as test cases: each item's id is its trace's id (adding
+    it again updates it), its input the trace's, its metadata the trace's with source_trace_id."""
+    from datetime import UTC, datetime
+
+    import httpx
+
+    from services.collect import CollectError
+    from services.collect import collect as gather
+    from services.reports import dataset_id, parse_time
+
+    if expected not in ("none", "output"):
+        raise typer.BadParameter("none or output", param_hint="--expected")
+    if (by is None) != (group is None):
+        raise typer.BadParameter("give --by and --group together", param_hint="--by")
+    try:
+        filters = {"since": parse_time(since, datetime.now(UTC)).isoformat()}
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--since") from None
+    filters |= {k: v for k, v in (("filter", which.value if which else None), ("score", score),
+                                  ("by", by), ("group", group)) if v is not None}
+    settings = Settings()
+    with _query_api(query_url, api_key, "collect stopped") as api, httpx.Client(
+            base_url=client.ingest_url(settings, ingest_url),
+            headers=client.auth(client.client_key(settings, api_key)), timeout=60) as ingest:
+        found = dataset_id(api, dataset)
+        try:
+            ids = gather(api, ingest, found, trace_ids=trace, limit=limit,
+                         expected=expected, **filters)  # type: ignore[arg-type]
+        except CollectError as e:
+            typer.echo(f"collect stopped: {e}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"dataset {found}: {len(ids):,} trace(s) added as items")
+
+
 @app.command("run", rich_help_panel="Evaluate")
 def run_command(
     dataset: str | None = typer.Argument(None, metavar="DATASET",
