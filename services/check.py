@@ -117,8 +117,10 @@ def evaluate(summary: dict, *, min_pass_rate: float | None, minimums: dict[str, 
     group too: the overall rate in each, and a score's in each group that has that score.
 
     Against a baseline, each score fails on more than `max_regressions` regressed items; with
-    `significant`, instead, only when its pass rate fell by more than chance: the upper end of
-    the 95% interval of its change over the items both runs scored is below 0."""
+    `significant`, instead, only when its pass rate fell by more than chance over the items both
+    runs scored: its one-sided p-value of a fall, Holm-adjusted for the number of scores
+    compared (holm), below SIGNIFICANCE — for one score, the same as the upper end of the 95%
+    interval of its change being below 0."""
     checks = []
     if max_failures is not None:
         checks.append(Check("evaluator failures", summary["evaluation_failures"], max_failures,
@@ -137,18 +139,39 @@ def evaluate(summary: dict, *, min_pass_rate: float | None, minimums: dict[str, 
                 checks.append(Check(f"{name} pass rate of {label}",
                                     group["scores"][name]["pass_rate"], limit))
     if comparison is not None:
+        fell: dict[str, float] = {}
         for score in comparison["scores"]:
             ours = next(r for r in score["runs"] if r["run_id"] == summary["id"])
             if significant:
-                interval = (ours.get("paired") or {}).get("delta_pass_rate_ci95")
-                if interval is not None:  # a label-only score, or fewer than two items paired
-                    checks.append(Check(
-                        f"{score['name']} pass rate change, upper end of its 95% interval",
-                        round(interval[1], 6), 0.0))
+                p = (ours.get("paired") or {}).get("p_pass_rate_fell")
+                if p is not None:  # a label-only score, or fewer than two items paired
+                    fell[score["name"]] = p
             else:
                 checks.append(Check(f"{score['name']} items regressed", ours["regressions"] or 0,
                                     max_regressions, maximum=True))
+        for name, p in holm(fell).items():
+            checks.append(Check(f"{name} pass rate fell: p-value, Holm-adjusted over "
+                                f"{len(fell)} score(s)", round(p, 6), SIGNIFICANCE))
     return checks
+
+
+# One-sided: a fall is what a gate looks for. 0.025 makes one score's test the same as the upper
+# end of its two-sided 95% interval lying below 0 (ADR 0015).
+SIGNIFICANCE = 0.025
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjustment of p-values tested together, in the given order: with m
+    tests, the smallest times m, the next times m - 1, ..., never below the one before (nor above
+    1). Comparing each with the significance level keeps the chance of any false alarm among
+    the m at that level, where m separate tests would each have it."""
+    ranked = sorted(p_values.items(), key=lambda kv: kv[1])
+    adjusted: dict[str, float] = {}
+    running = 0.0
+    for rank, (name, p) in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - rank) * p))
+        adjusted[name] = running
+    return {name: adjusted[name] for name in p_values}
 
 
 def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,

@@ -254,8 +254,10 @@ def check(
     significant: bool = typer.Option(
         False, "--significant", help="With --baseline: instead of counting regressed items, "
                                      "fail a score only when its pass rate fell by more than "
-                                     "chance (the 95% interval of its change over the items "
-                                     "both runs scored lies below 0)."),
+                                     "chance over the items both runs scored (one-sided "
+                                     "p-value below 0.025, Holm-adjusted for the number of "
+                                     "scores compared; for one score, its 95% interval lies "
+                                     "below 0)."),
     max_failures: int | None = typer.Option(
         None, min=0, help="Most evaluator failures the run may have (an item an evaluator "
                           "failed on has no score of it, and pass rates leave it out)."),

@@ -155,6 +155,34 @@ def score_figures(runs: list[str], baseline: str) -> dict[str, dict[str, dict]]:
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
 
 
+def t_cdf(t: float, df: int) -> float:
+    """Student's t's distribution function, in closed form for 1 to 5 degrees of freedom."""
+    if df == 1:
+        return 0.5 + math.atan(t) / math.pi
+    if df == 2:
+        return 0.5 + t / (2 * math.sqrt(2 + t * t))
+    if df == 3:
+        return 0.5 + (t / (math.sqrt(3) * (1 + t * t / 3)) + math.atan(t / math.sqrt(3))) / math.pi
+    if df == 4:
+        u = t * t / 4
+        return 0.5 + 0.375 * t / math.sqrt(1 + u) * (1 - t * t / (12 * (1 + u)))
+    if df == 5:
+        theta = math.atan(t / math.sqrt(5))
+        c = math.cos(theta)
+        return 0.5 + (theta + math.sin(theta) * c * (1 + 2 / 3 * c * c)) / math.pi
+    raise ValueError(df)
+
+
+def p_fell(diffs: list[float]) -> float | None:
+    """One-sided p-value that the mean of the differences is this low with no change at all."""
+    if len(diffs) < 2:
+        return None
+    sd = statistics.stdev(diffs)
+    if sd == 0:
+        return 0.0 if statistics.mean(diffs) < 0 else 1.0
+    return t_cdf(statistics.mean(diffs) / (sd / math.sqrt(len(diffs))), len(diffs) - 1)
+
+
 def paired_figures(pairs: list[tuple[float, float]]) -> dict:
     """Over (run value, baseline value) pairs of one score name: the mean change of the value
     and of passing, each with its 95% interval (the pass rate's within ±1), and whether the
@@ -175,7 +203,8 @@ def paired_figures(pairs: list[tuple[float, float]]) -> dict:
             "delta_average_ci95": interval(values),
             "delta_pass_rate": statistics.mean(passes) if pairs else None,
             "delta_pass_rate_ci95": pass_ci,
-            "significant": None if pass_ci is None else (pass_ci[0] > 0 or pass_ci[1] < 0)}
+            "significant": None if pass_ci is None else (pass_ci[0] > 0 or pass_ci[1] < 0),
+            "p_pass_rate_fell": p_fell(passes)}
 
 
 def item_figures(runs: list[str], baseline: str) -> list[dict]:

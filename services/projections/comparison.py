@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Literal
 
@@ -131,6 +132,51 @@ def interval95(mean: float | None, sd: float | None, n: int) -> list[float] | No
     return [float(mean) - half, float(mean) + half]
 
 
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-14:
+            break
+    return h
+
+
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_fraction(a, b, x) / a
+    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with `df` degrees of freedom."""
+    tail = 0.5 * _incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def p_fell(mean: float | None, sd: float | None, n: int) -> float | None:
+    """One-sided p-value of a fall (Student's t over `n` paired differences): how likely a mean
+    change this low or lower would be were there no change at all. None below two pairs."""
+    if mean is None or sd is None or n < 2:
+        return None
+    if sd == 0:
+        return 0.0 if mean < 0 else 1.0
+    return t_cdf(float(mean) / (float(sd) / n ** 0.5), n - 1)
+
+
 def paired(counted: asyncpg.Record | None) -> dict:
     """The paired comparison of one run with the baseline on one score name: over the items both
     scored, the mean change of the value and of passing, each with its 95% confidence interval,
@@ -138,7 +184,8 @@ def paired(counted: asyncpg.Record | None) -> dict:
     points on a small dataset often is not."""
     if counted is None:
         return {"items": 0, "delta_average": None, "delta_average_ci95": None,
-                "delta_pass_rate": None, "delta_pass_rate_ci95": None, "significant": None}
+                "delta_pass_rate": None, "delta_pass_rate_ci95": None, "significant": None,
+                "p_pass_rate_fell": None}
     n = counted["paired"]
     pass_ci = interval95(counted["pass_delta"], counted["pass_sd"], n)
     if pass_ci is not None:  # a change of pass rate lies within ±1 whatever the spread says
@@ -146,7 +193,8 @@ def paired(counted: asyncpg.Record | None) -> dict:
     return {"items": n, "delta_average": counted["value_delta"],
             "delta_average_ci95": interval95(counted["value_delta"], counted["value_sd"], n),
             "delta_pass_rate": counted["pass_delta"], "delta_pass_rate_ci95": pass_ci,
-            "significant": None if pass_ci is None else (pass_ci[0] > 0 or pass_ci[1] < 0)}
+            "significant": None if pass_ci is None else (pass_ci[0] > 0 or pass_ci[1] < 0),
+            "p_pass_rate_fell": p_fell(counted["pass_delta"], counted["pass_sd"], n)}
 
 _SCORE_SUMMARIES_SQL = (f"SELECT * FROM ({views.sql_template(views.SCORE_SUMMARY_TEMPLATE)}) s"
                         " WHERE run_id = ANY($1::text[])")

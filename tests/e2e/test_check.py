@@ -112,7 +112,8 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
     # --significant: one item worse and one better of three is no drop beyond chance.
     code, out, err = await _check(migrated, second, "--baseline", run_id, "--significant")
     assert code == 0, out + err
-    assert "ok    exact_match pass rate change, upper end of its 95% interval: 1 >= 0" in out
+    assert ("ok    exact_match pass rate fell: p-value, Holm-adjusted over 1 score(s): 0.5 "
+            ">= 0.025") in out
     code, out, err = await _check(migrated, second, "--significant")
     assert code == 2 and "only with --baseline" in err
 

@@ -10,6 +10,7 @@ from services.check import (
     CheckError,
     check_run,
     evaluate,
+    holm,
     parse_minimum,
     waiting_for,
 )
@@ -81,28 +82,41 @@ def test_regressions_against_the_baseline_are_counted_per_score():
     assert checks[1].describe() == "exact_match items regressed: 3 > 2"
 
 
-def test_with_significant_a_score_fails_only_on_a_drop_beyond_chance():
-    def paired(low, high):
-        return {"delta_pass_rate_ci95": None if low is None else [low, high]}
+def _compared(p_values: dict[str, float | None]) -> dict:
+    return {"scores": [{"name": name, "runs": [
+        {"run_id": "r1", "paired": None},
+        {"run_id": "r2", "regressions": 5, "paired": {"p_pass_rate_fell": p}}]}
+        for name, p in p_values.items()]}
 
-    comparison = {"scores": [
-        {"name": "contains", "runs": [{"run_id": "r1", "paired": None},
-                                      {"run_id": "r2", "regressions": 5,
-                                       "paired": paired(-0.3, 0.1)}]},  # could be chance
-        {"name": "exact_match", "runs": [{"run_id": "r1", "paired": None},
-                                         {"run_id": "r2", "regressions": 6,
-                                          "paired": paired(-0.4, -0.05)}]},  # a real drop
-        {"name": "judge", "runs": [{"run_id": "r1", "paired": None},
-                                   {"run_id": "r2", "regressions": 1,
-                                    "paired": paired(None, None)}]},  # one item paired: none
-        {"name": "tone", "runs": [{"run_id": "r1"}, {"run_id": "r2", "regressions": 0}]}]}
+
+def test_with_significant_a_score_fails_only_on_a_drop_beyond_chance():
+    comparison = _compared({"contains": 0.2,  # could be chance
+                            "exact_match": 0.004,  # a real drop, even counted twice
+                            "judge": None})  # one item paired: no test
+    comparison["scores"].append({"name": "tone", "runs": [{"run_id": "r1"},
+                                                          {"run_id": "r2", "regressions": 0}]})
     checks = evaluate(_summary(), min_pass_rate=None, minimums={}, comparison=comparison,
                       significant=True)
     assert [(c.what, c.value, c.passed) for c in checks] == [
-        ("contains pass rate change, upper end of its 95% interval", 0.1, True),
-        ("exact_match pass rate change, upper end of its 95% interval", -0.05, False)]
+        ("contains pass rate fell: p-value, Holm-adjusted over 2 score(s)", 0.2, True),
+        ("exact_match pass rate fell: p-value, Holm-adjusted over 2 score(s)", 0.008, False)]
     assert checks[1].describe() == \
-        "exact_match pass rate change, upper end of its 95% interval: -0.05 < 0"
+        "exact_match pass rate fell: p-value, Holm-adjusted over 2 score(s): 0.008 < 0.025"
+
+
+def test_several_scores_at_once_do_not_cry_wolf_more_often():
+    """Three scores, each alone below 0.025 or near it: together, Holm's adjustment (0.01 x 3,
+    then 0.02 x 2, then 0.03 x 1, each at least the one before) passes them all; one score alone
+    at 0.01 fails, as its 95% interval would."""
+    checks = evaluate(_summary(), min_pass_rate=None, minimums={}, significant=True,
+                      comparison=_compared({"a": 0.02, "b": 0.01, "c": 0.03}))
+    assert [(c.what.split()[0], c.value, c.passed) for c in checks] == [
+        ("a", 0.04, True), ("b", 0.03, True), ("c", 0.04, True)]
+    [alone] = evaluate(_summary(), min_pass_rate=None, minimums={}, significant=True,
+                       comparison=_compared({"b": 0.01}))
+    assert (alone.value, alone.passed) == (0.01, False)
+    assert holm({"x": 0.5, "y": 0.4}) == {"x": 0.8, "y": 0.8}  # never above 1, never falls
+    assert holm({}) == {}
 
 
 def test_evaluator_failures_are_bounded_when_asked():
