@@ -226,30 +226,45 @@ async def call_many(pairs: Sequence[tuple[ScoringCase, EvaluatorSpec]],
                                      "again"))
 
 
+# Set when a batch gave up on its plain plugin thread at the deadline: that thread's end.
+_overrunning: threading.Event | None = None
+
+
 async def call_in_thread(pairs: Sequence[tuple[ScoringCase, EvaluatorSpec]],
                          settings: AsyncEvaluatorSettings) -> list[Score | None | BaseException]:
     """Each (case, spec) of plain plugin functions scored, in order, one after the other in a
     thread of its own, so that a slow function does not hold up the event loop (the consumer's
     heartbeats, the judge's calls). Those not done `settings.deadline_s` after the start are
     answered with a TimeoutError saying so; the thread stops after the call it is in, which
-    Python cannot interrupt (a function that never returns keeps only its own thread)."""
+    Python cannot interrupt. While such a thread still runs, later batches do not start another
+    (a function that never returns would otherwise keep a thread per batch): their calls are
+    failures saying why, to be rescored once it has returned."""
+    global _overrunning
+    if _overrunning is not None and not _overrunning.is_set():
+        busy = RuntimeError("a plain plugin function called by an earlier batch is still running "
+                            "past its deadline; none is called until it returns (rescore later)")
+        return [busy] * len(pairs)
     results: list[Score | None | BaseException] = []
-    stop = threading.Event()
+    stop, finished = threading.Event(), threading.Event()
 
     def run() -> None:
-        for case, spec in pairs:
-            if stop.is_set():
-                return
-            try:
-                results.append(REGISTRY[spec.type].fn(case, spec))
-            except Exception as e:  # that case's failure; the others carry on
-                results.append(e)
+        try:
+            for case, spec in pairs:
+                if stop.is_set():
+                    return
+                try:
+                    results.append(REGISTRY[spec.type].fn(case, spec))
+                except Exception as e:  # that case's failure; the others carry on
+                    results.append(e)
+        finally:
+            finished.set()
 
     deadline = settings.deadline_s
     try:
         await asyncio.wait_for(in_daemon_thread(run, name="evalstream-plugins"), deadline)
     except TimeoutError:
         stop.set()
+        _overrunning = finished
         log.warning("plain plugin evaluators were still running at the batch deadline of %s s",
                     deadline)
     done = results[:len(pairs)]

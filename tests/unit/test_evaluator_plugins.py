@@ -320,6 +320,19 @@ async def test_a_plain_plugin_runs_off_the_event_loop_up_to_the_deadline(tmp_pat
             "(EVALSTREAM_ASYNC_EVALUATORS__DEADLINE_S); rescore to try again")
     assert [f.reason for f in cases[4].failures] == [late]
     assert cases[4].scores == ()  # no expected output: no exact_match score either
+    # A call past the deadline runs on in its thread (here 1 s); meanwhile the next batch starts
+    # no other thread: its calls fail saying why. Once it has returned, plugins are called again.
+    await asyncio.sleep(0.5)  # the thread above has returned ("b" ended at ~0.3 s)
+    judge, quick = LLMJudge(LLMJudgeSettings()), AsyncEvaluatorSettings(deadline_s=0.1)
+    [late_one] = await score_cases(
+        _envelopes(["d"], (EvaluatorSpec(type="slow_check", seconds=1.0),)), judge, quick)
+    assert late_one.event.failures[0].reason.startswith("TimeoutError")
+    [busy] = await score_cases(_envelopes(["de"], specs[:1]), judge, quick)
+    assert "still running past its deadline" in busy.event.failures[0].reason
+    await asyncio.sleep(1.2)
+    [again] = await score_cases(_envelopes(["de"], specs[:1]), judge,
+                                AsyncEvaluatorSettings(deadline_s=1.0))
+    assert [(s.name, s.value) for s in again.event.scores] == [("slow_check", 0.2)]
     # Without a judge at hand (score_case alone), the function is called in place as before.
     assert [(s.name, s.value) for s in _scored(specs[:1], output="ab").scores] == [
         ("slow_check", 0.2)]
