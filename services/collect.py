@@ -3,11 +3,11 @@ items — the failures a scoring rule or a person found, kept as test cases so t
 of the agent is scored on them.
 
 The traces come from the query API (`GET /v1/traces`, filtered as it filters, newest first, or
-named by id), and go to `POST /v1/datasets/{id}/items` 1,000 a call. An item's id is its trace's
-id, so collecting a trace again updates its item rather than adding another; its input is the
-trace's input, its metadata the trace's with `source_trace_id`, and its expected output the
-trace's output only when asked (`expected="output"`: a person confirmed the output is right),
-else none — to be filled in before exact-match evaluators can score it.
+named by id), and go to `POST /v1/datasets/{id}/items` 1,000 a call (services/upload.py). An
+item's id is its trace's id, so collecting a trace again updates its item rather than adding
+another; its input is the trace's input, its metadata the trace's with `source_trace_id`, and its
+expected output the trace's output only when asked (`expected="output"`: a person confirmed the
+output is right), else none — to be filled in before exact-match evaluators can score it.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from urllib.parse import quote
 
 import httpx
 
-from services.client import ApiError, QueryApi, first_error, refusal
+from services.client import ApiError, QueryApi
+from services.upload import UploadError, upload
 
-CHUNK = 1000
 Expected = Literal["none", "output"]
 
 
@@ -54,39 +54,14 @@ def traces(api: QueryApi, *, trace_ids: Iterable[str] = (), limit: int = 100,
     return out
 
 
-def add(ingest: httpx.Client, dataset_id: str, items: list[dict],
-        on_chunk: Callable[[int], object] = lambda n: None) -> list[str]:
-    """Upsert the items into the dataset, CHUNK a call; returns their ids. A refusal names the
-    trace at fault and says which items are in the dataset already."""
-    ids: list[str] = []
-    for start in range(0, len(items), CHUNK):
-        chunk = items[start:start + CHUNK]
-        done = f"{start} item(s) added before it" if start else "nothing was added"
-        try:
-            r = ingest.post(f"/v1/datasets/{quote(dataset_id, safe='')}/items",
-                            json={"items": chunk})
-        except httpx.HTTPError as e:
-            raise CollectError(f"ingest API unreachable ({e}); {done}") from None
-        if r.status_code != 201:
-            loc, msg = first_error(r)
-            if len(loc) >= 3 and loc[:2] == ["body", "items"] and loc[2].isdigit() \
-                    and int(loc[2]) < len(chunk):
-                field = ".".join(loc[3:]) or "item"
-                why = f"trace {chunk[int(loc[2])]['id']}: {field}: {msg} (HTTP {r.status_code})"
-            else:
-                why = refusal(r)
-            raise CollectError(f"{why}; {done}")
-        ids += r.json()["ids"]
-        on_chunk(len(chunk))
-    return ids
-
-
 def collect(api: QueryApi, ingest: httpx.Client, dataset_id: str, *,
             trace_ids: Iterable[str] = (), limit: int = 100, expected: Expected = "none",
             on_chunk: Callable[[int], object] = lambda n: None, **filters: str) -> list[str]:
     """The chosen traces as items of the dataset; returns the items' ids."""
     try:
         found = traces(api, trace_ids=trace_ids, limit=limit, **filters)
-    except ApiError as e:
+        return upload(ingest, quote(dataset_id, safe=""),
+                      [(t["trace_id"], as_item(t, expected)) for t in found], on_chunk,
+                      unit="trace")
+    except (ApiError, UploadError) as e:
         raise CollectError(str(e)) from None
-    return add(ingest, dataset_id, [as_item(t, expected) for t in found], on_chunk)

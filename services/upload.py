@@ -84,13 +84,14 @@ def read_items(path: Path) -> list[tuple[int, dict]]:
     return items
 
 
-def upload(client: httpx.Client, dataset_id: str, items: list[tuple[int, dict]],
-           on_chunk: Callable[[int], object] = lambda n: None) -> list[str]:
-    """Send the items in calls of CHUNK; returns their ids (as the API gave them)."""
+def upload(client: httpx.Client, dataset_id: str, items: list[tuple[object, dict]],
+           on_chunk: Callable[[int], object] = lambda n: None, unit: str = "line") -> list[str]:
+    """Send the items in calls of CHUNK; returns their ids (as the API gave them). Each item
+    comes with what names it in an error (its line of the file; `unit` says what that is)."""
     ids: list[str] = []
     for start in range(0, len(items), CHUNK):
         chunk = items[start:start + CHUNK]
-        sent = (f"lines up to {items[start - 1][0]} are in the dataset" if start
+        sent = (f"{unit}s up to {items[start - 1][0]} are in the dataset" if start
                 else "nothing was sent")
         try:
             r = client.post(f"/v1/datasets/{dataset_id}/items",
@@ -98,17 +99,17 @@ def upload(client: httpx.Client, dataset_id: str, items: list[tuple[int, dict]],
         except httpx.HTTPError as e:
             raise UploadError(f"ingest API unreachable ({e}); {sent}") from None
         if r.status_code != 201:
-            raise UploadError(f"{_refusal(r, chunk)}; {sent}")
+            raise UploadError(f"{_refusal(r, chunk, unit)}; {sent}")
         ids += r.json()["ids"]
         on_chunk(len(chunk))
     return ids
 
 
-def _refusal(r: httpx.Response, chunk: list[tuple[int, dict]]) -> str:
-    """The API's answer, with an item's position in the call turned into its line."""
+def _refusal(r: httpx.Response, chunk: list[tuple[object, dict]], unit: str) -> str:
+    """The API's answer, with an item's position in the call turned into what names it."""
     loc, msg = first_error(r)
     if len(loc) >= 3 and loc[:2] == ["body", "items"] and loc[2].isdigit() \
             and int(loc[2]) < len(chunk):
         field = ".".join(loc[3:]) or "item"
-        return f"line {chunk[int(loc[2])][0]}: {field}: {msg} (HTTP {r.status_code})"
+        return f"{unit} {chunk[int(loc[2])][0]}: {field}: {msg} (HTTP {r.status_code})"
     return refusal(r)

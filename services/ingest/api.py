@@ -102,11 +102,7 @@ async def set_scoring_rule(name: Annotated[str, Path(min_length=1, max_length=20
     whose metadata matches `where` are scored by its evaluators, a `sample_rate` share of them
     (chosen by trace id). An enabled rule may not give a score name another enabled rule gives
     (a 422 naming the evaluator)."""
-    event, created_at = await catalog.set_scoring_rule(name, cmd)
-    return scoring_rules.describe({
-        "name": name, "evaluators": [s.model_dump(exclude_none=True) for s in event.evaluators],
-        "sample_rate": event.sample_rate, "where_metadata": event.where,
-        "enabled": event.enabled, "created_at": created_at, "updated_at": event.set_at})
+    return await catalog.set_scoring_rule(name, cmd)
 
 
 @router.delete("/scoring-rules/{name}", status_code=status.HTTP_202_ACCEPTED)

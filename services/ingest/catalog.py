@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 
 import asyncpg
 
@@ -21,7 +20,6 @@ from schemas.catalog import (
     RunDeleted,
     RunStarted,
     ScoringRuleDeleted,
-    ScoringRuleSet,
 )
 from schemas.common import (
     DEFAULT_EVALUATORS,
@@ -273,14 +271,12 @@ class Catalog:
             self._runs.pop(run_id, None)
         return event, every_run
 
-    async def set_scoring_rule(self, name: str,
-                               cmd: SetScoringRule) -> tuple[ScoringRuleSet, datetime]:
-        """Create or replace a scoring rule; returns its ScoringRuleSet and when it was
-        created."""
+    async def set_scoring_rule(self, name: str, cmd: SetScoringRule) -> dict:
+        """Create or replace a scoring rule (a ScoringRuleSet); returns it as now stored."""
         async with self.pool.acquire() as conn, conn.transaction():
-            event, created_at = await scoring_rules.set_rule(conn, name, cmd)
+            event, rule = await scoring_rules.set_rule(conn, name, cmd)
             await self._append_outbox(conn, [self._envelope(event, _rule_key(name))])
-        return event, created_at
+        return rule
 
     async def delete_scoring_rule(self, name: str) -> ScoringRuleDeleted:
         async with self.pool.acquire() as conn, conn.transaction():

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -103,7 +102,7 @@ async def enabled_rules(conn: asyncpg.Connection) -> list[Rule]:
         " WHERE enabled ORDER BY name")]
 
 
-def describe(row: asyncpg.Record | Mapping[str, Any]) -> dict[str, Any]:
+def describe(row: asyncpg.Record) -> dict[str, Any]:
     return {"name": row["name"], "evaluators": row["evaluators"],
             "sample_rate": row["sample_rate"], "where": row["where_metadata"],
             "enabled": row["enabled"], "created_at": row["created_at"],
@@ -126,10 +125,10 @@ async def get_rule(conn: asyncpg.Connection, name: str) -> dict[str, Any]:
 
 
 async def set_rule(conn: asyncpg.Connection, name: str,
-                   cmd: SetScoringRule) -> tuple[ScoringRuleSet, datetime]:
+                   cmd: SetScoringRule) -> tuple[ScoringRuleSet, dict[str, Any]]:
     """Create or replace the rule (in the caller's transaction, with its outbox row). An enabled
     rule may not give a score name another enabled rule gives: a trace both select would carry
-    two specs of one name. Returns the event and when the rule was created."""
+    two specs of one name. Returns the event and the rule as `describe` gives it."""
     event = ScoringRuleSet(name=name, evaluators=tuple(cmd.evaluators),
                            sample_rate=cmd.sample_rate, where=cmd.where, enabled=cmd.enabled,
                            set_at=utcnow())
@@ -146,6 +145,7 @@ async def set_rule(conn: asyncpg.Connection, name: str,
                 raise FieldError(("evaluators", n, "name"),
                                  f"score name {spec.score_name!r} is given by the enabled rule "
                                  f"{other!r} already; give this evaluator another `name`")
+    specs = [s.model_dump(mode="json", exclude_none=True) for s in event.evaluators]
     created_at = await conn.fetchval(
         """INSERT INTO scoring_rules (name, evaluators, sample_rate, where_metadata, enabled,
                                       created_at, updated_at)
@@ -154,9 +154,11 @@ async def set_rule(conn: asyncpg.Connection, name: str,
                sample_rate = excluded.sample_rate, where_metadata = excluded.where_metadata,
                enabled = excluded.enabled, updated_at = excluded.updated_at
            RETURNING created_at""",
-        name, [s.model_dump(mode="json", exclude_none=True) for s in event.evaluators],
-        event.sample_rate, event.where, event.enabled, event.set_at)
-    return event, created_at
+        name, specs, event.sample_rate, event.where, event.enabled, event.set_at)
+    # As given (a jsonb column, read back, would order the keys its own way).
+    return event, {"name": name, "evaluators": specs, "sample_rate": event.sample_rate,
+                   "where": event.where, "enabled": event.enabled, "created_at": created_at,
+                   "updated_at": event.set_at}
 
 
 async def delete_rule(conn: asyncpg.Connection, name: str) -> ScoringRuleDeleted:
