@@ -469,6 +469,61 @@ def projections_schemas(
                    f"{info.size_bytes / 1e6:>10,.1f}  {built}")
 
 
+@projections_app.command("sweep")
+def projections_sweep(
+    older_than: str | None = typer.Option(
+        None, help="Remove the traffic outside runs older than this (30d, 12w) or than this "
+                   "ISO 8601 time (UTC without a zone); default: "
+                   "EVALSTREAM_RETENTION__OUTSIDE_RUNS."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was removed as JSON."),
+) -> None:
+    """Sweep once what the read models keep of the traces posted outside any run: those that
+    completed before the cut, and their scores, verdicts and evaluator failures, go, and any
+    arriving later stay out (a rebuild keeps the same cut). Runs are never touched; the log
+    keeps every event. The projections service does this by itself every
+    EVALSTREAM_RETENTION__SWEEP_INTERVAL_S when EVALSTREAM_RETENTION__OUTSIDE_RUNS is set."""
+    import json
+    from datetime import UTC, datetime
+
+    import asyncpg
+
+    from services.projections.retention import sweep_live
+    from services.reports import parse_time
+
+    settings = Settings()
+    _logging(settings)
+    now = datetime.now(UTC)
+    if older_than is not None:
+        try:
+            before = parse_time(older_than, now)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--older-than") from None
+    elif settings.retention.outside_runs is not None:
+        before = now - settings.retention.outside_runs
+    else:
+        raise typer.BadParameter("give a cut, or set EVALSTREAM_RETENTION__OUTSIDE_RUNS",
+                                 param_hint="--older-than")
+
+    async def once():
+        conn = await asyncpg.connect(settings.dsn)
+        try:
+            return await sweep_live(settings, conn, before)
+        finally:
+            await conn.close()
+
+    done = asyncio.run(once())
+    if done is None:
+        typer.echo("another sweep of the read models is running; try again later", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(done.as_dict()))
+        return
+    typer.echo(f"the read models keep the traffic outside runs from "
+               f"{done.before:%Y-%m-%d %H:%M:%S} UTC on; removed in {done.seconds:.1f} s:")
+    for table, count in done.deleted.items():
+        typer.echo(f"  {count:>10,}  {table}")
+
+
 @projections_app.command("drop-previous")
 def projections_drop_previous(
     keep: int = typer.Option(0, "--keep", min=0,

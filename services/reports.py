@@ -11,13 +11,14 @@ missing in one run only), with their outputs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from services.check import CheckReport
 from services.client import ApiError, QueryApi
+from services.settings import parse_duration
 
 OUTPUT_CHARS = 60  # of an output, in the lists of items
 # The lists of items shown, as /v1/compare's `filter` names them: items a score regressed or
@@ -284,6 +285,10 @@ def _when(ts: str | None) -> str:
     return "—" if not ts else ts[:16].replace("T", " ")
 
 
+def _instant(ts: str) -> datetime:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
 def dataset_id(api: QueryApi, id_or_name: str) -> str:
     """The dataset with this id, or else the one with this name (ApiError when none is, or
     when several are: names need not be unique)."""
@@ -402,15 +407,11 @@ def _more(shown: int, total: int, what: str) -> list[str]:
 # `evalstream monitor` and `evalstream trace`: the traces posted outside any run (production
 # traffic), from GET /v1/monitoring and GET /v1/traces/{id}.
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def parse_time(text: str, relative_to: datetime) -> datetime:
     """An ISO 8601 time (without a zone: UTC), or a duration before `relative_to`: `90s`,
     `30m`, `24h`, `7d`, `2w`; ValueError saying what it takes."""
-    if match := _DURATION.fullmatch(text.strip()):
-        return relative_to - timedelta(seconds=float(match[1]) * _SECONDS[match[2]])
+    with contextlib.suppress(ValueError):
+        return relative_to - parse_duration(text)
     try:
         at = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -447,6 +448,9 @@ def _monitoring_parts(m: dict) -> tuple[str, list[list[str]]]:
     since, until = _when(m["since"]), _when(m["until"])
     heading = (f"traces outside runs, {since} to {until} UTC, per {m['interval']}"
                + (f", score {m['score']}" if m.get("score") else ""))
+    kept = m.get("retained_since")
+    if kept is not None and _instant(kept) > _instant(m["since"]):
+        heading += f" (those before {_when(kept)} UTC removed by retention)"
     names = sorted({n for b in [*m["buckets"], m["totals"]] for n in b["scores"]})
     table = [[m["interval"], "traces", "failed", "scored", "eval. failures", "pass rate",
               *names]]

@@ -6,6 +6,8 @@ everything else is `EVALSTREAM_*`, nested with `__` (e.g. `EVALSTREAM_TOPICS__TR
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from functools import cached_property
 from typing import Annotated
 
@@ -85,6 +87,44 @@ class AsyncEvaluatorSettings(BaseModel):
                                  "(rescore them later).")
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `30m`, `24h`, `7d`, `2w`; ValueError otherwise."""
+    if match := _DURATION.fullmatch(text.strip()):
+        return timedelta(seconds=float(match[1]) * _SECONDS[match[2]])
+    raise ValueError(f"{text!r} is not a duration (90s, 30m, 24h, 7d, 2w)")
+
+
+class RetentionSettings(BaseModel):
+    """How long the read models keep the traces posted outside any run (production traffic):
+    `EVALSTREAM_RETENTION__*`, docs/adr/0017. Runs are never touched, and the log keeps every
+    event (a rebuild applies the same cut)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outside_runs: timedelta | None = Field(
+        None, description="Keep traces outside runs, their scores, verdicts and failures this "
+                          "long (`30d`, `12w`; unset: for ever); older ones are swept away.")
+    sweep_interval_s: float = Field(3600.0, gt=0, description="How often the projections "
+                                                              "service sweeps.")
+
+    @field_validator("outside_runs", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> object:
+        # As well as pydantic's own forms (ISO 8601 `P30D`, a number of seconds); empty: unset.
+        if isinstance(v, str) and not v.strip():
+            return None
+        if isinstance(v, str) and not v.strip().upper().startswith("P"):
+            try:
+                return float(v)
+            except ValueError:
+                return parse_duration(v)
+        return v
+
+
 class RetrySettings(BaseModel):
     """How a consumer retries a batch whose work failed (Postgres or the broker down, say):
     `EVALSTREAM_RETRY__*`. The batch is kept and its failed step retried with exponential
@@ -122,6 +162,7 @@ class Settings(BaseSettings):
     llm_judge: LLMJudgeSettings = LLMJudgeSettings()
     async_evaluators: AsyncEvaluatorSettings = AsyncEvaluatorSettings()
     retry: RetrySettings = RetrySettings()
+    retention: RetentionSettings = RetentionSettings()
     topic_partitions: int = Field(8, ge=1, description="Partitions of topics evalstream creates.")
     host: str = "127.0.0.1"
     ingest_port: int = 8000

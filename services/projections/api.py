@@ -14,7 +14,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
-from services.projections import breakdown, comparison, monitoring, views
+from services.projections import breakdown, comparison, monitoring, retention, views
 from services.projections.views import InvalidQuery
 
 router = APIRouter(prefix="/v1")
@@ -211,7 +211,8 @@ async def list_traces(
 ) -> dict:
     """A page of the traces posted outside any run (production traffic), newest first, as a
     run's results give its items: scores embedded with `passed`, evaluator failures, metadata,
-    a link to each trace."""
+    a link to each trace; `retained_since`: what completed before it was removed by retention
+    (null: nothing ever was)."""
     in_group = _trace_group(by, group)
     since, until = _utc(since), _utc(until)
     if since is not None and until is not None and since >= until:
@@ -220,6 +221,7 @@ async def list_traces(
         page = await views.production_results_page(
             conn, since=since, until=until, limit=limit, offset=offset, outcome=filter,
             score=score, status=status, group=in_group)
+        page["retained_since"] = await retention.watermark(conn)
     trace_url = _trace_url(request)
     for item in page["items"]:
         item["trace_url"] = trace_url(item["trace_id"])
@@ -244,7 +246,8 @@ async def get_monitoring(
     UTC; buckets without a trace are left out) and over the whole window (`totals`): traces,
     succeeded, failed, scored_traces, evaluation_failures, pass_rate (boolean and numeric
     scores) and per score name average, pass_rate, count and the labels of categorical
-    ones. A score counts in the bucket of its trace's completion."""
+    ones. A score counts in the bucket of its trace's completion. `retained_since`: traces
+    completed before it were removed by retention (null: none ever were)."""
     in_group = _trace_group(by, group)
     async with request.app.state.pool.acquire() as conn:
         try:

@@ -7,6 +7,7 @@ each in a transaction of its own, one decoded while Postgres applies another (do
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -33,6 +34,7 @@ from services.projections.api import router
 from services.projections.live_schema import LiveReadModelPool, enter_live_schema
 from services.projections.read_models import apply_batch
 from services.projections.rescoring_api import router as rescoring_router
+from services.projections.retention import keep_retention
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -112,12 +114,19 @@ def application_factory(settings: Settings, *, consume: bool = True) -> FastAPI:
                 # A batch's lanes at once; the schema is chosen per lane.
                 state["consumer_pool"] = await create_pool(
                     settings.dsn, settings.read_model_schema,
-                    max_size=settings.consumers * settings.apply_lanes + 1)
+                    max_size=settings.consumers * settings.apply_lanes + 2)
                 await ensure_topics(settings)
                 await publisher.start()
                 await broker.start()
+                if settings.retention.outside_runs is not None:
+                    state["sweeper"] = asyncio.create_task(
+                        keep_retention(settings, state["consumer_pool"]), name="retention")
             yield
         finally:
+            if "sweeper" in state:
+                state["sweeper"].cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await state["sweeper"]
             if broker is not None:
                 await broker.stop()
                 await publisher.stop()

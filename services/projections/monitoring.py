@@ -20,6 +20,7 @@ from typing import Literal
 
 import asyncpg
 
+from services.projections.retention import watermark
 from services.projections.views import (
     SCORE_FIGURES,
     SCORES_JSON,
@@ -187,6 +188,7 @@ async def monitoring(conn: asyncpg.Connection, *, since: datetime | None = None,
     rows = await conn.fetch(sql, since, until, interval, *params)
     totals = rows[0] if rows and rows[0]["bucket"] is None else None
     return {"since": since, "until": until, "interval": interval, "score": score,
+            "retained_since": await watermark(conn),
             "buckets": [{"start": r["bucket"], **_figures(r)} for r in rows
                         if r["bucket"] is not None],
             "totals": _figures(totals)}

@@ -40,6 +40,13 @@ from schemas.traces import ScoreRequested, TraceCompleted
 
 Rows = list[dict]
 
+# Retention of the traces outside runs (docs/adr/0017): a row about production traffic is
+# written only if its own time is at or after this watermark, which a sweep raises
+# (services/projections/retention.py), deleting the rows before it.
+RETAINED = "SELECT outside_runs_before FROM retention"
+# score_history has no run id: its rows about production traffic are marked (true, else NULL).
+OUTSIDE_RUNS = "({row}.run_id IS NULL OR NULL)"
+
 log = logging.getLogger(__name__)
 
 
@@ -225,7 +232,7 @@ def _latest(batch: Sequence[Envelope], key: Callable[[Event], str],
 async def apply_traces(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> None:
     latest = _latest(batch, lambda e: e.run_item_id, lambda e: e.completed_at)
     # A present `usage` has both counts: pydantic fills a missing one with 0.
-    await _on_bodies(conn, """
+    await _on_bodies(conn, f"""
         INSERT INTO run_items AS r (run_item_id, run_id, dataset_item_id, trace_id, status, input,
             output, expected_output, error, latency_ms, input_tokens, output_tokens, cost,
             metadata, completed_at, event_id)
@@ -243,6 +250,7 @@ async def apply_traces(conn: asyncpg.Connection, batch: Sequence[Envelope]) -> N
             error text, latency_ms double precision, usage json, cost double precision,
             metadata jsonb)
         WHERE NOT EXISTS (SELECT 1 FROM deleted_runs d WHERE d.run_id = e.run_id)
+          AND (e.run_id IS NOT NULL OR u.completed_at >= ({RETAINED}))
         ON CONFLICT (run_item_id) DO UPDATE SET run_id = excluded.run_id,
             dataset_item_id = excluded.dataset_item_id, trace_id = excluded.trace_id,
             status = excluded.status, input = excluded.input, output = excluded.output,
@@ -315,7 +323,8 @@ def _upsert_scores(rows: str) -> str:
         WITH e AS ({rows}),
         fresh AS (SELECT * FROM e
                   WHERE (SELECT true FROM score_history h WHERE h.event_id = e.event_id) IS NULL
-                    AND (SELECT true FROM deleted_runs d WHERE d.run_id = e.run_id) IS NULL),
+                    AND (SELECT true FROM deleted_runs d WHERE d.run_id = e.run_id) IS NULL
+                    AND (e.run_id IS NOT NULL OR e.observed_at >= ({RETAINED}))),
         latest AS (
             -- A verdict taken back at or after its time is history only (apply_retractions).
             SELECT DISTINCT ON (run_item_id, name, source) * FROM fresh
@@ -347,13 +356,15 @@ def _upsert_scores(rows: str) -> str:
             RETURNING run_item_id, name, source, event_id, observed_at, xmax <> 0 AS displaced),
         earlier AS (
             INSERT INTO score_history (event_id, score_id, value, string_value, comment,
-                created_by, evaluator, evaluator_version, spec_hash, request_id, observed_at)
+                created_by, evaluator, evaluator_version, spec_hash, request_id, observed_at,
+                outside_runs)
             -- Reads of `scores` here see the statement's snapshot: the values before the upsert.
             -- They are LATERAL ... OFFSET 0 and scalar subqueries, which Postgres runs as one
             -- index probe per row (as IN / EXISTS it may plan a hash join over the whole table:
             -- a CaseScored's json_to_recordset is estimated at 100 rows a case).
             SELECT p.event_id, p.score_id, p.value, p.string_value, p.comment, p.created_by,
-                p.evaluator, p.evaluator_version, p.spec_hash, p.request_id, p.observed_at
+                p.evaluator, p.evaluator_version, p.spec_hash, p.request_id, p.observed_at,
+                {OUTSIDE_RUNS.format(row="p")}
             FROM upserted d CROSS JOIN LATERAL (
                 SELECT * FROM scores p
                 WHERE (p.run_item_id, p.name, p.source) = (d.run_item_id, d.name, d.source)
@@ -361,7 +372,8 @@ def _upsert_scores(rows: str) -> str:
             WHERE d.displaced
             UNION ALL
             SELECT f.event_id, f.score_id, f.value, f.string_value, f.comment, f.created_by,
-                f.evaluator, f.evaluator_version, f.spec_hash, f.request_id, f.observed_at
+                f.evaluator, f.evaluator_version, f.spec_hash, f.request_id, f.observed_at,
+                {OUTSIDE_RUNS.format(row="f")}
             FROM fresh f
             WHERE f.event_id NOT IN (SELECT event_id FROM upserted)
               AND f.event_id IS DISTINCT FROM (
@@ -393,6 +405,7 @@ def _upsert_failures(rows: str) -> str:
                           AND s.name = e.name AND s.source <> 'manual'
                           AND s.observed_at >= e.observed_at)
           AND NOT EXISTS (SELECT 1 FROM deleted_runs d WHERE d.run_id = e.run_id)
+          AND (e.run_id IS NOT NULL OR e.observed_at >= ({RETAINED}))
         ORDER BY e.failure_id, e.observed_at DESC, e.event_id DESC
         ON CONFLICT (failure_id) DO UPDATE SET reason = excluded.reason,
             evaluator_version = excluded.evaluator_version, spec_hash = excluded.spec_hash,
@@ -562,7 +575,7 @@ async def apply_retractions(conn: asyncpg.Connection, batch: Sequence[Envelope])
     newer than it) from the scores to their history. A verdict arriving later that is not newer
     than the retraction goes to the history only (_upsert_scores), so the order does not
     matter."""
-    await conn.execute("""
+    await conn.execute(f"""
         WITH taken AS (
             INSERT INTO retracted_scores AS t (run_item_id, name, score_id, run_id, retracted_by,
                 reason, retracted_at, event_id)
@@ -572,6 +585,7 @@ async def apply_retractions(conn: asyncpg.Connection, batch: Sequence[Envelope])
                 run_id text, retracted_by text, reason text, retracted_at timestamptz,
                 event_id text)
             WHERE NOT EXISTS (SELECT 1 FROM deleted_runs d WHERE d.run_id = e.run_id)
+              AND (e.run_id IS NOT NULL OR e.retracted_at >= ({RETAINED}))
             ORDER BY run_item_id, name, retracted_at DESC, event_id DESC
             ON CONFLICT (run_item_id, name) DO UPDATE SET score_id = excluded.score_id,
                 run_id = excluded.run_id, retracted_by = excluded.retracted_by,
@@ -585,9 +599,10 @@ async def apply_retractions(conn: asyncpg.Connection, batch: Sequence[Envelope])
               AND s.observed_at <= r.retracted_at
             RETURNING s.*)
         INSERT INTO score_history (event_id, score_id, value, string_value, comment, created_by,
-            evaluator, evaluator_version, spec_hash, request_id, observed_at)
+            evaluator, evaluator_version, spec_hash, request_id, observed_at, outside_runs)
         SELECT event_id, score_id, value, string_value, comment, created_by, evaluator,
-            evaluator_version, spec_hash, request_id, observed_at FROM withdrawn
+            evaluator_version, spec_hash, request_id, observed_at,
+            {OUTSIDE_RUNS.format(row="withdrawn")} FROM withdrawn
         ON CONFLICT (event_id) DO NOTHING
         """, [_dump(e.event, event_id=e.id) for e in batch])
 

@@ -35,6 +35,7 @@ from services.log_reader import LogReader, Offsets
 from services.projections.app import projected_topics
 from services.projections.live_schema import lock_pointer, switch_live_schema
 from services.projections.read_models import apply_batch
+from services.projections.retention import sweep
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ async def rebuild(settings: Settings, *, progress: bool = True, batch_size: int 
         await migrate(settings.dsn, "read_model", report.schema)
         created = report.schema
         pool = await create_pool(settings.dsn, report.schema, max_size=1)
+        await _follow_retention(admin, previous, pool)  # old traffic is not even written
         started = loop.time()
         ends = await reader.end_offsets()
         with tqdm(total=await reader.remaining(ends), unit="ev", desc=f"rebuilding {name}",
@@ -142,6 +144,7 @@ async def rebuild(settings: Settings, *, progress: bool = True, batch_size: int 
                     # in the log before the end offsets taken next.
                     report.previous_schema = await lock_pointer(admin, name)
                     await catch_up(await reader.end_offsets())
+                    await _follow_retention(admin, report.previous_schema, pool)
                     await switch_live_schema(admin, name, report.schema,
                                              getattr(settings, "dashboard_schema", None))
                 report.switched_at = utcnow()
@@ -160,6 +163,17 @@ async def rebuild(settings: Settings, *, progress: bool = True, batch_size: int 
         if pool is not None:
             await pool.close()
         await admin.close()  # also releases the advisory lock
+
+
+async def _follow_retention(admin: asyncpg.Connection, live: str, pool: asyncpg.Pool) -> None:
+    """The new schema keeps what the live one keeps (docs/adr/0017): the live watermark, and the
+    rows before it swept. Before the long pass that only sets it; at the switch it also deletes
+    what arrived before a watermark the live sweeper raised meanwhile."""
+    if await admin.fetchval("SELECT to_regclass(format('%I.retention', $1::text))", live) is None:
+        return  # a live schema from before retention existed: nothing was ever swept
+    before = await admin.fetchval(f'SELECT outside_runs_before FROM "{live}".retention')
+    async with pool.acquire() as conn:
+        await sweep(conn, before)
 
 
 def _decode(records: list, report: RebuildReport) -> list:
