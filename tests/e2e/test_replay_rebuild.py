@@ -338,12 +338,21 @@ async def test_rebuild_answers_exactly_as_the_live_read_models(api, own_settings
             "evaluators": [{"type": "regex", "pattern": "^L", "name": f"starts_l_{tag}"}],
             "where": {"suite": tag}})
         assert r.status_code == 200, r.text
-        await api.post_traces([{"trace_id": f"prod-{tag}-{n}", "output": out,
-                                "status": "succeeded", "metadata": {"suite": tag}}
-                               for n, out in enumerate(["Lyon", "Nice"])])
-        for n in range(2):
+        for n, out in enumerate(["Lyon", "Nice", "Lille"]):
+            await api.post_traces([{"trace_id": f"prod-{tag}-{n}", "output": out,
+                                    "status": "succeeded", "metadata": {"suite": tag}}])
             await api.eventually(f"/v1/traces/prod-{tag}-{n}", lambda t: len(t["scores"]) == 1)
         assert (await api.ingest.delete(f"/v1/scoring-rules/prod-{tag}")).status_code == 202
+        # ... of which retention removed the first two (docs/adr/0017), and a verdict on one of
+        # them given after the cut, which stays (its trace will not come back).
+        cut = (await api.query.get(f"/v1/traces/prod-{tag}-2")).json()["completed_at"]
+        swept = json.loads((await evalstream_command(
+            settings_env(settings), "projections", "sweep", "--older-than", cut,
+            "--json")).strip().splitlines()[-1])
+        assert swept["deleted"]["run_items"] == 2 and swept["deleted"]["scores"] == 2, swept
+        r = await api.query.get(f"/v1/traces/prod-{tag}-0")
+        assert r.status_code == 404, r.text
+        await api.create("/v1/scores", {"trace_id": f"prod-{tag}-0", "value": True}, status=202)
         await _quiet(settings)
 
         pool = await create_pool(settings.dsn, live, max_size=1)
@@ -359,7 +368,11 @@ async def test_rebuild_answers_exactly_as_the_live_read_models(api, own_settings
         assert any(run_id in row for row in tables_before["datasets"])  # its baseline run
         items_left = " ".join(tables_before["dataset_items"])
         assert extra[1]["id"] in items_left and extra[0]["id"] not in items_left
+        # prod-2's score and the verdict on prod-0
         assert sum(f"prod-{tag}-" in row for row in tables_before["scores"]) == 2
+        assert sum(f"prod-{tag}-" in row for row in tables_before["run_items"]) == 1
+        assert len(tables_before["retention"]) == 1 and "(1, 1, 1," not in tables_before[
+            "retention"][0]  # not -infinity: the cut
 
         # The rebuild runs while the query API keeps answering.
         rebuild = asyncio.create_task(

@@ -5,6 +5,9 @@ with every table equal to the swept one, whatever the order, batching and repeti
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -12,14 +15,17 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
+from typer.testing import CliRunner
 
-from schemas.common import run_item_key, score_id
+from schemas.common import run_item_key, score_id, utcnow
 from schemas.envelope import Envelope, wrap
 from schemas.scores import CaseFailure, CaseScore, CaseScored, ScoreRecorded, ScoreRetracted
-from services.database import create_pool, migrate
+from services.cli import app
+from services.database import POINTER_TABLE, create_pool, ensure_read_model_pointer, migrate
 from services.projections import monitoring
 from services.projections.read_models import apply_batch
-from services.projections.retention import sweep, watermark
+from services.projections.retention import keep_retention, sweep, watermark
+from services.settings import RetentionSettings
 from tests import production_scenario as ps
 
 pytestmark = pytest.mark.postgres
@@ -214,3 +220,80 @@ async def test_a_schema_given_the_cut_first_equals_the_swept_one(schema, seed):
     unswept = await schema()
     await _apply(unswept, _shuffled(EVENTS, seed))
     assert await _tables(unswept) != await _tables(live)
+
+
+@pytest.fixture
+async def live_model(migrated) -> AsyncIterator[tuple]:
+    """A read model of its own, as the services find it: a pointer naming its live schema;
+    its settings and a connection on that schema."""
+    name = f"rm_{uuid.uuid4().hex[:10]}"
+    settings = migrated.model_copy(update={"read_model_schema": name})
+    admin = await asyncpg.connect(migrated.dsn)
+    await ensure_read_model_pointer(admin, name)
+    await migrate(migrated.dsn, "read_model", name)
+    pool = await create_pool(migrated.dsn, name, max_size=3)
+    try:
+        async with pool.acquire() as conn:
+            yield settings, pool, conn
+    finally:
+        await pool.close()
+        await admin.execute(f"DROP SCHEMA {name} CASCADE")
+        await admin.execute(f"DELETE FROM {POINTER_TABLE} WHERE name = $1", name)
+        await admin.close()
+
+
+def _production_trace(trace_id: str, completed_at) -> list[Envelope]:
+    return ps._case({**ps.trace(PREFIX, 1), "trace_id": trace_id, "completed_at": completed_at})
+
+
+async def test_the_projections_service_sweeps_by_itself(live_model):
+    """keep_retention, as the projections service runs it with EVALSTREAM_RETENTION__*: the
+    traces older than the retention go on its next round, the others stay."""
+    settings, pool, conn = live_model
+    settings = settings.model_copy(update={"retention": RetentionSettings(
+        outside_runs=timedelta(hours=1), sweep_interval_s=0.05)})
+    now = utcnow()
+    await _apply(conn, [_production_trace("old", now - timedelta(hours=2))
+                        + _production_trace("new", now - timedelta(minutes=10))])
+    sweeper = asyncio.create_task(keep_retention(settings, pool))
+    try:
+        async with asyncio.timeout(10):
+            while await conn.fetchval("SELECT count(*) FROM run_items") != 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+    assert await conn.fetchval("SELECT trace_id FROM run_items") == "new"
+    kept = await watermark(conn)
+    assert now - timedelta(hours=1) <= kept <= utcnow() - timedelta(hours=1)
+    assert await conn.fetchval("SELECT count(*) FROM scores WHERE trace_id = 'old'") == 0
+    assert await conn.fetchval("SELECT count(*) FROM scores WHERE trace_id = 'new'") > 0
+
+
+def _sweep_cli(settings, *args: str, retention: str | None = None):
+    env = {"DATABASE_URL": settings.dsn, "EVALSTREAM_READ_MODEL_SCHEMA": settings.read_model_schema,
+           "EVALSTREAM_RETENTION__OUTSIDE_RUNS": retention or "", "EVALSTREAM_LOG_LEVEL": "WARNING"}
+    # The command runs its own event loop (asyncio.run): not on this test's thread.
+    return asyncio.to_thread(CliRunner().invoke, app, ["projections", "sweep", *args], env=env)
+
+
+async def test_evalstream_projections_sweep(live_model):
+    settings, _, conn = live_model
+    now = utcnow()
+    await _apply(conn, [_production_trace("old", now - timedelta(days=8))
+                        + _production_trace("new", now - timedelta(days=6))])
+    refused = await _sweep_cli(settings)
+    assert refused.exit_code == 2 and "--older-than" in refused.output
+    bad = await _sweep_cli(settings, "--older-than", "7 days")
+    assert bad.exit_code == 2 and "neither an ISO 8601 time" in bad.output
+    done = await _sweep_cli(settings, "--older-than", "7d", "--json")
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.stdout)
+    assert report["deleted"]["run_items"] == 1 and report["deleted"]["scores"] > 0
+    assert await conn.fetchval("SELECT array_agg(trace_id) FROM run_items") == ["new"]
+    # From the settings, in words.
+    words = await _sweep_cli(settings, retention="5d")
+    assert words.exit_code == 0, words.output
+    assert "keep the traffic outside runs from" in words.stdout
+    assert await conn.fetchval("SELECT count(*) FROM run_items") == 0
