@@ -52,6 +52,12 @@ EVALUATOR_FAILURES = Counter("evalstream_evaluator_failures", "Evaluators that f
                              "(it has no score of theirs), by score name and scope (production: "
                              "a trace outside runs; run: a run's trace or a rescoring).",
                              ["name", "scope"])
+RETENTION_SWEPT = Counter(
+    "evalstream_retention_swept_rows", "Rows about traffic outside runs that retention's sweeps "
+    "removed from the read models, by table (docs/adr/0017).", ["table"])
+RETENTION_WATERMARK = Gauge(
+    "evalstream_retention_watermark_timestamp_seconds", "The read models keep the traffic "
+    "outside runs that completed at or after this time (Unix time), as of the last sweep.")
 RETRIES = Counter("evalstream_step_retries", "Failed attempts of a batch step that is retried "
                   "with backoff (Postgres or the broker unreachable), by step.", ["step"])
 

@@ -23,6 +23,7 @@ from datetime import datetime
 import asyncpg
 
 from schemas.common import utcnow
+from services import metrics
 from services.projections.live_schema import enter_live_schema
 from services.settings import Settings
 
@@ -121,6 +122,10 @@ async def keep_retention(settings: Settings, pool: asyncpg.Pool) -> None:
         try:
             async with pool.acquire() as conn:
                 done = await sweep_live(settings, conn, utcnow() - keep)
+            if done is not None:
+                metrics.RETENTION_WATERMARK.set(done.before.timestamp())
+                for table, count in done.deleted.items():
+                    metrics.RETENTION_SWEPT.labels(table).inc(count)
             if done is not None and any(done.deleted.values()):
                 log.info("retention: removed the traffic outside runs before %s: %s (%.1f s)",
                          done.before.isoformat(), done.deleted, done.seconds)

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
 from schemas.common import run_item_key, score_id, utcnow
@@ -255,6 +256,8 @@ async def test_the_projections_service_sweeps_by_itself(live_model):
     now = utcnow()
     await _apply(conn, [_production_trace("old", now - timedelta(hours=2))
                         + _production_trace("new", now - timedelta(minutes=10))])
+    swept_before = REGISTRY.get_sample_value("evalstream_retention_swept_rows_total",
+                                             {"table": "run_items"}) or 0
     sweeper = asyncio.create_task(keep_retention(settings, pool))
     try:
         async with asyncio.timeout(10):
@@ -269,6 +272,12 @@ async def test_the_projections_service_sweeps_by_itself(live_model):
     assert now - timedelta(hours=1) <= kept <= utcnow() - timedelta(hours=1)
     assert await conn.fetchval("SELECT count(*) FROM scores WHERE trace_id = 'old'") == 0
     assert await conn.fetchval("SELECT count(*) FROM scores WHERE trace_id = 'new'") > 0
+    # What Prometheus is told.
+    assert REGISTRY.get_sample_value("evalstream_retention_swept_rows_total",
+                                     {"table": "run_items"}) == swept_before + 1
+    shown = REGISTRY.get_sample_value("evalstream_retention_watermark_timestamp_seconds")
+    # (the last round's: the task may have been cancelled in a round after raising it)
+    assert (now - timedelta(hours=1)).timestamp() <= shown <= kept.timestamp()
 
 
 def _sweep_cli(settings, *args: str, retention: str | None = None):
