@@ -193,8 +193,11 @@ async def get_trace(trace_id: str, request: Request) -> dict:
     run_id, dataset_id, dataset_item_id and run_item_id (null outside a run)."""
     async with request.app.state.pool.acquire() as conn:
         item = await views.trace_result(conn, trace_id)
+        kept = await retention.watermark(conn) if item is None else None
     if item is None:
-        raise _error("path", "trace_id", f"trace {trace_id} not found", 404)
+        raise _error("path", "trace_id", f"trace {trace_id} not found" + (
+            f" (traces outside runs that completed before {kept.isoformat()} were removed by "
+            "retention)" if kept else ""), 404)
     item["trace_url"] = _trace_url(request)(trace_id)
     return item
 

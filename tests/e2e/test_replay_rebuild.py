@@ -352,6 +352,7 @@ async def test_rebuild_answers_exactly_as_the_live_read_models(api, own_settings
         assert swept["deleted"]["run_items"] == 2 and swept["deleted"]["scores"] == 2, swept
         r = await api.query.get(f"/v1/traces/prod-{tag}-0")
         assert r.status_code == 404, r.text
+        assert "removed by retention" in r.json()["detail"][0]["msg"]
         await api.create("/v1/scores", {"trace_id": f"prod-{tag}-0", "value": True}, status=202)
         await _quiet(settings)
 

@@ -282,6 +282,7 @@ async def test_an_unknown_trace_is_a_404_naming_it(api):
     assert r.status_code == 404
     [detail] = r.json()["detail"]
     assert detail["loc"] == ["path", "trace_id"] and "nope" in detail["msg"]
+    assert "retention" not in detail["msg"]  # nothing was ever swept here
 
 
 # The index
