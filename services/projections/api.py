@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -309,6 +309,24 @@ async def get_run_results_csv(
     async with pool.acquire() as conn:
         if await conn.fetchval("SELECT 1 FROM runs WHERE id = $1", run_id) is None:
             raise _error("path", "run_id", f"run {run_id} not found", 404)
+
+    async def names(conn) -> list[str]:
+        return [r[0] for r in await conn.fetch(
+            "SELECT DISTINCT name FROM scores WHERE run_id = $1 ORDER BY name", run_id)]
+
+    def page(conn, offset: int):
+        return views.run_results_page(
+            conn, run_id, limit=CSV_PAGE, offset=offset, sort=sort, descending=order == "desc",
+            outcome=filter, score=score, status=status, group=in_group)
+
+    return _csv_export(request, names, page, f"run-{quote(run_id, safe='')}-results.csv")
+
+
+def _csv_export(request: Request, names: Callable[[Any], Awaitable[list[str]]],
+                page: Callable[[Any, int], Awaitable[dict]], filename: str) -> StreamingResponse:
+    """Every page `page(conn, offset)` gives as CSV rows (CSV_COLUMNS, a column per name of
+    `names(conn)`, the evaluators that failed), read in one snapshot, sent as it is read."""
+    pool = request.app.state.pool
     trace_url = _trace_url(request)
 
     async def rows() -> AsyncIterator[str]:
@@ -323,33 +341,62 @@ async def get_run_results_csv(
 
         async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                              readonly=True):
-            names = [r[0] for r in await conn.fetch(
-                "SELECT DISTINCT name FROM scores WHERE run_id = $1 ORDER BY name", run_id)]
-            writer.writerow([*CSV_COLUMNS, *names, "evaluation_failures"])
+            columns = await names(conn)
+            writer.writerow([*CSV_COLUMNS, *columns, "evaluation_failures"])
             yield flush()
             offset = 0
             while True:
-                page = await views.run_results_page(
-                    conn, run_id, limit=CSV_PAGE, offset=offset, sort=sort,
-                    descending=order == "desc", outcome=filter, score=score, status=status,
-                    group=in_group)
-                for item in page["items"]:
+                current = await page(conn, offset)
+                for item in current["items"]:
                     item["trace_url"] = trace_url(item["trace_id"])
                     by_name: dict[str, list[dict]] = {}
                     for s in item["scores"]:
                         by_name.setdefault(s["name"], []).append(s)
                     writer.writerow([
                         *(_csv_cell(item[c]) for c in CSV_COLUMNS),
-                        *(_csv_score(by_name.get(n, [])) for n in names),
+                        *(_csv_score(by_name.get(n, [])) for n in columns),
                         "; ".join(f"{f['name']}: {f['reason']}"
                                   for f in item["evaluation_failures"])])
                 yield flush()
                 offset += CSV_PAGE
-                if offset >= page["total"]:
+                if offset >= current["total"]:
                     return
 
     return StreamingResponse(rows(), media_type="text/csv; charset=utf-8", headers={
-        "Content-Disposition": f'attachment; filename="run-{quote(run_id, safe="")}-results.csv"'})
+        "Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@router.get("/traces.csv", response_class=StreamingResponse)
+async def get_traces_csv(
+    request: Request, since: Since = None, until: Until = None,
+    status: Annotated[Literal["succeeded", "failed"] | None,
+                      Query(description="As for /traces.")] = None,
+    filter: Outcome = None,
+    score: Annotated[str | None, Query(description="As for /traces.")] = None,
+    by: TraceGroupOf = None, group: GroupValue = None,
+) -> StreamingResponse:
+    """Every trace posted outside any run that /traces lists for these parameters (all pages,
+    newest first) as CSV, as a run's results.csv gives its items: for a spreadsheet of what
+    production did and how it scored."""
+    in_group = _trace_group(by, group)
+    since, until = _utc(since), _utc(until)
+    if since is not None and until is not None and since >= until:
+        raise _error("query", "since", "since must be before until", 422)
+
+    async def names(conn) -> list[str]:
+        return [r[0] for r in await conn.fetch("""
+            SELECT DISTINCT s.name FROM run_items r JOIN scores s USING (run_item_id)
+            WHERE r.run_id IS NULL
+              AND r.completed_at >= coalesce($1::timestamptz, '-infinity')
+              AND r.completed_at < coalesce($2::timestamptz, 'infinity')
+            ORDER BY 1""", since, until)]
+
+    def page(conn, offset: int):
+        return views.production_results_page(
+            conn, since=since, until=until, limit=CSV_PAGE, offset=offset, outcome=filter,
+            score=score, status=status, group=in_group)
+
+    return _csv_export(request, names, page, "traces-outside-runs.csv")
 
 
 @router.get("/compare")

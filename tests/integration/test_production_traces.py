@@ -6,6 +6,9 @@ A run's traces completed in the same hours never count."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -243,6 +246,40 @@ async def test_traces_pages_filters_and_groups(api):
 ])
 async def test_traces_refuses_bad_parameters_naming_them(api, params, field):
     assert await _refused(api, "/v1/traces", **params) == (422, ["query", field])
+
+
+async def test_traces_csv_holds_every_listed_trace_with_a_column_per_score(api):
+    window = {"since": _iso(START), "until": _iso(START + timedelta(hours=HOURS))}
+    r = await api["client"].get("/v1/traces.csv", params=window)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/csv")
+    assert 'filename="traces-outside-runs.csv"' in r.headers["content-disposition"]
+    header, *rows = list(csv.reader(io.StringIO(r.text)))
+    names = sorted({name for t in TRACES for name, *_ in t["scores"]})
+    assert header[-len(names) - 1:] == [*names, "evaluation_failures"]
+    newest_first = sorted(TRACES, key=lambda t: t["completed_at"], reverse=True)
+    assert [row[header.index("trace_id")] for row in rows] == [
+        t["trace_id"] for t in newest_first]
+    for row, t in zip(rows, newest_first, strict=True):
+        cells = dict(zip(header, row, strict=True))
+        assert cells["status"] == t["status"]
+        assert json.loads(cells["metadata"]) == t["metadata"]
+        assert cells["trace_url"] == f"https://traces.example/{t['trace_id']}"
+        expected = {name: (label if dt == "categorical" else f"{value:g}")
+                    for name, dt, value, label, _ in t["scores"]}
+        assert {n: cells[n] for n in names} == {n: expected.get(n, "") for n in names}
+        assert cells["evaluation_failures"] == "; ".join(
+            f"{name}: model unreachable" for name in t["failures"])
+    # Filtered as the list is; a bad parameter is refused naming it.
+    failed = await api["client"].get("/v1/traces.csv", params={
+        **window, "filter": "failed", "score": "similarity"})
+    assert [row[1] for row in list(csv.reader(io.StringIO(failed.text)))[1:]] == [
+        t["trace_id"] for t in newest_first if ps.outcome(t, "failed", "similarity")]
+    assert await _refused(api, "/v1/traces.csv", by="item.category", group="c") == (
+        422, ["query", "by"])
+    # Without bounds: every trace outside runs, and no run's.
+    everything = list(csv.reader(io.StringIO((await api["client"].get("/v1/traces.csv")).text)))
+    assert len(everything) - 1 == ALL_OUTSIDE_RUNS
 
 
 # GET /v1/traces/{id}
