@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from services.client import ApiError, QueryApi
@@ -25,6 +25,9 @@ class CheckError(ApiError):
 
 # `--baseline pinned`: the dataset's own baseline run.
 PINNED = "pinned"
+# `--baseline latest`: the dataset's latest run started before the one checked (of those whose
+# metadata matches `--baseline-where`).
+LATEST = "latest"
 
 # A run created a moment ago may not be in the read model yet (its RunStarted is on its way):
 # "not found" is asked again for this long before it is believed.
@@ -174,8 +177,21 @@ def holm(p_values: dict[str, float]) -> dict[str, float]:
     return {name: adjusted[name] for name in p_values}
 
 
+def latest_run_before(api: QueryApi, summary: dict, where: Sequence[str] = ()) -> str:
+    """The id of the latest run of the summary's dataset started before it whose metadata has
+    every KEY=VALUE of `where`; CheckError saying so when there is none."""
+    page = api.get(f"/v1/datasets/{summary['dataset_id']}/runs", metadata=list(where),
+                   before=summary["started_at"], limit="1")
+    if not page["runs"]:
+        matching = f" with {', '.join(where)}" if where else ""
+        raise CheckError(f"no run of dataset {summary['dataset_id']}{matching} started before "
+                         f"run {summary['id']}: nothing to compare with", "refused")
+    return page["runs"][0]["id"]
+
+
 def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,
               minimums: dict[str, float] | None = None, baseline: str | None = None,
+              baseline_where: Sequence[str] = (),
               max_regressions: int = 0, max_failures: int | None = None,
               by: str | None = None, items: int | None = None, significant: bool = False,
               wait: float = 300.0,
@@ -202,6 +218,8 @@ def check_run(api: QueryApi, run_id: str, *, min_pass_rate: float | None = None,
         on_wait(pending)
         sleep(poll)
     summary = api.summary(run_id)
+    if baseline == LATEST:
+        baseline = latest_run_before(api, summary, baseline_where)
     report = CheckReport(run_id=run_id, run_name=summary["name"], baseline=baseline,
                          items=scoring["traced_items"])
     # "pinned": the dataset's baseline run (PUT /v1/datasets/{id}/baseline), which the query

@@ -247,8 +247,13 @@ def check(
         [], "--min", help="Least pass rate of one score, as NAME=RATE (repeatable), e.g. "
                           "--min exact_match=0.9."),
     baseline: str | None = typer.Option(
-        None, help="A run of the same dataset to compare with, or `pinned` for the dataset's "
-                   "baseline run: the items that regressed are counted per score."),
+        None, help="A run of the same dataset to compare with, `pinned` for the dataset's "
+                   "baseline run, or `latest` for its latest run started before this one (of "
+                   "those --baseline-where selects): the items that regressed are counted per "
+                   "score."),
+    baseline_where: list[str] = typer.Option(
+        [], "--baseline-where", help="With --baseline latest: KEY=VALUE the baseline run's "
+                                     "metadata must have (repeatable), e.g. branch=main."),
     max_regressions: int = typer.Option(
         0, min=0, help="With --baseline: most items that may regress, per score."),
     significant: bool = typer.Option(
@@ -286,7 +291,7 @@ def check(
 
     from services.check import check_run, parse_minimum
     from services.projections.breakdown import parse_group_by
-    from services.projections.views import InvalidQuery
+    from services.projections.views import InvalidQuery, parse_metadata_match
 
     try:
         minimums = dict(parse_minimum(m) for m in minimum)
@@ -298,6 +303,13 @@ def check(
         raise typer.BadParameter(e.message, param_hint="--by") from None
     if significant and baseline is None:
         raise typer.BadParameter("only with --baseline", param_hint="--significant")
+    if baseline_where and baseline != "latest":
+        raise typer.BadParameter("only with --baseline latest", param_hint="--baseline-where")
+    for match in baseline_where:
+        try:
+            parse_metadata_match(match)
+        except InvalidQuery as e:
+            raise typer.BadParameter(e.message, param_hint="--baseline-where") from None
     said: list[str] = []
 
     def waiting(what: str) -> None:  # each new state once, on stderr
@@ -308,6 +320,7 @@ def check(
     with _query_api(url, api_key, "check undecided") as api:
         report = check_run(
             api, run_id, min_pass_rate=min_pass_rate, minimums=minimums, baseline=baseline,
+            baseline_where=baseline_where,
             max_regressions=max_regressions, max_failures=max_failures, by=by, items=items,
             significant=significant, wait=wait, on_wait=waiting)
         if summary_file is not None:
@@ -956,15 +969,25 @@ def runs_command(
     dataset: str = typer.Argument(..., metavar="DATASET", help="The dataset (id or name) whose "
                                                               "runs to list."),
     limit: int = typer.Option(20, min=1, max=1000, help="Most runs to list."),
+    where: list[str] = typer.Option(
+        [], help="KEY=VALUE the runs' metadata must have (repeatable; dots go into nested "
+                 "objects), e.g. --where branch=main."),
     query_url: QueryUrl = None,
     api_key: ClientKey = None,
     as_json: bool = typer.Option(False, "--json", help="Print them as JSON."),
 ) -> None:
     """A dataset's runs, newest first: id, name, items traced, failed, overall pass rate and
     each score's pass rate."""
+    from services.projections.views import InvalidQuery, parse_metadata_match
     from services.reports import render_runs, runs
 
-    _listing(lambda api: runs(api, dataset, limit), render_runs, query_url, api_key, as_json)
+    for match in where:
+        try:
+            parse_metadata_match(match)
+        except InvalidQuery as e:
+            raise typer.BadParameter(e.message, param_hint="--where") from None
+    _listing(lambda api: runs(api, dataset, limit, where), render_runs, query_url, api_key,
+             as_json)
 
 
 class MonitorInterval(StrEnum):

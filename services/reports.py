@@ -316,8 +316,11 @@ def datasets(api: QueryApi, limit: int) -> tuple[list[dict], int]:
     return page["datasets"], page["total"]
 
 
-def runs(api: QueryApi, dataset: str, limit: int) -> tuple[list[dict], int]:
-    page = api.get(f"/v1/datasets/{dataset_id(api, dataset)}/runs", limit=str(limit))
+def runs(api: QueryApi, dataset: str, limit: int,
+         where: list[str] | None = None) -> tuple[list[dict], int]:
+    """The dataset's newest runs, those whose metadata has every KEY=VALUE of `where`."""
+    page = api.get(f"/v1/datasets/{dataset_id(api, dataset)}/runs", limit=str(limit),
+                   metadata=where or [])
     return page["runs"], page["total"]
 
 

@@ -218,10 +218,11 @@ class Api:
         assert r.status_code == 202, r.text
 
     async def run_with_outputs(self, dataset_id: str, items: list[dict], outputs: list[str],
-                               name: str = "r") -> str:
+                               name: str = "r", metadata: dict | None = None) -> str:
         """A new run of the dataset with one succeeded trace per item (`{run id}-{n}`) giving
         that output; its id."""
-        run_id = (await self.create("/v1/runs", {"dataset_id": dataset_id, "name": name}))["id"]
+        run_id = (await self.create("/v1/runs", {"dataset_id": dataset_id, "name": name,
+                                                 "metadata": metadata}))["id"]
         await self.post_traces([{"trace_id": f"{run_id}-{n}", "run_id": run_id,
                                  "dataset_item_id": item["id"], "output": out,
                                  "status": "succeeded"}

@@ -469,12 +469,26 @@ async def _known_dataset(conn, dataset_id: str) -> None:
 
 
 @router.get("/datasets/{dataset_id}/runs")
-async def get_dataset_runs(dataset_id: str, request: Request, limit: Limit = 100,
-                           offset: Offset = 0) -> dict:
-    """The dataset's runs, newest first, each with its run summary."""
+async def get_dataset_runs(
+    dataset_id: str, request: Request, limit: Limit = 100, offset: Offset = 0,
+    metadata: Annotated[list[str], Query(
+        description="KEY=VALUE (repeatable): only the runs whose metadata has that value at that "
+                    "key (dots go into nested objects; the value as text: 3, true; an array "
+                    "matches by any element), e.g. branch=main.")] = [],  # noqa: B006
+    before: Annotated[datetime | None, Query(
+        description="Only the runs started before this time (ISO 8601).")] = None,
+) -> dict:
+    """The dataset's runs, newest first, each with its run summary; `metadata` and `before`
+    keep some of them (the latest run on main before this one: `metadata=branch=main&before=`
+    its start, as `evalstream check --baseline latest` asks)."""
+    try:
+        matches = [views.parse_metadata_match(m) for m in metadata]
+    except InvalidQuery as e:
+        raise _invalid(e) from None
     async with request.app.state.pool.acquire() as conn:
         await _known_dataset(conn, dataset_id)
-        page = await views.dataset_runs(conn, dataset_id, limit=limit, offset=offset)
+        page = await views.dataset_runs(conn, dataset_id, limit=limit, offset=offset,
+                                        metadata=matches, before=_utc(before))
     return {"dataset_id": dataset_id, **_paged(page, limit, offset)}
 
 

@@ -6,6 +6,7 @@ The run and score summaries are SQL templates shared with the dashboard views
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -492,14 +493,35 @@ async def dataset_summary(conn: asyncpg.Connection, dataset_id: str) -> dict | N
     return out
 
 
+def parse_metadata_match(text: str) -> tuple[list[str], str]:
+    """`KEY=VALUE` (dots in KEY go into nested objects) as (key path, value); InvalidQuery
+    naming `metadata` otherwise."""
+    key, sep, value = text.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path):
+        raise InvalidQuery("metadata", f"{text!r} is not KEY=VALUE (e.g. branch=main)")
+    return path, value
+
+
 async def dataset_runs(conn: asyncpg.Connection, dataset_id: str, *, limit: int | None = None,
-                       offset: int = 0) -> dict:
-    """The runs of a dataset, newest first, each with its full run summary."""
+                       offset: int = 0, metadata: Sequence[tuple[list[str], str]] = (),
+                       before: datetime | None = None) -> dict:
+    """The runs of a dataset, newest first, each with its full run summary; with `metadata`,
+    those whose metadata has each (key path, value) — as text; an array value matches by any
+    element —, with `before`, those started before it."""
+    conditions = ["dataset_id = $1", "($2::timestamptz IS NULL OR started_at < $2)"]
+    params: list = [dataset_id, before]
+    for path, value in metadata:
+        params += [path, value]
+        conditions.append(group_condition("metadata", f"${len(params) - 1}", f"${len(params)}"))
+    where = " AND ".join(conditions)
+    n = len(params)
     rows = await conn.fetch(
-        "SELECT id, count(*) OVER () AS total FROM runs WHERE dataset_id = $1"
-        " ORDER BY started_at DESC, id DESC LIMIT $2 OFFSET $3", dataset_id, limit, offset)
+        f"SELECT id, count(*) OVER () AS total FROM runs WHERE {where}"
+        f" ORDER BY started_at DESC, id DESC LIMIT ${n + 1} OFFSET ${n + 2}",
+        *params, limit, offset)
     total = rows[0]["total"] if rows else await conn.fetchval(
-        "SELECT count(*) FROM runs WHERE dataset_id = $1", dataset_id)
+        f"SELECT count(*) FROM runs WHERE {where}", *params)
     summaries = await run_summaries(conn, [r["id"] for r in rows])
     return {"total": total, "runs": [summaries[r["id"]] for r in rows]}
 

@@ -153,3 +153,62 @@ async def test_check_waits_for_the_scores_then_gates_on_pass_rates_and_regressio
             scoring["scored"]) == (4, 1, 0, True)  # the one missing: `-later`
     code, out, err = await _check(migrated, third, "--min-pass-rate", "0.6", "--wait", "5")
     assert code == 0 and "waiting" not in err, out + err
+
+
+async def test_check_against_the_latest_run_on_a_branch(api, migrated):
+    """`--baseline latest [--baseline-where branch=main]`: a pull request's run compared with
+    the dataset's latest run before it (on main), with no run id kept anywhere."""
+    prefix = uuid.uuid4().hex[:8]
+    items = [{"id": f"{prefix}-{n}", "expected_output": city}
+             for n, city in enumerate(["Paris", "Berlin"])]
+    dataset_id = await api.dataset_with_items(items)
+    main = await api.run_with_outputs(dataset_id, items, ["Paris", "Berlin"], "main",
+                                      {"branch": "main", "ci": {"job": 1}})
+    await api.eventually(f"/v1/runs/{main}/scoring", lambda s: s["scored"])
+    feature = await api.run_with_outputs(dataset_id, items, ["Lyon", "Berlin"], "feature",
+                                         {"branch": "feature-x"})
+    await api.eventually(f"/v1/runs/{feature}/scoring", lambda s: s["scored"])
+    pull = await api.run_with_outputs(dataset_id, items, ["Lyon", "Berlin"], "pull",
+                                      {"branch": "feature-y"})
+
+    # The latest run before it, whatever its branch: the feature run, no regression.
+    code, out, err = await _check(migrated, pull, "--baseline", "latest", "--json")
+    assert code == 0, out + err
+    assert json.loads(out)["baseline"] == feature
+    # The latest run on main: the item main had right regressed.
+    code, out, err = await _check(migrated, pull, "--baseline", "latest",
+                                  "--baseline-where", "branch=main", "--json")
+    assert code == 1, out + err
+    report = json.loads(out)
+    assert report["baseline"] == main
+    assert [(c["what"], c["value"]) for c in report["checks"]] == [
+        ("exact_match items regressed", 1)]
+    code, out, err = await _check(migrated, pull, "--baseline", "latest",
+                                  "--baseline-where", "ci.job=1", "--baseline-where",
+                                  "branch=main", "--json")
+    assert code == 1 and json.loads(out)["baseline"] == main, out + err
+    # Nothing to compare with, and wrong uses: told, exit 2.
+    code, out, err = await _check(migrated, main, "--baseline", "latest")
+    assert code == 2 and f"no run of dataset {dataset_id} started before run {main}" in err
+    code, out, err = await _check(migrated, pull, "--baseline", "latest",
+                                  "--baseline-where", "branch=release")
+    assert code == 2 and "with branch=release started before" in err
+    code, out, err = await _check(migrated, pull, "--baseline-where", "branch=main")
+    assert code == 2 and "only with --baseline latest" in err
+    code, out, err = await _check(migrated, pull, "--baseline", "latest",
+                                  "--baseline-where", "main")
+    assert code == 2 and "is not KEY=VALUE" in err
+
+    # The listing the check reads, over HTTP.
+    async def listed(**params) -> list[str]:
+        r = await api.query.get(f"/v1/datasets/{dataset_id}/runs", params=params)
+        assert r.status_code == 200, r.text
+        return [run["id"] for run in r.json()["runs"]]
+
+    assert await listed() == [pull, feature, main]
+    assert await listed(metadata="branch=main") == [main]
+    assert await listed(metadata=["branch=main", "ci.job=2"]) == []
+    started = (await api.query.get(f"/v1/runs/{pull}")).json()["started_at"]
+    assert await listed(before=started) == [feature, main]
+    r = await api.query.get(f"/v1/datasets/{dataset_id}/runs", params={"metadata": "branch"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "metadata"]
