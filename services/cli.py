@@ -490,10 +490,11 @@ def projections_sweep(
                    "EVALSTREAM_RETENTION__OUTSIDE_RUNS."),
     as_json: bool = typer.Option(False, "--json", help="Print what was removed as JSON."),
 ) -> None:
-    """Sweep once what the read models keep of the traces posted outside any run: those that
-    completed before the cut, and their scores, verdicts and evaluator failures, go, and any
-    arriving later stay out (a rebuild keeps the same cut). Runs are never touched; the log
-    keeps every event. The projections service does this by itself every
+    """Retention, once: remove the traces outside runs older than a cut from the read models.
+
+    Their scores, verdicts and evaluator failures go too, and rows older than the cut arriving
+    later stay out (a rebuild keeps the same cut). Runs are never touched; the log keeps every
+    event. The projections service does this by itself every
     EVALSTREAM_RETENTION__SWEEP_INTERVAL_S when EVALSTREAM_RETENTION__OUTSIDE_RUNS is set."""
     import json
     from datetime import UTC, datetime
