@@ -238,6 +238,19 @@ def _spec_file(path: Path, option: str) -> list[dict]:
         raise typer.BadParameter(str(e), param_hint=option) from None
 
 
+def _check_baseline_where(baseline: str | None, where: list[str]) -> None:
+    """--baseline-where: only with the baseline `latest`, and each KEY=VALUE (before any call)."""
+    from services.projections.views import InvalidQuery, parse_metadata_match
+
+    if where and baseline != "latest":
+        raise typer.BadParameter("only with the baseline `latest`", param_hint="--baseline-where")
+    for match in where:
+        try:
+            parse_metadata_match(match)
+        except InvalidQuery as e:
+            raise typer.BadParameter(e.message, param_hint="--baseline-where") from None
+
+
 @app.command(rich_help_panel="Evaluate")
 def check(
     run_id: str = typer.Argument(..., metavar="RUN", help="The run to check."),
@@ -291,7 +304,7 @@ def check(
 
     from services.check import check_run, parse_minimum
     from services.projections.breakdown import parse_group_by
-    from services.projections.views import InvalidQuery, parse_metadata_match
+    from services.projections.views import InvalidQuery
 
     try:
         minimums = dict(parse_minimum(m) for m in minimum)
@@ -303,13 +316,7 @@ def check(
         raise typer.BadParameter(e.message, param_hint="--by") from None
     if significant and baseline is None:
         raise typer.BadParameter("only with --baseline", param_hint="--significant")
-    if baseline_where and baseline != "latest":
-        raise typer.BadParameter("only with --baseline latest", param_hint="--baseline-where")
-    for match in baseline_where:
-        try:
-            parse_metadata_match(match)
-        except InvalidQuery as e:
-            raise typer.BadParameter(e.message, param_hint="--baseline-where") from None
+    _check_baseline_where(baseline, baseline_where)
     said: list[str] = []
 
     def waiting(what: str) -> None:  # each new state once, on stderr
@@ -835,8 +842,12 @@ def run_command(
 def compare(
     run_id: str = typer.Argument(..., metavar="RUN", help="The run to compare."),
     baseline: str | None = typer.Argument(
-        None, metavar="BASELINE", help="The run to compare it with (default: its dataset's "
+        None, metavar="BASELINE", help="The run to compare it with, or `latest`: its dataset's "
+                                       "latest run started before it (default: the dataset's "
                                        "baseline run)."),
+    baseline_where: list[str] = typer.Option(
+        [], "--baseline-where", help="With `latest`: KEY=VALUE the baseline run's metadata must "
+                                     "have (repeatable), e.g. branch=main."),
     items: int = typer.Option(10, min=0, help="Regressed and improved items to list, each."),
     query_url: QueryUrl = None,
     api_key: ClientKey = None,
@@ -849,9 +860,13 @@ def compare(
     that regressed, improved or changed status, with their outputs."""
     import json
 
+    from services.check import LATEST, latest_run_before
     from services.reports import fetch_comparison, markdown_comparison, render_comparison
 
+    _check_baseline_where(baseline, baseline_where)
     with _query_api(query_url, api_key, "compare") as api:
+        if baseline == LATEST:
+            baseline = latest_run_before(api, api.summary(run_id), baseline_where)
         comparison = fetch_comparison(api, run_id, baseline, items)
     typer.echo(json.dumps(comparison) if as_json else markdown_comparison(comparison, run_id)
                if markdown else render_comparison(comparison, run_id))

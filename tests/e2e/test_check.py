@@ -194,10 +194,21 @@ async def test_check_against_the_latest_run_on_a_branch(api, migrated):
                                   "--baseline-where", "branch=release")
     assert code == 2 and "with branch=release started before" in err
     code, out, err = await _check(migrated, pull, "--baseline-where", "branch=main")
-    assert code == 2 and "only with --baseline latest" in err
+    assert code == 2 and "only with the baseline `latest`" in err
     code, out, err = await _check(migrated, pull, "--baseline", "latest",
                                   "--baseline-where", "main")
     assert code == 2 and "is not KEY=VALUE" in err
+
+    # `evalstream compare` takes the same baseline (a pull request's comment).
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "compare", pull, "latest", "--baseline-where",
+        "branch=main", "--json", env=settings_env(migrated), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    code, out, err = await _finished(proc)
+    assert code == 0, out + err
+    compared = json.loads(out)
+    assert compared["baseline"] == main
+    assert compared["regressions"]["total"] == 1
 
     # The listing the check reads, over HTTP.
     async def listed(**params) -> list[str]:
