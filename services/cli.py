@@ -519,6 +519,9 @@ def projections_sweep(
             before = parse_time(older_than, now)
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--older-than") from None
+        if before > now:  # would remove all the traffic, and keep out all until then
+            raise typer.BadParameter(f"{older_than!r} is in the future",
+                                     param_hint="--older-than")
     elif settings.retention.outside_runs is not None:
         before = now - settings.retention.outside_runs
     else:

@@ -124,6 +124,13 @@ class RetentionSettings(BaseModel):
                 return parse_duration(v)
         return v
 
+    @field_validator("outside_runs")
+    @classmethod
+    def _positive(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and v <= timedelta(0):
+            raise ValueError("must be longer than 0 (it is how long the traffic is kept)")
+        return v
+
 
 class RetrySettings(BaseModel):
     """How a consumer retries a batch whose work failed (Postgres or the broker down, say):

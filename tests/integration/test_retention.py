@@ -296,6 +296,8 @@ async def test_evalstream_projections_sweep(live_model):
     assert refused.exit_code == 2 and "--older-than" in refused.output
     bad = await _sweep_cli(settings, "--older-than", "7 days")
     assert bad.exit_code == 2 and "neither an ISO 8601 time" in bad.output
+    future = await _sweep_cli(settings, "--older-than", "2999-01-01T00:00:00")
+    assert future.exit_code == 2 and "is in the future" in future.output
     done = await _sweep_cli(settings, "--older-than", "7d", "--json")
     assert done.exit_code == 0, done.output
     report = json.loads(done.stdout)
