@@ -161,6 +161,9 @@ def replay(
             typer.echo(f"  {run_id or '(no run)':<40} {count:>8}")
         if report.deleted:
             typer.echo(f"{report.deleted} trace(s) of deleted runs left out")
+        if report.expired:
+            typer.echo(f"{report.expired} trace(s) outside runs left out: older than what the "
+                       "read models keep (retention)")
         typer.echo(f"progress: GET /v1/score-requests/{report.request_id}")
         if report.interrupted:
             typer.echo("run the same command again to request the rest (items already "

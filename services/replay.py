@@ -31,6 +31,7 @@ from services.evaluator.evaluators import SpecError, validate_spec
 from services.ingest.scoring_rules import Rule
 from services.log_reader import LogReader
 from services.messaging import EventPublisher
+from services.projections.retention import live_cut
 from services.settings import Settings
 
 SOURCE = "evalstream/replay"
@@ -154,6 +155,9 @@ class ReplayReport:
     by_run: Counter = field(default_factory=Counter)
     undecodable: int = 0
     deleted: int = 0  # traces matched but of deleted runs, which are not rescored
+    # traces matched but outside runs and older than the read models' retention cut, which
+    # would record scores that no trace shows (docs/adr/0017)
+    expired: int = 0
     interrupted: bool = False
     scan_seconds: float = 0.0
     request_seconds: float = 0.0
@@ -163,6 +167,7 @@ class ReplayReport:
                 "log_records": self.log_records, "matched": self.matched,
                 "requested": self.requested, "runs": dict(sorted(self.by_run.items())),
                 "undecodable": self.undecodable, "deleted": self.deleted,
+                "expired": self.expired,
                 "interrupted": self.interrupted,
                 "scan_seconds": round(self.scan_seconds, 3),
                 "request_seconds": round(self.request_seconds, 3)}
@@ -253,6 +258,7 @@ async def replay(settings: Settings, selection: ReplayFilter,
     try:
         try:
             deleted, rules = await catalog_facts(settings)
+            cut = await live_cut(settings) if settings.database_url else None
             if selection.rule_name is not None:
                 rule = rules.get(selection.rule_name)
                 if rule is None:
@@ -282,6 +288,9 @@ async def replay(settings: Settings, selection: ReplayFilter,
                             continue
                         if trace.run_id in deleted:
                             report.deleted += 1
+                            continue
+                        if cut is not None and trace.run_id is None and trace.completed_at < cut:
+                            report.expired += 1
                             continue
                         report.matched += 1
                         # The run item, as run_item_key identifies it (without hashing).

@@ -24,6 +24,7 @@ import asyncpg
 
 from schemas.common import utcnow
 from services import metrics
+from services.database import POINTER_TABLE
 from services.projections.live_schema import enter_live_schema
 from services.settings import Settings
 
@@ -59,6 +60,24 @@ async def watermark(conn: asyncpg.Connection) -> datetime | None:
     """The connection's schema's watermark; None while nothing was ever swept."""
     return await conn.fetchval(
         "SELECT nullif(outside_runs_before, '-infinity') FROM retention")
+
+
+async def live_cut(settings: Settings) -> datetime | None:
+    """The live read model's watermark (None: nothing was ever swept), for commands that read
+    the log and would otherwise rescore traffic the read models no longer keep (replay)."""
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        schema = await conn.fetchval(
+            f"SELECT live_schema FROM {POINTER_TABLE} WHERE name = $1",
+            settings.read_model_schema) if await conn.fetchval(
+            "SELECT to_regclass($1)", POINTER_TABLE) else None
+        if schema is None or await conn.fetchval(
+                "SELECT to_regclass(format('%I.retention', $1::text))", schema) is None:
+            return None
+        return await conn.fetchval(
+            f"SELECT nullif(outside_runs_before, '-infinity') FROM \"{schema}\".retention")
+    finally:
+        await conn.close()
 
 
 async def sweep(conn: asyncpg.Connection, before: datetime, *,

@@ -354,6 +354,11 @@ async def test_rebuild_answers_exactly_as_the_live_read_models(api, own_settings
         assert r.status_code == 404, r.text
         assert "removed by retention" in r.json()["detail"][0]["msg"]
         await api.create("/v1/scores", {"trace_id": f"prod-{tag}-0", "value": True}, status=202)
+        # A replay leaves out what retention removed (it would record scores nothing shows).
+        replayed = await _cli(settings_env(settings), "replay", "--trace", f"prod-{tag}-0",
+                              "--trace", f"prod-{tag}-2")
+        assert (replayed["matched"], replayed["expired"], replayed["requested"]) == (1, 1, 1)
+        await _done(api, replayed["request_id"])
         await _quiet(settings)
 
         pool = await create_pool(settings.dsn, live, max_size=1)
