@@ -25,7 +25,7 @@ from services.cli import app
 from services.database import POINTER_TABLE, create_pool, ensure_read_model_pointer, migrate
 from services.projections import monitoring
 from services.projections.read_models import apply_batch
-from services.projections.retention import keep_retention, sweep, watermark
+from services.projections.retention import keep_retention, sweep, sweep_live, watermark
 from services.settings import RetentionSettings
 from tests import production_scenario as ps
 
@@ -308,3 +308,34 @@ async def test_evalstream_projections_sweep(live_model):
     assert words.exit_code == 0, words.output
     assert "keep the traffic outside runs from" in words.stdout
     assert await conn.fetchval("SELECT count(*) FROM run_items") == 0
+
+
+async def test_sweeps_while_the_consumer_applies(live_model, migrated):
+    """The service's sweeps and the live consumer's batches at once, on two connections: no
+    error, and after a last sweep exactly the traces at or after the cut are left, whatever
+    interleaving happened (a batch that began before a cut and wrote an older row is swept by
+    the next round)."""
+    settings, pool, conn = live_model
+    start = utcnow() - timedelta(hours=2)
+    traces = [_production_trace(f"c-{n}", start + timedelta(seconds=n * 6)) for n in range(800)]
+    cuts = [start + timedelta(minutes=m) for m in range(0, 81, 10)]
+
+    async def consume() -> None:
+        async with pool.acquire() as mine:
+            for i in range(0, len(traces), 50):
+                await _apply(mine, [[env for t in traces[i:i + 50] for env in t]])
+
+    async def sweeps() -> None:
+        async with pool.acquire() as mine:
+            for cut in cuts:
+                assert await sweep_live(settings, mine, cut) is not None
+                await asyncio.sleep(0.01)
+
+    await asyncio.gather(consume(), sweeps())
+    await sweep(conn, cuts[-1])
+    left = {r[0] for r in await conn.fetch("SELECT trace_id FROM run_items")}
+    assert left == {f"c-{n}" for n in range(800)
+                    if start + timedelta(seconds=n * 6) >= cuts[-1]}
+    assert await conn.fetchval(
+        "SELECT count(*) FROM scores WHERE observed_at < $1", cuts[-1]) == 0
+    assert await conn.fetchval("SELECT count(DISTINCT trace_id) FROM scores") == len(left)
