@@ -241,17 +241,22 @@ def _spec_file(path: Path, option: str) -> list[dict]:
         raise typer.BadParameter(str(e), param_hint=option) from None
 
 
-def _check_baseline_where(baseline: str | None, where: list[str]) -> None:
-    """--baseline-where: only with the baseline `latest`, and each KEY=VALUE (before any call)."""
+def _check_metadata_matches(matches: list[str], param_hint: str) -> None:
+    """Each of `matches` is KEY=VALUE, or the option is refused before any call."""
     from services.projections.views import InvalidQuery, parse_metadata_match
 
-    if where and baseline != "latest":
-        raise typer.BadParameter("only with the baseline `latest`", param_hint="--baseline-where")
-    for match in where:
+    for match in matches:
         try:
             parse_metadata_match(match)
         except InvalidQuery as e:
-            raise typer.BadParameter(e.message, param_hint="--baseline-where") from None
+            raise typer.BadParameter(e.message, param_hint=param_hint) from None
+
+
+def _check_baseline_where(baseline: str | None, where: list[str]) -> None:
+    """--baseline-where: only with the baseline `latest`, and each KEY=VALUE."""
+    if where and baseline != "latest":
+        raise typer.BadParameter("only with the baseline `latest`", param_hint="--baseline-where")
+    _check_metadata_matches(where, "--baseline-where")
 
 
 @app.command(rich_help_panel="Evaluate")
@@ -1000,14 +1005,9 @@ def runs_command(
 ) -> None:
     """A dataset's runs, newest first: id, name, items traced, failed, overall pass rate and
     each score's pass rate."""
-    from services.projections.views import InvalidQuery, parse_metadata_match
     from services.reports import render_runs, runs
 
-    for match in where:
-        try:
-            parse_metadata_match(match)
-        except InvalidQuery as e:
-            raise typer.BadParameter(e.message, param_hint="--where") from None
+    _check_metadata_matches(where, "--where")
     _listing(lambda api: runs(api, dataset, limit, where), render_runs, query_url, api_key,
              as_json)
 

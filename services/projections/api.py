@@ -170,6 +170,8 @@ Until = Annotated[datetime | None, Query(
 TraceGroupOf = Annotated[str | None, Query(
     description="With `group`: only the traces of one value of a trace metadata key "
                 "(trace.<key>; dots go into nested objects).", examples=["trace.model"])]
+TraceStatus = Annotated[Literal["succeeded", "failed"] | None, Query(description="Trace status.")]
+OutcomeScore = Annotated[str | None, Query(description="Score name `filter` looks at.")]
 
 
 def _trace_group(by: str | None, group: str | None) -> views.Group | None:
@@ -183,6 +185,18 @@ def _trace_group(by: str | None, group: str | None) -> views.Group | None:
 
 def _utc(at: datetime | None) -> datetime | None:
     return None if at is None else monitoring.utc(at)
+
+
+def _production_window(since: datetime | None, until: datetime | None, by: str | None,
+                       group: str | None) -> tuple[datetime | None, datetime | None,
+                                                   views.Group | None]:
+    """/traces' and /traces.csv's window in UTC and metadata group, or the 422 naming what is
+    wrong."""
+    in_group = _trace_group(by, group)
+    since, until = _utc(since), _utc(until)
+    if since is not None and until is not None and since >= until:
+        raise _error("query", "since", "since must be before until", 422)
+    return since, until, in_group
 
 
 @router.get("/traces/{trace_id:path}")
@@ -205,10 +219,7 @@ async def get_trace(trace_id: str, request: Request) -> dict:
 @router.get("/traces")
 async def list_traces(
     request: Request, since: Since = None, until: Until = None,
-    status: Annotated[Literal["succeeded", "failed"] | None,
-                      Query(description="Trace status.")] = None,
-    filter: Outcome = None,
-    score: Annotated[str | None, Query(description="Score name `filter` looks at.")] = None,
+    status: TraceStatus = None, filter: Outcome = None, score: OutcomeScore = None,
     by: TraceGroupOf = None, group: GroupValue = None,
     limit: Limit = 100, offset: Offset = 0,
 ) -> dict:
@@ -216,10 +227,7 @@ async def list_traces(
     run's results give its items: scores embedded with `passed`, evaluator failures, metadata,
     a link to each trace; `retained_since`: what completed before it was removed by retention
     (null: nothing ever was)."""
-    in_group = _trace_group(by, group)
-    since, until = _utc(since), _utc(until)
-    if since is not None and until is not None and since >= until:
-        raise _error("query", "since", "since must be before until", 422)
+    since, until, in_group = _production_window(since, until, by, group)
     async with request.app.state.pool.acquire() as conn:
         page = await views.production_results_page(
             conn, since=since, until=until, limit=limit, offset=offset, outcome=filter,
@@ -369,19 +377,13 @@ def _csv_export(request: Request, names: Callable[[Any], Awaitable[list[str]]],
 @router.get("/traces.csv", response_class=StreamingResponse)
 async def get_traces_csv(
     request: Request, since: Since = None, until: Until = None,
-    status: Annotated[Literal["succeeded", "failed"] | None,
-                      Query(description="As for /traces.")] = None,
-    filter: Outcome = None,
-    score: Annotated[str | None, Query(description="As for /traces.")] = None,
+    status: TraceStatus = None, filter: Outcome = None, score: OutcomeScore = None,
     by: TraceGroupOf = None, group: GroupValue = None,
 ) -> StreamingResponse:
     """Every trace posted outside any run that /traces lists for these parameters (all pages,
     newest first) as CSV, as a run's results.csv gives its items: for a spreadsheet of what
     production did and how it scored."""
-    in_group = _trace_group(by, group)
-    since, until = _utc(since), _utc(until)
-    if since is not None and until is not None and since >= until:
-        raise _error("query", "since", "since must be before until", 422)
+    since, until, in_group = _production_window(since, until, by, group)
 
     async def names(conn) -> list[str]:
         return [r[0] for r in await conn.fetch("""

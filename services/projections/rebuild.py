@@ -35,7 +35,7 @@ from services.log_reader import LogReader, Offsets
 from services.projections.app import projected_topics
 from services.projections.live_schema import lock_pointer, switch_live_schema
 from services.projections.read_models import apply_batch
-from services.projections.retention import sweep
+from services.projections.retention import cut_of, sweep
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -169,9 +169,9 @@ async def _follow_retention(admin: asyncpg.Connection, live: str, pool: asyncpg.
     """The new schema keeps what the live one keeps (docs/adr/0017): the live watermark, and the
     rows before it swept. Before the long pass that only sets it; at the switch it also deletes
     what arrived before a watermark the live sweeper raised meanwhile."""
-    if await admin.fetchval("SELECT to_regclass(format('%I.retention', $1::text))", live) is None:
-        return  # a live schema from before retention existed: nothing was ever swept
-    before = await admin.fetchval(f'SELECT outside_runs_before FROM "{live}".retention')
+    before = await cut_of(admin, live)
+    if before is None:
+        return  # nothing was ever swept there
     async with pool.acquire() as conn:
         await sweep(conn, before)
 

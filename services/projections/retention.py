@@ -62,20 +62,26 @@ async def watermark(conn: asyncpg.Connection) -> datetime | None:
         "SELECT nullif(outside_runs_before, '-infinity') FROM retention")
 
 
+async def cut_of(conn: asyncpg.Connection, schema: str) -> datetime | None:
+    """The watermark of the read model in `schema`; None while nothing was ever swept there
+    (or the schema predates retention)."""
+    if await conn.fetchval("SELECT to_regclass(format('%I.retention', $1::text))",
+                           schema) is None:
+        return None
+    return await conn.fetchval(
+        f"SELECT nullif(outside_runs_before, '-infinity') FROM \"{schema}\".retention")
+
+
 async def live_cut(settings: Settings) -> datetime | None:
-    """The live read model's watermark (None: nothing was ever swept), for commands that read
-    the log and would otherwise rescore traffic the read models no longer keep (replay)."""
+    """The live read model's watermark, for commands that read the log and would otherwise
+    rescore traffic the read models no longer keep (replay)."""
     conn = await asyncpg.connect(settings.dsn)
     try:
-        schema = await conn.fetchval(
-            f"SELECT live_schema FROM {POINTER_TABLE} WHERE name = $1",
-            settings.read_model_schema) if await conn.fetchval(
-            "SELECT to_regclass($1)", POINTER_TABLE) else None
-        if schema is None or await conn.fetchval(
-                "SELECT to_regclass(format('%I.retention', $1::text))", schema) is None:
+        if await conn.fetchval("SELECT to_regclass($1)", POINTER_TABLE) is None:
             return None
-        return await conn.fetchval(
-            f"SELECT nullif(outside_runs_before, '-infinity') FROM \"{schema}\".retention")
+        schema = await conn.fetchval(f"SELECT live_schema FROM {POINTER_TABLE} WHERE name = $1",
+                                     settings.read_model_schema)
+        return None if schema is None else await cut_of(conn, schema)
     finally:
         await conn.close()
 
